@@ -1,0 +1,294 @@
+//! The configuration model. Every field's doc comment is its user
+//! documentation (`docs/config.md` is generated from the same text by hand;
+//! keep them in step).
+
+use super::duration::Dur;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The whole topology file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Process-wide settings: name, HTTP listener, shutdown grace, logging.
+    #[serde(default)]
+    pub service: ServiceConfig,
+    /// Named transports (`type: embedded` today). Entities refer to them by name.
+    pub transports: BTreeMap<String, TransportConfig>,
+    /// Named entities (topics / event hubs / embedded logs), each on one transport.
+    pub entities: BTreeMap<String, EntityConfig>,
+    /// Built-in sources that write into entities (e.g. the simulator).
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Workers: each consumes one input entity, runs a stage per message and
+    /// produces to named outputs.
+    #[serde(default)]
+    pub workers: BTreeMap<String, WorkerConfig>,
+}
+
+/// `service:` — process-wide settings.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Service name, used in logs and as `service` in `/readyz`. Default `conveyor`.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// HTTP endpoints (`/healthz`, `/readyz`, `/metrics`).
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// How long a drain (SIGTERM/SIGINT) may take before in-flight work is
+    /// aborted and the process exits non-zero. Default `30s`.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: Dur,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+fn default_name() -> String {
+    "conveyor".into()
+}
+fn default_grace() -> Dur {
+    Dur::secs(30)
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            name: default_name(),
+            http: HttpConfig::default(),
+            shutdown_grace: default_grace(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// `service.http:`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address, e.g. `127.0.0.1:9464`; port `0` picks a free port
+    /// (the chosen address is logged). Default `127.0.0.1:9464`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: default_listen() }
+    }
+}
+
+/// `service.log:`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `json` (one object per line, for collectors) or `text` (for people).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, or per module
+    /// (`info,conveyor::worker=debug`). `RUST_LOG` overrides it.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Json, level: default_level() }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+/// `transports.<name>:` — one variant per transport kind.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TransportConfig {
+    /// The in-process partitioned log. Memory-only without `path`; durable
+    /// (crash-safe, `redb` file) with it.
+    Embedded {
+        /// Data directory. When set, every acknowledged message and committed
+        /// position is on disk (fsync'd) and survives a crash or SIGKILL.
+        #[serde(default)]
+        path: Option<PathBuf>,
+        /// Per-partition bound on messages not yet committed by every
+        /// consumer group of the entity (memory mode), and on queued writes
+        /// (durable mode). Producers wait when it is reached. Default 65536.
+        #[serde(default = "default_capacity")]
+        capacity: usize,
+    },
+}
+
+fn default_capacity() -> usize {
+    65_536
+}
+
+impl TransportConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransportConfig::Embedded { .. } => "embedded",
+        }
+    }
+}
+
+/// `entities.<name>:` — a topic, event hub or embedded log.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EntityConfig {
+    /// Name of the transport that holds this entity.
+    pub transport: String,
+    /// Partition count (embedded: created with this many; brokers: checked).
+    #[serde(default = "one")]
+    pub partitions: u32,
+    /// Name on the transport, when it differs from the entity key
+    /// (e.g. `xact.downloads.pending` → `xact-downloads-pending`).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl EntityConfig {
+    /// The entity's name on its transport.
+    pub fn physical_name<'a>(&'a self, key: &'a str) -> &'a str {
+        self.name.as_deref().unwrap_or(key)
+    }
+}
+
+/// `sources.<name>:` — built-in producers.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// Emits synthetic JSON events `{"id","seq","source","ts","amount"}` at a
+    /// fixed rate into an entity.
+    Simulator {
+        /// Entity to write into.
+        entity: String,
+        /// Events per second. Default 10.
+        #[serde(default = "default_rate")]
+        rate: f64,
+        /// Stop after this many events (default: never).
+        #[serde(default)]
+        count: Option<u64>,
+        /// Share of events (0.0–1.0) that are deliberately malformed (not
+        /// JSON), to exercise dead-lettering. Default 0.
+        #[serde(default)]
+        malformed_ratio: f64,
+        /// Extra payload bytes per event (a `pad` field). Default 0.
+        #[serde(default)]
+        pad_bytes: usize,
+    },
+}
+
+fn default_rate() -> f64 {
+    10.0
+}
+
+impl SourceConfig {
+    pub fn entity(&self) -> &str {
+        match self {
+            SourceConfig::Simulator { entity, .. } => entity,
+        }
+    }
+}
+
+/// `workers.<name>:` — consume, process, produce, commit.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Entity to consume.
+    pub input: String,
+    /// Consumer group (Kafka group / Event Hubs consumer group / embedded
+    /// group). Default: the worker's name.
+    #[serde(default)]
+    pub consumer_group: Option<String>,
+    /// What to do with each message.
+    #[serde(default)]
+    pub stage: StageConfig,
+    /// Named outputs → entity. The stage picks an output by name; `default`
+    /// is the usual one.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
+    /// Entity that receives a structured envelope for each message that
+    /// cannot be processed. Without it, a failed message stops the partition
+    /// (it is retried with backoff, never skipped).
+    #[serde(default)]
+    pub dead_letter: Option<String>,
+    /// Messages of one partition processed at once. Outputs are still
+    /// produced and positions committed in partition order. Default 1.
+    #[serde(default = "one_usize")]
+    pub concurrency: usize,
+    /// Most messages fetched, produced and committed as one batch. Default 500.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Where a group with no committed position starts. Default `earliest`.
+    #[serde(default)]
+    pub start_position: StartPosition,
+}
+
+fn one_usize() -> usize {
+    1
+}
+fn default_batch() -> usize {
+    500
+}
+
+impl WorkerConfig {
+    pub fn group<'a>(&'a self, worker: &'a str) -> &'a str {
+        self.consumer_group.as_deref().unwrap_or(worker)
+    }
+}
+
+/// Where a consumer group with no committed position begins.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StartPosition {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+/// `stage:` — the per-message processing step.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StageConfig {
+    /// Forwards every message unchanged (payload, key, headers) to `default`.
+    #[default]
+    Passthrough,
+    /// Parses the payload as JSON and checks that each `require`d top-level
+    /// field is present; forwards valid messages unchanged to `default`.
+    /// Not JSON or a missing field fails as `Permanent` (→ dead letter).
+    Map {
+        /// Top-level fields that must be present.
+        #[serde(default)]
+        require: Vec<String>,
+    },
+}
+
+impl StageConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageConfig::Passthrough => "passthrough",
+            StageConfig::Map { .. } => "map",
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The `conveyor` binary: parse the command line, load and validate the
+//! config (exit 64 when it is bad), then hand over to the library.
+
+use clap::Parser;
+use conveyor::cli::{Cli, Command, EXIT_FAILURE, EXIT_USAGE};
+use conveyor::config;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Check(a) => match config::load_file(&a.config) {
+            Ok(l) => {
+                for w in &l.warnings {
+                    eprintln!("warning: {w}");
+                }
+                let c = &l.config;
+                println!(
+                    "{}: ok ({} transports, {} entities, {} sources, {} workers)",
+                    a.config.display(),
+                    c.transports.len(),
+                    c.entities.len(),
+                    c.sources.len(),
+                    c.workers.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+        Command::Run(a) => {
+            let loaded = match config::load_file(&a.config) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            conveyor::telemetry::init(&loaded.config.service.log);
+            for w in &loaded.warnings {
+                tracing::warn!(warning = %w, "config warning");
+            }
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::from(EXIT_FAILURE);
+                }
+            };
+            match rt.block_on(conveyor::app::run(&loaded.config, loaded.hash)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "conveyor stopped with an error");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
+        Command::Bench(args) => match conveyor::bench::main(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench failed: {e}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
+    }
+}

@@ -1,0 +1,211 @@
+//! Every metric Conveyor exports, in one place. Names are transport-agnostic
+//! (`conveyor_messages_consumed_total`, never `kafka_…`) and follow the
+//! Prometheus conventions: `_total` counters, base units (`_seconds`),
+//! `snake_case` labels.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `conveyor_messages_consumed_total` | counter | worker, entity |
+//! | `conveyor_messages_produced_total` | counter | worker, entity |
+//! | `conveyor_messages_failed_total` | counter | worker, entity, category |
+//! | `conveyor_dead_lettered_total` | counter | worker, entity, category |
+//! | `conveyor_worker_restarts_total` | counter | worker |
+//! | `conveyor_worker_ready` | gauge (0/1) | worker |
+//! | `conveyor_handler_duration_seconds` | histogram | worker |
+//! | `conveyor_in_flight_messages` | gauge | worker |
+//! | `conveyor_consumer_lag_messages` | gauge | worker, entity, partition |
+//! | `conveyor_source_events_total` | counter | source, entity |
+//! | `conveyor_build_info` | gauge (1) | version |
+
+use crate::classify::ErrorCategory;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerEntity {
+    pub worker: String,
+    pub entity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerEntityCategory {
+    pub worker: String,
+    pub entity: String,
+    pub category: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabel {
+    pub worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub worker: String,
+    pub entity: String,
+    pub partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+    pub entity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn handler_histogram() -> Histogram {
+    // 10µs … ~42s
+    Histogram::new(exponential_buckets(0.00001, 4.0, 12))
+}
+
+/// All metric families, registered in one registry.
+pub struct Metrics {
+    pub registry: Registry,
+    pub consumed: Family<WorkerEntity, Counter>,
+    pub produced: Family<WorkerEntity, Counter>,
+    pub failed: Family<WorkerEntityCategory, Counter>,
+    pub dead_lettered: Family<WorkerEntityCategory, Counter>,
+    pub restarts: Family<WorkerLabel, Counter>,
+    pub ready: Family<WorkerLabel, Gauge>,
+    pub handler_seconds: HistogramFamily<WorkerLabel>,
+    pub in_flight: Family<WorkerLabel, Gauge>,
+    pub lag: Family<PartitionLabel, Gauge>,
+    pub source_events: Family<SourceLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("conveyor");
+        let m = Metrics {
+            consumed: Family::default(),
+            produced: Family::default(),
+            failed: Family::default(),
+            dead_lettered: Family::default(),
+            restarts: Family::default(),
+            ready: Family::default(),
+            handler_seconds: Family::new_with_constructor(handler_histogram),
+            in_flight: Family::default(),
+            lag: Family::default(),
+            source_events: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("messages_consumed", "Messages read from an input entity", m.consumed.clone());
+        registry.register("messages_produced", "Messages acknowledged by an output entity", m.produced.clone());
+        registry.register("messages_failed", "Message processing failures, by error category", m.failed.clone());
+        registry.register("dead_lettered", "Messages written to a dead-letter entity", m.dead_lettered.clone());
+        registry.register("worker_restarts", "Worker restarts by the supervisor", m.restarts.clone());
+        registry.register("worker_ready", "1 when the worker is consuming normally", m.ready.clone());
+        registry.register("handler_duration_seconds", "Time the stage took per message", m.handler_seconds.clone());
+        registry.register("in_flight_messages", "Messages fetched but not yet committed", m.in_flight.clone());
+        registry.register("consumer_lag_messages", "High watermark minus committed position", m.lag.clone());
+        registry.register("source_events", "Events emitted by built-in sources", m.source_events.clone());
+        let build: Family<VersionLabel, Gauge> = Family::default();
+        build.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION").into() }).set(1);
+        registry.register("build_info", "Conveyor version", build);
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("writing to a String cannot fail");
+        s
+    }
+
+    /// Handles for one worker, resolved once so the hot path is atomics only.
+    pub fn worker(self: &Arc<Self>, worker: &str, input: &str) -> WorkerMetrics {
+        let w = WorkerLabel { worker: worker.into() };
+        WorkerMetrics {
+            worker: worker.into(),
+            input: input.into(),
+            consumed: self.consumed.get_or_create(&WorkerEntity { worker: worker.into(), entity: input.into() }).clone(),
+            handler: self.handler_seconds.get_or_create(&w).clone(),
+            in_flight: self.in_flight.get_or_create(&w).clone(),
+            ready: self.ready.get_or_create(&w).clone(),
+            restarts: self.restarts.get_or_create(&w).clone(),
+            all: self.clone(),
+        }
+    }
+}
+
+/// A worker's metric handles.
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    pub worker: String,
+    pub input: String,
+    pub consumed: Counter,
+    pub handler: Histogram,
+    pub in_flight: Gauge,
+    pub ready: Gauge,
+    pub restarts: Counter,
+    all: Arc<Metrics>,
+}
+
+impl WorkerMetrics {
+    pub fn produced(&self, entity: &str) -> Counter {
+        self.all.produced.get_or_create(&WorkerEntity { worker: self.worker.clone(), entity: entity.into() }).clone()
+    }
+    pub fn failed(&self, category: ErrorCategory) -> Counter {
+        self.all
+            .failed
+            .get_or_create(&WorkerEntityCategory {
+                worker: self.worker.clone(),
+                entity: self.input.clone(),
+                category: category.as_str().into(),
+            })
+            .clone()
+    }
+    pub fn dead_lettered(&self, category: ErrorCategory) -> Counter {
+        self.all
+            .dead_lettered
+            .get_or_create(&WorkerEntityCategory {
+                worker: self.worker.clone(),
+                entity: self.input.clone(),
+                category: category.as_str().into(),
+            })
+            .clone()
+    }
+    pub fn lag(&self, partition: u32) -> Gauge {
+        self.all
+            .lag
+            .get_or_create(&PartitionLabel {
+                worker: self.worker.clone(),
+                entity: self.input.clone(),
+                partition: partition.to_string(),
+            })
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_with_conventional_names() {
+        let m = Metrics::new();
+        let w = m.worker("w", "in");
+        w.consumed.inc_by(3);
+        w.produced("out").inc();
+        w.failed(ErrorCategory::Permanent).inc();
+        w.handler.observe(0.001);
+        let text = m.encode();
+        assert!(text.contains("conveyor_messages_consumed_total{worker=\"w\",entity=\"in\"} 3"), "{text}");
+        assert!(text.contains("conveyor_messages_failed_total{worker=\"w\",entity=\"in\",category=\"permanent\"} 1"), "{text}");
+        assert!(text.contains("conveyor_handler_duration_seconds_bucket"), "{text}");
+        assert!(text.contains("conveyor_build_info{version="), "{text}");
+        assert!(!text.contains("kafka"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

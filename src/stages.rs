@@ -1,0 +1,98 @@
+//! Stages: what a worker does with each message.
+//!
+//! A stage sees a [`PipelineMessage`] and emits zero or more messages to the
+//! worker's named outputs, or fails with a [`StageError`] whose category
+//! decides what the worker does (see `classify`). Stages never see a
+//! transport type. Stage kinds are selected by `stage: { type: ... }` in the
+//! config; library users can also hand the runtime their own `Arc<dyn Stage>`.
+
+mod map;
+mod passthrough;
+
+pub use map::MapStage;
+pub use passthrough::Passthrough;
+
+use crate::classify::ErrorCategory;
+use crate::config::StageConfig;
+use crate::transport::{OutboundMessage, PipelineMessage};
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// One message a stage emits, for the worker output with index `output`
+/// (see [`Outputs::index`]).
+#[derive(Debug, Clone)]
+pub struct Emit {
+    pub output: usize,
+    pub message: OutboundMessage,
+}
+
+/// The names of a worker's outputs, in a fixed order.
+#[derive(Debug, Clone, Default)]
+pub struct Outputs {
+    names: Vec<String>,
+}
+
+impl Outputs {
+    pub fn new(names: impl IntoIterator<Item = String>) -> Self {
+        Outputs { names: names.into_iter().collect() }
+    }
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
+
+/// A per-message processing step.
+#[async_trait]
+pub trait Stage: Send + Sync {
+    /// Processes `msg`, pushing what it emits to `out`. On error, whatever it
+    /// pushed is discarded.
+    async fn process(&self, msg: &PipelineMessage, out: &mut Vec<Emit>) -> Result<(), StageError>;
+}
+
+/// A stage failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StageError {
+    #[error("payload is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("required field {0:?} is missing")]
+    MissingField(String),
+    #[error("stage panicked: {0}")]
+    Panic(String),
+    #[error("{message}")]
+    Other { category: ErrorCategory, kind: String, message: String },
+}
+
+impl StageError {
+    pub fn category(&self) -> ErrorCategory {
+        match self {
+            StageError::InvalidJson(_) | StageError::MissingField(_) | StageError::Panic(_) => ErrorCategory::Permanent,
+            StageError::Other { category, .. } => *category,
+        }
+    }
+
+    /// A short, stable name of the error kind (DLQ `error.type`).
+    pub fn kind(&self) -> &str {
+        match self {
+            StageError::InvalidJson(_) => "invalid_json",
+            StageError::MissingField(_) => "missing_field",
+            StageError::Panic(_) => "panic",
+            StageError::Other { kind, .. } => kind,
+        }
+    }
+
+    pub fn other(category: ErrorCategory, kind: &str, message: impl Into<String>) -> Self {
+        StageError::Other { category, kind: kind.to_string(), message: message.into() }
+    }
+}
+
+/// Builds the stage a config asks for.
+pub fn build(cfg: &StageConfig, outputs: &Outputs) -> Result<Arc<dyn Stage>, String> {
+    let default = || outputs.index("default").ok_or_else(|| "this stage needs an output named `default`".to_string());
+    Ok(match cfg {
+        StageConfig::Passthrough => Arc::new(Passthrough { output: default()? }),
+        StageConfig::Map { require } => Arc::new(MapStage::new(require.clone(), default()?)),
+    })
+}

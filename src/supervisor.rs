@@ -1,0 +1,248 @@
+//! The supervisor: one root `CancellationToken`, a `TaskTracker`, and a
+//! restart loop per task.
+//!
+//! Each worker or source runs in its own tokio task, so a panic anywhere in
+//! it is contained: the supervisor sees the `JoinError`, records it, waits an
+//! exponential backoff with jitter and starts the task again; every other
+//! task keeps running. A task that stayed up for [`HEALTHY_AFTER`] before
+//! failing starts again from the shortest backoff.
+//!
+//! Drain: [`Supervisor::shutdown`] cancels the root token (tasks stop
+//! fetching and finish what they hold), closes the tracker and waits at most
+//! the grace period.
+
+use crate::classify::ErrorCategory;
+use crate::health::{TaskHealth, TaskState};
+use prometheus_client::metrics::counter::Counter;
+use std::any::Any;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A task that ran this long before failing restarts with the shortest backoff.
+pub const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
+/// Exponential restart backoff.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { base: Duration::from_millis(200), max: Duration::from_secs(30) }
+    }
+}
+
+impl Backoff {
+    /// Delay before restart number `attempt` (1-based), before jitter.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(20);
+        self.base.saturating_mul(1u32 << exp).min(self.max)
+    }
+}
+
+/// "Equal jitter": between half of `d` and `d`.
+pub fn jitter(d: Duration) -> Duration {
+    let half = d / 2;
+    half + half.mul_f64(fastrand::f64())
+}
+
+/// The text of a panic payload.
+pub fn panic_text(p: &(dyn Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".into()
+    }
+}
+
+/// How a task run ended.
+pub enum Exit {
+    /// Finished its work (a source with a count); not restarted.
+    Finished,
+    /// Failed with an error of this category; restarted.
+    Failed(ErrorCategory, String),
+}
+
+/// Owns the task tree.
+#[derive(Clone)]
+pub struct Supervisor {
+    root: CancellationToken,
+    tracker: TaskTracker,
+    backoff: Backoff,
+}
+
+impl Supervisor {
+    pub fn new(backoff: Backoff) -> Self {
+        Supervisor { root: CancellationToken::new(), tracker: TaskTracker::new(), backoff }
+    }
+
+    pub fn token(&self) -> &CancellationToken {
+        &self.root
+    }
+
+    /// Supervises `make(child_token)`: restarts it with backoff whenever it
+    /// fails or panics, until the root token is cancelled. A run that returns
+    /// `Ok(None)` after cancellation, or `Ok(Some(Exit::Finished))`, ends it.
+    pub fn spawn<F, Fut>(&self, name: String, health: Arc<TaskHealth>, restarts: Counter, make: F)
+    where
+        F: Fn(CancellationToken) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Option<Exit>> + Send + 'static,
+    {
+        let root = self.root.clone();
+        let backoff = self.backoff;
+        self.tracker.spawn(async move {
+            let mut attempt = 0u32;
+            loop {
+                let token = root.child_token();
+                let started = Instant::now();
+                let joined = tokio::spawn(make(token.clone())).await;
+                let (category, message) = match joined {
+                    Ok(None) if root.is_cancelled() => break,
+                    Ok(None) => (ErrorCategory::Transient, "stopped unexpectedly".to_string()),
+                    Ok(Some(Exit::Finished)) => {
+                        health.set(TaskState::Finished);
+                        break;
+                    }
+                    Ok(Some(Exit::Failed(c, m))) => (c, m),
+                    Err(j) if j.is_panic() => (ErrorCategory::Transient, format!("panicked: {}", panic_text(&*j.into_panic()))),
+                    Err(_) => (ErrorCategory::Transient, "aborted".to_string()),
+                };
+                if root.is_cancelled() {
+                    tracing::error!(task = %name, error_category = %category, error = %message, "task failed while draining");
+                    health.record_error(category, message);
+                    break;
+                }
+                attempt = if started.elapsed() >= HEALTHY_AFTER { 1 } else { attempt + 1 };
+                let delay = jitter(backoff.delay(attempt));
+                let n = health.restarted();
+                restarts.inc();
+                health.record_error(category, message.clone());
+                health.set_with(TaskState::Restarting, format!("restart {n} in {} ms: {message}", delay.as_millis()));
+                tracing::error!(
+                    task = %name, error_category = %category, error = %message, restarts = n,
+                    restart_in_ms = delay.as_millis() as u64, "task failed; restarting"
+                );
+                tokio::select! {
+                    _ = root.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            if !matches!(health.state(), TaskState::Finished) {
+                health.set(TaskState::Stopped);
+            }
+        });
+    }
+
+    /// Cancels everything and waits for the tasks to drain, at most `grace`.
+    /// Returns `false` if the grace period ran out.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.root.cancel();
+        self.tracker.close();
+        tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::Health;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let b = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2) };
+        let got: Vec<u64> = (1..=7).map(|a| b.delay(a).as_millis() as u64).collect();
+        assert_eq!(got, vec![100, 200, 400, 800, 1600, 2000, 2000]);
+        for _ in 0..100 {
+            let j = jitter(Duration::from_millis(1000));
+            assert!(j >= Duration::from_millis(500) && j <= Duration::from_millis(1000));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restarts_failing_task_with_growing_backoff() {
+        let sup = Supervisor::new(Backoff { base: Duration::from_secs(1), max: Duration::from_secs(8) });
+        let health = Health::new();
+        let h = health.task("w", "worker");
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let t0 = Instant::now();
+        let s2 = starts.clone();
+        sup.spawn("w".into(), h.clone(), Counter::default(), move |token| {
+            let s2 = s2.clone();
+            async move {
+                let n = {
+                    let mut s = s2.lock().unwrap();
+                    s.push(t0.elapsed());
+                    s.len()
+                };
+                if n <= 4 {
+                    Some(Exit::Failed(ErrorCategory::Transient, format!("boom {n}")))
+                } else {
+                    token.cancelled().await;
+                    None
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let starts = starts.lock().unwrap().clone();
+        assert_eq!(starts.len(), 5, "{starts:?}");
+        // gaps follow 1s, 2s, 4s, 8s with equal jitter (between half and full)
+        for (i, want) in [1u64, 2, 4, 8].iter().enumerate() {
+            let gap = starts[i + 1] - starts[i];
+            let full = Duration::from_secs(*want);
+            assert!(gap >= full / 2 && gap <= full, "gap {i}: {gap:?} vs {full:?}");
+        }
+        assert_eq!(h.restarts(), 4);
+        assert!(sup.shutdown(Duration::from_secs(1)).await);
+        assert_eq!(h.state(), TaskState::Stopped);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn panic_is_contained_and_others_keep_running() {
+        let sup = Supervisor::new(Backoff { base: Duration::from_millis(100), max: Duration::from_secs(1) });
+        let health = Health::new();
+        let ticks = Arc::new(AtomicU32::new(0));
+        let t2 = ticks.clone();
+        sup.spawn("steady".into(), health.task("steady", "worker"), Counter::default(), move |token| {
+            let t2 = t2.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return None,
+                        _ = tokio::time::sleep(Duration::from_millis(10)) => { t2.fetch_add(1, Ordering::Relaxed); }
+                    }
+                }
+            }
+        });
+        let bad = health.task("bad", "worker");
+        let runs = Arc::new(AtomicU32::new(0));
+        let r2 = runs.clone();
+        sup.spawn("bad".into(), bad.clone(), Counter::default(), move |_token| {
+            let n = r2.fetch_add(1, Ordering::Relaxed);
+            async move {
+                if n < 3 {
+                    panic!("stage exploded {n}");
+                }
+                Some(Exit::Finished)
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(runs.load(Ordering::Relaxed), 4);
+        assert_eq!(bad.restarts(), 3);
+        assert_eq!(bad.state(), TaskState::Finished);
+        let report = health.report();
+        assert_eq!(report.workers["bad"].last_error.as_deref(), Some("panicked: stage exploded 2"));
+        let before = ticks.load(Ordering::Relaxed);
+        assert!(before >= 400, "steady task kept running: {before}");
+        assert!(sup.shutdown(Duration::from_secs(1)).await);
+    }
+}

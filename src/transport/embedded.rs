@@ -1,0 +1,629 @@
+//! `type: embedded` — in-process partitioned logs with consumer groups.
+//!
+//! - **Memory mode** (no `path`): each partition is a queue of records. A
+//!   record is kept until every consumer group registered on the entity has
+//!   committed past it; a producer waits (backpressure) while a partition
+//!   holds `capacity` records that some group has not committed. An entity
+//!   that no group consumes keeps only its newest `capacity` records per
+//!   partition (`conveyor check` warns about it): nothing could read older
+//!   ones anyway, and the process's memory stays bounded.
+//! - **Durable mode** (`path: DIR`): every record and committed position is
+//!   written to a `redb` file by one writer thread that commits many
+//!   producers' writes in one fsync'd transaction (group commit). A send
+//!   returns only after its transaction is durable, and consumers only see
+//!   durable records, so nothing acknowledged is lost on a crash or SIGKILL.
+//!   Commits are queued to the same writer without waiting: a crash may
+//!   forget the last few milliseconds of commits, which redelivers those
+//!   messages (at least once), never skips them. Memory keeps a window of the
+//!   newest `capacity` records per partition; readers further behind read
+//!   from disk. Records every registered group has committed are deleted
+//!   from disk in the background; entities without consumers keep all.
+//! - **Groups** are exclusive: one member of a group holds all partitions
+//!   of the entity; a second subscriber waits until the first leaves. (In one
+//!   process there is nothing to balance; scale-out is the brokers' job.)
+//! - **Partitioning**: explicit partition, else Kafka's murmur2 key hash,
+//!   else round-robin.
+//!
+//! A failed durable commit (disk full, I/O error) poisons the transport:
+//! every later operation fails with a `Transient` storage error and the
+//! workers go unready, rather than serving records that are not on disk.
+
+mod store;
+
+use super::{
+    Assignment, Headers, OutboundMessage, PartitionInfo, PartitionReader, PipelineMessage, ProduceResult, Producer,
+    StartPosition, Subscription, Transport, TransportError, key_partition, now_ms,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use store::{Op, Store, WriterHandle, Write};
+use tokio::sync::{Notify, oneshot};
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub key: Option<Bytes>,
+    pub headers: Headers,
+    pub payload: Bytes,
+    pub timestamp_ms: i64,
+}
+
+/// Options of an embedded transport.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    pub name: String,
+    pub path: Option<PathBuf>,
+    pub capacity: usize,
+}
+
+/// An entity to create: its name on the transport, the config key messages
+/// are labelled with, and its partition count.
+#[derive(Debug, Clone)]
+pub struct EntitySpec {
+    pub name: String,
+    pub key: String,
+    pub partitions: u32,
+}
+
+/// The embedded transport. Cheap to clone.
+#[derive(Clone)]
+pub struct Embedded {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    capacity: usize,
+    durable: Option<Durable>,
+    entities: HashMap<String, Arc<EntityLog>>,
+    rr: AtomicU64,
+    poisoned: OnceLock<String>,
+}
+
+struct Durable {
+    store: Store,
+    writer: WriterHandle,
+    stored_offsets: HashMap<String, i64>,
+}
+
+struct EntityLog {
+    name: Arc<str>,
+    label: Arc<str>,
+    parts: Vec<Arc<Partition>>,
+    groups: Mutex<HashMap<String, Arc<GroupSlot>>>,
+}
+
+#[derive(Default)]
+struct GroupSlot {
+    taken: Mutex<bool>,
+    released: Notify,
+}
+
+struct Partition {
+    index: u32,
+    st: Mutex<PartState>,
+    /// New visible records.
+    data: Notify,
+    /// Room freed (memory mode) or writes made durable (durable mode).
+    space: Notify,
+}
+
+struct PartState {
+    mem_base: i64,
+    mem: VecDeque<Record>,
+    next: i64,
+    visible: i64,
+    earliest: i64,
+    committed: HashMap<String, i64>,
+    disk_trimmed_below: i64,
+}
+
+impl PartState {
+    fn min_committed(&self) -> Option<i64> {
+        self.committed.values().copied().min()
+    }
+}
+
+impl Embedded {
+    /// Opens (durable) or creates (memory) the transport with its entities and
+    /// the consumer groups known from the topology (registered up front so
+    /// records written before a consumer first attaches are kept for it).
+    pub fn open(
+        opts: EmbeddedOptions,
+        entities: &[EntitySpec],
+        groups: &[(String, String, StartPosition)],
+    ) -> Result<Embedded, TransportError> {
+        let durable = match &opts.path {
+            Some(p) => {
+                let (store, writer) = Store::open(p).map_err(|message| TransportError::Open {
+                    transport: opts.name.clone(),
+                    path: p.display().to_string(),
+                    message,
+                })?;
+                let stored_offsets = store.offsets().map_err(|m| storage(&opts.name, m))?;
+                Some(Durable { store, writer, stored_offsets })
+            }
+            None => None,
+        };
+        let mut map = HashMap::new();
+        for e in entities {
+            let mut parts = Vec::new();
+            for p in 0..e.partitions {
+                let (earliest, next) = match &durable {
+                    Some(d) => {
+                        let r = d.store.recover(&e.name, p).map_err(|m| storage(&opts.name, m))?;
+                        (r.earliest, r.next)
+                    }
+                    None => (0, 0),
+                };
+                parts.push(Arc::new(Partition {
+                    index: p,
+                    st: Mutex::new(PartState {
+                        mem_base: next,
+                        mem: VecDeque::new(),
+                        next,
+                        visible: next,
+                        earliest,
+                        committed: HashMap::new(),
+                        disk_trimmed_below: earliest,
+                    }),
+                    data: Notify::new(),
+                    space: Notify::new(),
+                }));
+            }
+            map.insert(
+                e.name.clone(),
+                Arc::new(EntityLog {
+                    name: e.name.as_str().into(),
+                    label: e.key.as_str().into(),
+                    parts,
+                    groups: Mutex::new(HashMap::new()),
+                }),
+            );
+        }
+        let t = Embedded {
+            inner: Arc::new(Inner {
+                name: opts.name,
+                capacity: opts.capacity.max(1),
+                durable,
+                entities: map,
+                rr: AtomicU64::new(0),
+                poisoned: OnceLock::new(),
+            }),
+        };
+        for (entity, group, start) in groups {
+            t.inner.register(entity, group, *start)?;
+        }
+        Ok(t)
+    }
+
+    pub fn is_durable(&self) -> bool {
+        self.inner.durable.is_some()
+    }
+
+    /// Committed next-position of `group` on each partition of `entity`.
+    pub fn committed(&self, entity: &str, group: &str) -> Result<Vec<Option<i64>>, TransportError> {
+        let log = self.inner.entity(entity)?;
+        Ok(log.parts.iter().map(|p| p.st.lock().unwrap().committed.get(group).copied()).collect())
+    }
+
+    /// Waits until every write queued so far is durable.
+    pub async fn flush(&self) -> Result<(), TransportError> {
+        let Some(d) = &self.inner.durable else { return Ok(()) };
+        let (ack, rx) = oneshot::channel();
+        d.writer.send(Write { op: Op::Barrier, ack: Some(ack) });
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(m)) => Err(self.inner.poison(m)),
+            Err(_) => Err(TransportError::Closed { transport: self.inner.name.clone() }),
+        }
+    }
+}
+
+fn storage(transport: &str, message: String) -> TransportError {
+    TransportError::Storage { transport: transport.to_string(), message }
+}
+
+impl Inner {
+    fn entity(&self, name: &str) -> Result<&Arc<EntityLog>, TransportError> {
+        self.entities
+            .get(name)
+            .ok_or_else(|| TransportError::UnknownEntity { transport: self.name.clone(), entity: name.to_string() })
+    }
+
+    fn check(&self) -> Result<(), TransportError> {
+        match self.poisoned.get() {
+            Some(m) => Err(storage(&self.name, format!("store failed earlier and is read-only: {m}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&self, m: String) -> TransportError {
+        let _ = self.poisoned.set(m.clone());
+        storage(&self.name, m)
+    }
+
+    fn register(&self, entity: &str, group: &str, start: StartPosition) -> Result<(), TransportError> {
+        let log = self.entity(entity)?;
+        for p in &log.parts {
+            let mut st = p.st.lock().unwrap();
+            if st.committed.contains_key(group) {
+                continue;
+            }
+            let stored = self
+                .durable
+                .as_ref()
+                .and_then(|d| d.stored_offsets.get(&store::offset_key(group, entity, p.index)).copied());
+            let pos = match (stored, start) {
+                (Some(s), _) => s.max(st.earliest),
+                (None, StartPosition::Earliest) => st.earliest.min(st.mem_base),
+                (None, StartPosition::Latest) => st.next,
+            };
+            st.committed.insert(group.to_string(), pos);
+        }
+        Ok(())
+    }
+
+    async fn append(&self, log: &EntityLog, part: &Partition, records: Vec<Record>) -> Result<i64, TransportError> {
+        let n = records.len() as i64;
+        let mut records = Some(records);
+        loop {
+            self.check()?;
+            let notified = part.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let pending_ack = {
+                let mut st = part.st.lock().unwrap();
+                match &self.durable {
+                    None => {
+                        let unconsumed = st.min_committed().map_or(0, |c| st.next - c);
+                        if unconsumed > 0 && unconsumed as usize >= self.capacity {
+                            None
+                        } else {
+                            let first = st.next;
+                            st.mem.extend(records.take().unwrap());
+                            st.next += n;
+                            st.visible = st.next;
+                            if st.committed.is_empty() {
+                                while st.mem.len() > self.capacity {
+                                    st.mem.pop_front();
+                                    st.mem_base += 1;
+                                }
+                                st.earliest = st.mem_base;
+                            }
+                            drop(st);
+                            part.data.notify_waiters();
+                            return Ok(first);
+                        }
+                    }
+                    Some(d) => {
+                        let pending = st.next - st.visible;
+                        if pending > 0 && pending as usize >= self.capacity {
+                            None
+                        } else {
+                            let first = st.next;
+                            let recs = records.take().unwrap();
+                            st.mem.extend(recs.iter().cloned());
+                            st.next += n;
+                            let (ack, rx) = oneshot::channel();
+                            let op = Op::Append { entity: log.name.clone(), partition: part.index, first, records: recs };
+                            // sent under the lock: the writer sees appends in position order
+                            if !d.writer.send(Write { op, ack: Some(ack) }) {
+                                return Err(TransportError::Closed { transport: self.name.clone() });
+                            }
+                            Some((first, rx))
+                        }
+                    }
+                }
+            };
+            match pending_ack {
+                Some((first, rx)) => {
+                    let res = rx.await;
+                    return match res {
+                        Ok(Ok(())) => {
+                            let mut st = part.st.lock().unwrap();
+                            st.visible = st.visible.max(first + n);
+                            let visible = st.visible;
+                            while st.mem.len() > self.capacity && st.mem_base < visible {
+                                st.mem.pop_front();
+                                st.mem_base += 1;
+                            }
+                            drop(st);
+                            part.data.notify_waiters();
+                            part.space.notify_waiters();
+                            Ok(first)
+                        }
+                        Ok(Err(m)) => Err(self.poison(m)),
+                        Err(_) => Err(TransportError::Closed { transport: self.name.clone() }),
+                    };
+                }
+                None => notified.await,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Producer for Embedded {
+    async fn send(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, TransportError> {
+        let inner = &self.inner;
+        let log = inner.entity(entity)?;
+        let nparts = log.parts.len() as u32;
+        let now = now_ms();
+        let total = batch.len();
+        // group by partition, remembering each message's index
+        let mut per: Vec<(Vec<usize>, Vec<Record>)> = (0..nparts).map(|_| (Vec::new(), Vec::new())).collect();
+        for (i, m) in batch.into_iter().enumerate() {
+            let p = match (m.partition, &m.key) {
+                (Some(p), _) if p < nparts => p,
+                (Some(p), _) => {
+                    return Err(TransportError::UnknownPartition { entity: entity.into(), partition: p, partitions: nparts });
+                }
+                (None, Some(k)) => key_partition(k, nparts),
+                (None, None) => (inner.rr.fetch_add(1, Ordering::Relaxed) % nparts as u64) as u32,
+            };
+            let slot = &mut per[p as usize];
+            slot.0.push(i);
+            slot.1.push(Record { key: m.key, headers: m.headers, payload: m.payload, timestamp_ms: m.timestamp_ms.unwrap_or(now) });
+        }
+        let mut results: Vec<Option<ProduceResult>> = vec![None; total];
+        let mut appends = Vec::new();
+        for (p, (idx, recs)) in per.into_iter().enumerate() {
+            if recs.is_empty() {
+                continue;
+            }
+            let part = log.parts[p].clone();
+            appends.push(async move {
+                let first = inner.append(log, &part, recs).await?;
+                Ok::<_, TransportError>((p as u32, idx, first))
+            });
+        }
+        for r in futures::future::join_all(appends).await {
+            let (p, idx, first) = r?;
+            for (j, i) in idx.into_iter().enumerate() {
+                results[i] = Some(ProduceResult { entity: log.label.clone(), partition: p, position: first + j as i64 });
+            }
+        }
+        Ok(results.into_iter().map(|r| r.expect("every message was placed")).collect())
+    }
+}
+
+#[async_trait]
+impl Transport for Embedded {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn producer(&self) -> Arc<dyn Producer> {
+        Arc::new(self.clone())
+    }
+
+    async fn subscribe(
+        &self,
+        entity: &str,
+        group: &str,
+        start: StartPosition,
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        self.inner.check()?;
+        let log = self.inner.entity(entity)?.clone();
+        self.inner.register(entity, group, start)?;
+        let slot = log.groups.lock().unwrap().entry(group.to_string()).or_default().clone();
+        Ok(Box::new(EmbeddedSubscription {
+            inner: self.inner.clone(),
+            log,
+            group: group.into(),
+            slot,
+            holding: false,
+            pending: VecDeque::new(),
+        }))
+    }
+
+    async fn partitions(&self, entity: &str) -> Result<Vec<PartitionInfo>, TransportError> {
+        let log = self.inner.entity(entity)?;
+        Ok(log
+            .parts
+            .iter()
+            .map(|p| {
+                let st = p.st.lock().unwrap();
+                PartitionInfo { entity: log.label.clone(), partition: p.index, earliest: st.earliest, next: st.visible }
+            })
+            .collect())
+    }
+
+    async fn close(&self) {
+        if let Err(e) = self.flush().await {
+            tracing::error!(transport = %self.inner.name, error = %e, "final flush of the embedded store failed");
+        }
+    }
+}
+
+struct EmbeddedSubscription {
+    inner: Arc<Inner>,
+    log: Arc<EntityLog>,
+    group: Arc<str>,
+    slot: Arc<GroupSlot>,
+    holding: bool,
+    pending: VecDeque<Box<dyn PartitionReader>>,
+}
+
+#[async_trait]
+impl Subscription for EmbeddedSubscription {
+    async fn next(&mut self) -> Result<Assignment, TransportError> {
+        if !self.holding {
+            loop {
+                let notified = self.slot.released.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let mut taken = self.slot.taken.lock().unwrap();
+                    if !*taken {
+                        *taken = true;
+                        break;
+                    }
+                }
+                notified.await;
+            }
+            self.holding = true;
+            for p in &self.log.parts {
+                let cursor = p.st.lock().unwrap().committed.get(&*self.group).copied().unwrap_or(0);
+                self.pending.push_back(Box::new(EmbeddedReader {
+                    inner: self.inner.clone(),
+                    log: self.log.clone(),
+                    part: p.clone(),
+                    group: self.group.clone(),
+                    cursor,
+                    commits_since_trim: 0,
+                }));
+            }
+        }
+        match self.pending.pop_front() {
+            Some(r) => Ok(Assignment::Assigned(r)),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for EmbeddedSubscription {
+    fn drop(&mut self) {
+        if self.holding {
+            *self.slot.taken.lock().unwrap() = false;
+            self.slot.released.notify_waiters();
+        }
+    }
+}
+
+struct EmbeddedReader {
+    inner: Arc<Inner>,
+    log: Arc<EntityLog>,
+    part: Arc<Partition>,
+    group: Arc<str>,
+    cursor: i64,
+    commits_since_trim: u32,
+}
+
+impl EmbeddedReader {
+    fn message(&self, position: i64, r: &Record) -> PipelineMessage {
+        PipelineMessage {
+            entity: self.log.label.clone(),
+            partition: self.part.index,
+            position,
+            key: r.key.clone(),
+            headers: r.headers.clone(),
+            payload: r.payload.clone(),
+            timestamp_ms: r.timestamp_ms,
+        }
+    }
+}
+
+#[async_trait]
+impl PartitionReader for EmbeddedReader {
+    fn partition(&self) -> u32 {
+        self.part.index
+    }
+
+    async fn fetch(&mut self, max: usize, out: &mut Vec<PipelineMessage>) -> Result<(), TransportError> {
+        let max = max.max(1);
+        loop {
+            self.inner.check()?;
+            let notified = self.part.data.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let disk_until = {
+                let st = self.part.st.lock().unwrap();
+                if self.cursor < st.earliest {
+                    self.cursor = st.earliest;
+                }
+                if self.cursor < st.visible {
+                    if self.cursor >= st.mem_base {
+                        let start = (self.cursor - st.mem_base) as usize;
+                        let end = ((st.visible - st.mem_base) as usize).min(start + max);
+                        out.reserve(end - start);
+                        for i in start..end {
+                            out.push(self.message(st.mem_base + i as i64, &st.mem[i]));
+                        }
+                        self.cursor += (end - start) as i64;
+                        return Ok(());
+                    }
+                    Some(st.mem_base)
+                } else {
+                    None
+                }
+            };
+            if let Some(until) = disk_until {
+                let d = self.inner.durable.as_ref().expect("only durable mode keeps records outside memory");
+                let n = ((until - self.cursor) as usize).min(max);
+                let rows = d.store.read(&self.log.name, self.part.index, self.cursor, n);
+                let rows = rows.map_err(|m| self.inner.poison(m))?;
+                if rows.is_empty() {
+                    // trimmed under us: skip to what is stored
+                    let st = self.part.st.lock().unwrap();
+                    self.cursor = self.cursor.max(st.earliest).max(st.mem_base.min(until));
+                    continue;
+                }
+                for (pos, r) in &rows {
+                    out.push(self.message(*pos, r));
+                }
+                self.cursor = rows.last().unwrap().0 + 1;
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
+
+    async fn commit(&mut self, last: &PipelineMessage) -> Result<(), TransportError> {
+        self.inner.check()?;
+        let next = last.position + 1;
+        let trim = {
+            let mut st = self.part.st.lock().unwrap();
+            let c = st.committed.entry(self.group.to_string()).or_insert(next);
+            *c = (*c).max(next);
+            let min = st.min_committed().unwrap_or(next);
+            match &self.inner.durable {
+                None => {
+                    while st.mem_base < min && !st.mem.is_empty() {
+                        st.mem.pop_front();
+                        st.mem_base += 1;
+                    }
+                    st.earliest = st.mem_base;
+                    None
+                }
+                Some(_) => {
+                    self.commits_since_trim += 1;
+                    if self.commits_since_trim >= 64 && min > st.disk_trimmed_below {
+                        self.commits_since_trim = 0;
+                        st.disk_trimmed_below = min;
+                        st.earliest = st.earliest.max(min.min(st.mem_base));
+                        Some(min)
+                    } else {
+                        None
+                    }
+                }
+            }
+        };
+        match &self.inner.durable {
+            None => self.part.space.notify_waiters(),
+            Some(d) => {
+                let key = store::offset_key(&self.group, &self.log.name, self.part.index);
+                d.writer.send(Write { op: Op::Commit { key, next }, ack: None });
+                if let Some(below) = trim {
+                    let op = Op::Trim { entity: self.log.name.clone(), partition: self.part.index, below };
+                    d.writer.send(Write { op, ack: None });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn lag(&self) -> Option<u64> {
+        let st = self.part.st.lock().unwrap();
+        let c = st.committed.get(&*self.group).copied().unwrap_or(st.earliest);
+        Some((st.visible - c).max(0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests;

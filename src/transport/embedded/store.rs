@@ -1,0 +1,305 @@
+//! The durable half of the embedded transport: a `redb` file plus one writer
+//! thread doing group commits.
+//!
+//! Why redb: a pure-Rust, single-file, crash-safe (copy-on-write B-trees with
+//! checksummed commits) embedded store with a stable file format and no C
+//! dependencies, small enough to build in seconds. A log needs ordered keys,
+//! range scans and atomic multi-table commits, all of which it has; its
+//! single-writer model fits a group-commit thread exactly.
+//!
+//! Layout: one table per partition `log/<entity>/<partition>` (u64 position
+//! → encoded record), `next` (entity/partition → next position, survives
+//! trimming), `offsets` (group/entity/partition → next position to read).
+//! Every write operation is acknowledged only after the transaction that
+//! holds it is committed with `Durability::Immediate` (fsync).
+
+use super::Record;
+use crate::transport::Headers;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+const NEXT: TableDefinition<&str, u64> = TableDefinition::new("next");
+const OFFSETS: TableDefinition<&str, u64> = TableDefinition::new("offsets");
+
+pub(super) fn log_table(entity: &str, partition: u32) -> String {
+    format!("log/{entity}/{partition}")
+}
+
+pub(super) fn offset_key(group: &str, entity: &str, partition: u32) -> String {
+    format!("{group}\u{1f}{entity}\u{1f}{partition}")
+}
+
+fn part_key(entity: &str, partition: u32) -> String {
+    format!("{entity}\u{1f}{partition}")
+}
+
+/// One change for the writer thread.
+pub(super) enum Op {
+    Append { entity: Arc<str>, partition: u32, first: i64, records: Vec<Record> },
+    Commit { key: String, next: i64 },
+    Trim { entity: Arc<str>, partition: u32, below: i64 },
+    /// Writes nothing; acknowledged once everything queued before it is durable.
+    Barrier,
+}
+
+pub(super) struct Write {
+    pub op: Op,
+    pub ack: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// What a partition looked like on disk at open.
+pub(super) struct Recovered {
+    pub earliest: i64,
+    pub next: i64,
+}
+
+pub(super) struct Store {
+    db: Arc<Database>,
+}
+
+/// The writer thread's end: dropping it closes the queue and waits for the
+/// thread, so the file is released when the transport is gone.
+pub(super) struct WriterHandle {
+    pub tx: Option<mpsc::UnboundedSender<Write>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriterHandle {
+    pub fn send(&self, w: Write) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.send(w).is_ok())
+    }
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<(Store, WriterHandle), String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create directory: {e}"))?;
+        let db = Database::create(dir.join("conveyor.redb")).map_err(|e| e.to_string())?;
+        let db = Arc::new(db);
+        {
+            let w = db.begin_write().map_err(|e| e.to_string())?;
+            w.open_table(NEXT).map_err(|e| e.to_string())?;
+            w.open_table(OFFSETS).map_err(|e| e.to_string())?;
+            w.commit().map_err(|e| e.to_string())?;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let wdb = db.clone();
+        let handle = std::thread::Builder::new()
+            .name("embedded-writer".into())
+            .spawn(move || writer(wdb, rx))
+            .map_err(|e| e.to_string())?;
+        Ok((Store { db }, WriterHandle { tx: Some(tx), thread: Some(handle) }))
+    }
+
+    /// Reads a partition's extent.
+    pub fn recover(&self, entity: &str, partition: u32) -> Result<Recovered, String> {
+        let r = self.db.begin_read().map_err(|e| e.to_string())?;
+        let next_t = r.open_table(NEXT).map_err(|e| e.to_string())?;
+        let stored_next = next_t.get(part_key(entity, partition).as_str()).map_err(|e| e.to_string())?.map(|v| v.value());
+        let name = log_table(entity, partition);
+        let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
+        let (first, last) = match r.open_table(def) {
+            Ok(t) => {
+                let first = t.first().map_err(|e| e.to_string())?.map(|(k, _)| k.value());
+                let last = t.last().map_err(|e| e.to_string())?.map(|(k, _)| k.value());
+                (first, last)
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => (None, None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let next = stored_next.unwrap_or(0).max(last.map(|l| l + 1).unwrap_or(0)) as i64;
+        Ok(Recovered { earliest: first.map(|f| f as i64).unwrap_or(next), next })
+    }
+
+    /// Committed offsets of every group of `entity`, keyed by (group, partition).
+    pub fn offsets(&self) -> Result<HashMap<String, i64>, String> {
+        let r = self.db.begin_read().map_err(|e| e.to_string())?;
+        let t = r.open_table(OFFSETS).map_err(|e| e.to_string())?;
+        let mut out = HashMap::new();
+        for row in t.iter().map_err(|e| e.to_string())? {
+            let (k, v) = row.map_err(|e| e.to_string())?;
+            out.insert(k.value().to_string(), v.value() as i64);
+        }
+        Ok(out)
+    }
+
+    /// Reads up to `max` records of a partition from `from` on.
+    pub fn read(&self, entity: &str, partition: u32, from: i64, max: usize) -> Result<Vec<(i64, Record)>, String> {
+        let r = self.db.begin_read().map_err(|e| e.to_string())?;
+        let name = log_table(entity, partition);
+        let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
+        let t = match r.open_table(def) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut out = Vec::with_capacity(max.min(t.len().unwrap_or(0) as usize));
+        for row in t.range(from.max(0) as u64..).map_err(|e| e.to_string())?.take(max) {
+            let (k, v) = row.map_err(|e| e.to_string())?;
+            let rec = decode(v.value()).ok_or_else(|| format!("corrupt record at {entity}/{partition}@{}", k.value()))?;
+            out.push((k.value() as i64, rec));
+        }
+        Ok(out)
+    }
+}
+
+fn writer(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Write>) {
+    let mut batch: Vec<Write> = Vec::with_capacity(1024);
+    let mut buf = BytesMut::new();
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < 8192 {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let result = apply(&db, &batch, &mut buf).map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, ops = batch.len(), "embedded store commit failed");
+        }
+        for w in batch.drain(..) {
+            if let Some(ack) = w.ack {
+                let _ = ack.send(result.clone());
+            }
+        }
+    }
+}
+
+fn apply(db: &Database, batch: &[Write], buf: &mut BytesMut) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut next_t = txn.open_table(NEXT)?;
+        let mut offsets = txn.open_table(OFFSETS)?;
+        let mut nexts: HashMap<(Arc<str>, u32), i64> = HashMap::new();
+        for w in batch {
+            match &w.op {
+                Op::Append { entity, partition, first, records } => {
+                    let name = log_table(entity, *partition);
+                    let mut t = txn.open_table(TableDefinition::<u64, &[u8]>::new(&name))?;
+                    for (i, r) in records.iter().enumerate() {
+                        buf.clear();
+                        encode(r, buf);
+                        t.insert((*first + i as i64) as u64, &buf[..])?;
+                    }
+                    let end = *first + records.len() as i64;
+                    let e = nexts.entry((entity.clone(), *partition)).or_insert(end);
+                    *e = (*e).max(end);
+                }
+                Op::Commit { key, next } => {
+                    offsets.insert(key.as_str(), *next as u64)?;
+                }
+                Op::Barrier => {}
+                Op::Trim { entity, partition, below } => {
+                    let name = log_table(entity, *partition);
+                    let mut t = txn.open_table(TableDefinition::<u64, &[u8]>::new(&name))?;
+                    t.retain_in(..(*below).max(0) as u64, |_, _| false)?;
+                }
+            }
+        }
+        for ((entity, partition), next) in nexts {
+            next_t.insert(part_key(&entity, partition).as_str(), next as u64)?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Record wire format: ts i64 | key_len i32 (-1 = none) | key | n_headers u16
+/// | (name_len u16, name, value_len u32, value)* | payload.
+fn encode(r: &Record, out: &mut BytesMut) {
+    out.reserve(16 + r.payload.len() + r.key.as_ref().map_or(0, |k| k.len()));
+    out.put_i64_le(r.timestamp_ms);
+    match &r.key {
+        Some(k) => {
+            out.put_i32_le(k.len() as i32);
+            out.put_slice(k);
+        }
+        None => out.put_i32_le(-1),
+    }
+    out.put_u16_le(r.headers.0.len() as u16);
+    for (n, v) in &r.headers.0 {
+        out.put_u16_le(n.len() as u16);
+        out.put_slice(n.as_bytes());
+        out.put_u32_le(v.len() as u32);
+        out.put_slice(v);
+    }
+    out.put_slice(&r.payload);
+}
+
+fn decode(mut b: &[u8]) -> Option<Record> {
+    if b.remaining() < 14 {
+        return None;
+    }
+    let timestamp_ms = b.get_i64_le();
+    let kl = b.get_i32_le();
+    let key = if kl < 0 {
+        None
+    } else {
+        let kl = kl as usize;
+        if b.remaining() < kl {
+            return None;
+        }
+        let k = Bytes::copy_from_slice(&b[..kl]);
+        b.advance(kl);
+        Some(k)
+    };
+    if b.remaining() < 2 {
+        return None;
+    }
+    let n = b.get_u16_le();
+    let mut headers = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        if b.remaining() < 2 {
+            return None;
+        }
+        let nl = b.get_u16_le() as usize;
+        if b.remaining() < nl + 4 {
+            return None;
+        }
+        let name = String::from_utf8(b[..nl].to_vec()).ok()?;
+        b.advance(nl);
+        let vl = b.get_u32_le() as usize;
+        if b.remaining() < vl {
+            return None;
+        }
+        headers.push((name, Bytes::copy_from_slice(&b[..vl])));
+        b.advance(vl);
+    }
+    Some(Record { key, headers: Headers(headers), payload: Bytes::copy_from_slice(b), timestamp_ms })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codec_round_trips() {
+        let r = Record {
+            key: Some(Bytes::from_static(b"k")),
+            headers: Headers(vec![("a".into(), Bytes::from_static(b"1")), ("b".into(), Bytes::new())]),
+            payload: Bytes::from_static(b"\x00\xffpayload"),
+            timestamp_ms: 1234,
+        };
+        let mut buf = BytesMut::new();
+        encode(&r, &mut buf);
+        assert_eq!(decode(&buf).unwrap(), r);
+        let none = Record { key: None, headers: Headers::default(), payload: Bytes::new(), timestamp_ms: -1 };
+        buf.clear();
+        encode(&none, &mut buf);
+        assert_eq!(decode(&buf).unwrap(), none);
+        assert!(decode(&buf[..5]).is_none());
+    }
+}
