@@ -134,6 +134,11 @@ impl Health {
                 )
             })
             .collect();
-        Readiness { ready: workers.values().all(|r| matches!(r.state, TaskState::Ready | TaskState::Finished)), workers }
+        Readiness {
+            ready: workers
+                .values()
+                .all(|r| matches!(r.state, TaskState::Ready | TaskState::Finished)),
+            workers,
+        }
     }
 }

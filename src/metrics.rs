@@ -100,18 +100,62 @@ impl Metrics {
             source_events: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("messages_consumed", "Messages read from an input entity", m.consumed.clone());
-        registry.register("messages_produced", "Messages acknowledged by an output entity", m.produced.clone());
-        registry.register("messages_failed", "Message processing failures, by error category", m.failed.clone());
-        registry.register("dead_lettered", "Messages written to a dead-letter entity", m.dead_lettered.clone());
-        registry.register("worker_restarts", "Worker restarts by the supervisor", m.restarts.clone());
-        registry.register("worker_ready", "1 when the worker is consuming normally", m.ready.clone());
-        registry.register("handler_duration_seconds", "Time the stage took per message", m.handler_seconds.clone());
-        registry.register("in_flight_messages", "Messages fetched but not yet committed", m.in_flight.clone());
-        registry.register("consumer_lag_messages", "High watermark minus committed position", m.lag.clone());
-        registry.register("source_events", "Events emitted by built-in sources", m.source_events.clone());
+        registry.register(
+            "messages_consumed",
+            "Messages read from an input entity",
+            m.consumed.clone(),
+        );
+        registry.register(
+            "messages_produced",
+            "Messages acknowledged by an output entity",
+            m.produced.clone(),
+        );
+        registry.register(
+            "messages_failed",
+            "Message processing failures, by error category",
+            m.failed.clone(),
+        );
+        registry.register(
+            "dead_lettered",
+            "Messages written to a dead-letter entity",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "worker_restarts",
+            "Worker restarts by the supervisor",
+            m.restarts.clone(),
+        );
+        registry.register(
+            "worker_ready",
+            "1 when the worker is consuming normally",
+            m.ready.clone(),
+        );
+        registry.register(
+            "handler_duration_seconds",
+            "Time the stage took per message",
+            m.handler_seconds.clone(),
+        );
+        registry.register(
+            "in_flight_messages",
+            "Messages fetched but not yet committed",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "consumer_lag_messages",
+            "High watermark minus committed position",
+            m.lag.clone(),
+        );
+        registry.register(
+            "source_events",
+            "Events emitted by built-in sources",
+            m.source_events.clone(),
+        );
         let build: Family<VersionLabel, Gauge> = Family::default();
-        build.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION").into() }).set(1);
+        build
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
         registry.register("build_info", "Conveyor version", build);
         Arc::new(Metrics { registry, ..m })
     }
@@ -119,17 +163,26 @@ impl Metrics {
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut s = String::new();
-        prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut s, &self.registry)
+            .expect("writing to a String cannot fail");
         s
     }
 
     /// Handles for one worker, resolved once so the hot path is atomics only.
     pub fn worker(self: &Arc<Self>, worker: &str, input: &str) -> WorkerMetrics {
-        let w = WorkerLabel { worker: worker.into() };
+        let w = WorkerLabel {
+            worker: worker.into(),
+        };
         WorkerMetrics {
             worker: worker.into(),
             input: input.into(),
-            consumed: self.consumed.get_or_create(&WorkerEntity { worker: worker.into(), entity: input.into() }).clone(),
+            consumed: self
+                .consumed
+                .get_or_create(&WorkerEntity {
+                    worker: worker.into(),
+                    entity: input.into(),
+                })
+                .clone(),
             handler: self.handler_seconds.get_or_create(&w).clone(),
             in_flight: self.in_flight.get_or_create(&w).clone(),
             ready: self.ready.get_or_create(&w).clone(),
@@ -154,7 +207,13 @@ pub struct WorkerMetrics {
 
 impl WorkerMetrics {
     pub fn produced(&self, entity: &str) -> Counter {
-        self.all.produced.get_or_create(&WorkerEntity { worker: self.worker.clone(), entity: entity.into() }).clone()
+        self.all
+            .produced
+            .get_or_create(&WorkerEntity {
+                worker: self.worker.clone(),
+                entity: entity.into(),
+            })
+            .clone()
     }
     pub fn failed(&self, category: ErrorCategory) -> Counter {
         self.all
@@ -201,9 +260,15 @@ mod tests {
         w.failed(ErrorCategory::Permanent).inc();
         w.handler.observe(0.001);
         let text = m.encode();
-        assert!(text.contains("conveyor_messages_consumed_total{worker=\"w\",entity=\"in\"} 3"), "{text}");
+        assert!(
+            text.contains("conveyor_messages_consumed_total{worker=\"w\",entity=\"in\"} 3"),
+            "{text}"
+        );
         assert!(text.contains("conveyor_messages_failed_total{worker=\"w\",entity=\"in\",category=\"permanent\"} 1"), "{text}");
-        assert!(text.contains("conveyor_handler_duration_seconds_bucket"), "{text}");
+        assert!(
+            text.contains("conveyor_handler_duration_seconds_bucket"),
+            "{text}"
+        );
         assert!(text.contains("conveyor_build_info{version="), "{text}");
         assert!(!text.contains("kafka"), "{text}");
         assert!(text.ends_with("# EOF\n"));

@@ -79,13 +79,29 @@ pub struct OutputTarget {
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("cannot join consumer group {group:?} on {entity:?}: {source}")]
-    Subscribe { entity: String, group: String, source: TransportError },
+    Subscribe {
+        entity: String,
+        group: String,
+        source: TransportError,
+    },
     #[error("reading {entity:?} partition {partition}: {source}")]
-    Fetch { entity: String, partition: u32, source: TransportError },
+    Fetch {
+        entity: String,
+        partition: u32,
+        source: TransportError,
+    },
     #[error("writing to {entity:?}: {source}")]
-    Produce { entity: String, source: TransportError },
+    Produce {
+        entity: String,
+        source: TransportError,
+    },
     #[error("committing {entity:?} partition {partition} at position {position}: {source}")]
-    Commit { entity: String, partition: u32, position: i64, source: TransportError },
+    Commit {
+        entity: String,
+        partition: u32,
+        position: i64,
+        source: TransportError,
+    },
     #[error("a partition task panicked: {0}")]
     Panic(String),
 }
@@ -104,7 +120,11 @@ impl WorkerError {
 
 /// Runs a worker until `cancel`, then drains: stops fetching, finishes and
 /// commits the batches in hand.
-pub async fn run(spec: Arc<WorkerSpec>, health: Arc<TaskHealth>, cancel: CancellationToken) -> Result<(), WorkerError> {
+pub async fn run(
+    spec: Arc<WorkerSpec>,
+    health: Arc<TaskHealth>,
+    cancel: CancellationToken,
+) -> Result<(), WorkerError> {
     health.set(TaskState::Starting);
     spec.metrics.ready.set(0);
     let sub = tokio::select! {

@@ -96,7 +96,10 @@ mod tests {
 
     #[test]
     fn replaces_set_variables_and_defaults() {
-        let got = interpolate("a: ${HOST}\nb: ${NOPE:-x y}\nc: ${EMPTY:-d}\né: ${HOST}", env);
+        let got = interpolate(
+            "a: ${HOST}\nb: ${NOPE:-x y}\nc: ${EMPTY:-d}\né: ${HOST}",
+            env,
+        );
         assert_eq!(got.unwrap(), "a: broker:9092\nb: x y\nc: d\né: broker:9092");
     }
 
@@ -111,14 +114,25 @@ mod tests {
         assert_eq!(
             err,
             vec![
-                Unresolved { var: "ONE".into(), line: 2, column: 4 },
-                Unresolved { var: "TWO".into(), line: 3, column: 8 },
+                Unresolved {
+                    var: "ONE".into(),
+                    line: 2,
+                    column: 4
+                },
+                Unresolved {
+                    var: "TWO".into(),
+                    line: 3,
+                    column: 8
+                },
             ]
         );
     }
 
     #[test]
     fn leaves_non_variables_alone() {
-        assert_eq!(interpolate("a: ${not valid} $x ${", env).unwrap(), "a: ${not valid} $x ${");
+        assert_eq!(
+            interpolate("a: ${not valid} $x ${", env).unwrap(),
+            "a: ${not valid} $x ${"
+        );
     }
 }

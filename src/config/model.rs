@@ -81,7 +81,9 @@ fn default_listen() -> SocketAddr {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: default_listen() }
+        HttpConfig {
+            listen: default_listen(),
+        }
     }
 }
 
@@ -104,7 +106,10 @@ fn default_level() -> String {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Json, level: default_level() }
+        LogConfig {
+            format: LogFormat::Json,
+            level: default_level(),
+        }
     }
 }
 

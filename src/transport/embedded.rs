@@ -31,8 +31,9 @@
 mod store;
 
 use super::{
-    Assignment, Headers, OutboundMessage, PartitionInfo, PartitionReader, PipelineMessage, ProduceResult, Producer,
-    StartPosition, Subscription, Transport, TransportError, key_partition, now_ms,
+    Assignment, Headers, OutboundMessage, PartitionInfo, PartitionReader, PipelineMessage,
+    ProduceResult, Producer, StartPosition, Subscription, Transport, TransportError, key_partition,
+    now_ms,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -40,7 +41,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use store::{Op, Store, WriterHandle, Write};
+use store::{Op, Store, Write, WriterHandle};
 use tokio::sync::{Notify, oneshot};
 
 /// A stored message.
@@ -145,7 +146,11 @@ impl Embedded {
                     message,
                 })?;
                 let stored_offsets = store.offsets().map_err(|m| storage(&opts.name, m))?;
-                Some(Durable { store, writer, stored_offsets })
+                Some(Durable {
+                    store,
+                    writer,
+                    stored_offsets,
+                })
             }
             None => None,
         };
@@ -155,7 +160,10 @@ impl Embedded {
             for p in 0..e.partitions {
                 let (earliest, next) = match &durable {
                     Some(d) => {
-                        let r = d.store.recover(&e.name, p).map_err(|m| storage(&opts.name, m))?;
+                        let r = d
+                            .store
+                            .recover(&e.name, p)
+                            .map_err(|m| storage(&opts.name, m))?;
                         (r.earliest, r.next)
                     }
                     None => (0, 0),
@@ -208,36 +216,56 @@ impl Embedded {
     /// Committed next-position of `group` on each partition of `entity`.
     pub fn committed(&self, entity: &str, group: &str) -> Result<Vec<Option<i64>>, TransportError> {
         let log = self.inner.entity(entity)?;
-        Ok(log.parts.iter().map(|p| p.st.lock().unwrap().committed.get(group).copied()).collect())
+        Ok(log
+            .parts
+            .iter()
+            .map(|p| p.st.lock().unwrap().committed.get(group).copied())
+            .collect())
     }
 
     /// Waits until every write queued so far is durable.
     pub async fn flush(&self) -> Result<(), TransportError> {
-        let Some(d) = &self.inner.durable else { return Ok(()) };
+        let Some(d) = &self.inner.durable else {
+            return Ok(());
+        };
         let (ack, rx) = oneshot::channel();
-        d.writer.send(Write { op: Op::Barrier, ack: Some(ack) });
+        d.writer.send(Write {
+            op: Op::Barrier,
+            ack: Some(ack),
+        });
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(m)) => Err(self.inner.poison(m)),
-            Err(_) => Err(TransportError::Closed { transport: self.inner.name.clone() }),
+            Err(_) => Err(TransportError::Closed {
+                transport: self.inner.name.clone(),
+            }),
         }
     }
 }
 
 fn storage(transport: &str, message: String) -> TransportError {
-    TransportError::Storage { transport: transport.to_string(), message }
+    TransportError::Storage {
+        transport: transport.to_string(),
+        message,
+    }
 }
 
 impl Inner {
     fn entity(&self, name: &str) -> Result<&Arc<EntityLog>, TransportError> {
         self.entities
             .get(name)
-            .ok_or_else(|| TransportError::UnknownEntity { transport: self.name.clone(), entity: name.to_string() })
+            .ok_or_else(|| TransportError::UnknownEntity {
+                transport: self.name.clone(),
+                entity: name.to_string(),
+            })
     }
 
     fn check(&self) -> Result<(), TransportError> {
         match self.poisoned.get() {
-            Some(m) => Err(storage(&self.name, format!("store failed earlier and is read-only: {m}"))),
+            Some(m) => Err(storage(
+                &self.name,
+                format!("store failed earlier and is read-only: {m}"),
+            )),
             None => Ok(()),
         }
     }
@@ -247,17 +275,23 @@ impl Inner {
         storage(&self.name, m)
     }
 
-    fn register(&self, entity: &str, group: &str, start: StartPosition) -> Result<(), TransportError> {
+    fn register(
+        &self,
+        entity: &str,
+        group: &str,
+        start: StartPosition,
+    ) -> Result<(), TransportError> {
         let log = self.entity(entity)?;
         for p in &log.parts {
             let mut st = p.st.lock().unwrap();
             if st.committed.contains_key(group) {
                 continue;
             }
-            let stored = self
-                .durable
-                .as_ref()
-                .and_then(|d| d.stored_offsets.get(&store::offset_key(group, entity, p.index)).copied());
+            let stored = self.durable.as_ref().and_then(|d| {
+                d.stored_offsets
+                    .get(&store::offset_key(group, entity, p.index))
+                    .copied()
+            });
             let pos = match (stored, start) {
                 (Some(s), _) => s.max(st.earliest),
                 (None, StartPosition::Earliest) => st.earliest.min(st.mem_base),
@@ -268,7 +302,12 @@ impl Inner {
         Ok(())
     }
 
-    async fn append(&self, log: &EntityLog, part: &Partition, records: Vec<Record>) -> Result<i64, TransportError> {
+    async fn append(
+        &self,
+        log: &EntityLog,
+        part: &Partition,
+        records: Vec<Record>,
+    ) -> Result<i64, TransportError> {
         let n = records.len() as i64;
         let mut records = Some(records);
         loop {
@@ -310,10 +349,17 @@ impl Inner {
                             st.mem.extend(recs.iter().cloned());
                             st.next += n;
                             let (ack, rx) = oneshot::channel();
-                            let op = Op::Append { entity: log.name.clone(), partition: part.index, first, records: recs };
+                            let op = Op::Append {
+                                entity: log.name.clone(),
+                                partition: part.index,
+                                first,
+                                records: recs,
+                            };
                             // sent under the lock: the writer sees appends in position order
                             if !d.writer.send(Write { op, ack: Some(ack) }) {
-                                return Err(TransportError::Closed { transport: self.name.clone() });
+                                return Err(TransportError::Closed {
+                                    transport: self.name.clone(),
+                                });
                             }
                             Some((first, rx))
                         }
@@ -338,7 +384,9 @@ impl Inner {
                             Ok(first)
                         }
                         Ok(Err(m)) => Err(self.poison(m)),
-                        Err(_) => Err(TransportError::Closed { transport: self.name.clone() }),
+                        Err(_) => Err(TransportError::Closed {
+                            transport: self.name.clone(),
+                        }),
                     };
                 }
                 None => notified.await,
@@ -349,26 +397,40 @@ impl Inner {
 
 #[async_trait]
 impl Producer for Embedded {
-    async fn send(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, TransportError> {
+    async fn send(
+        &self,
+        entity: &str,
+        batch: Vec<OutboundMessage>,
+    ) -> Result<Vec<ProduceResult>, TransportError> {
         let inner = &self.inner;
         let log = inner.entity(entity)?;
         let nparts = log.parts.len() as u32;
         let now = now_ms();
         let total = batch.len();
         // group by partition, remembering each message's index
-        let mut per: Vec<(Vec<usize>, Vec<Record>)> = (0..nparts).map(|_| (Vec::new(), Vec::new())).collect();
+        let mut per: Vec<(Vec<usize>, Vec<Record>)> =
+            (0..nparts).map(|_| (Vec::new(), Vec::new())).collect();
         for (i, m) in batch.into_iter().enumerate() {
             let p = match (m.partition, &m.key) {
                 (Some(p), _) if p < nparts => p,
                 (Some(p), _) => {
-                    return Err(TransportError::UnknownPartition { entity: entity.into(), partition: p, partitions: nparts });
+                    return Err(TransportError::UnknownPartition {
+                        entity: entity.into(),
+                        partition: p,
+                        partitions: nparts,
+                    });
                 }
                 (None, Some(k)) => key_partition(k, nparts),
                 (None, None) => (inner.rr.fetch_add(1, Ordering::Relaxed) % nparts as u64) as u32,
             };
             let slot = &mut per[p as usize];
             slot.0.push(i);
-            slot.1.push(Record { key: m.key, headers: m.headers, payload: m.payload, timestamp_ms: m.timestamp_ms.unwrap_or(now) });
+            slot.1.push(Record {
+                key: m.key,
+                headers: m.headers,
+                payload: m.payload,
+                timestamp_ms: m.timestamp_ms.unwrap_or(now),
+            });
         }
         let mut results: Vec<Option<ProduceResult>> = vec![None; total];
         let mut appends = Vec::new();
@@ -385,10 +447,17 @@ impl Producer for Embedded {
         for r in futures::future::join_all(appends).await {
             let (p, idx, first) = r?;
             for (j, i) in idx.into_iter().enumerate() {
-                results[i] = Some(ProduceResult { entity: log.label.clone(), partition: p, position: first + j as i64 });
+                results[i] = Some(ProduceResult {
+                    entity: log.label.clone(),
+                    partition: p,
+                    position: first + j as i64,
+                });
             }
         }
-        Ok(results.into_iter().map(|r| r.expect("every message was placed")).collect())
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every message was placed"))
+            .collect())
     }
 }
 
@@ -411,7 +480,13 @@ impl Transport for Embedded {
         self.inner.check()?;
         let log = self.inner.entity(entity)?.clone();
         self.inner.register(entity, group, start)?;
-        let slot = log.groups.lock().unwrap().entry(group.to_string()).or_default().clone();
+        let slot = log
+            .groups
+            .lock()
+            .unwrap()
+            .entry(group.to_string())
+            .or_default()
+            .clone();
         Ok(Box::new(EmbeddedSubscription {
             inner: self.inner.clone(),
             log,
@@ -429,7 +504,12 @@ impl Transport for Embedded {
             .iter()
             .map(|p| {
                 let st = p.st.lock().unwrap();
-                PartitionInfo { entity: log.label.clone(), partition: p.index, earliest: st.earliest, next: st.visible }
+                PartitionInfo {
+                    entity: log.label.clone(),
+                    partition: p.index,
+                    earliest: st.earliest,
+                    next: st.visible,
+                }
             })
             .collect())
     }
@@ -469,7 +549,13 @@ impl Subscription for EmbeddedSubscription {
             }
             self.holding = true;
             for p in &self.log.parts {
-                let cursor = p.st.lock().unwrap().committed.get(&*self.group).copied().unwrap_or(0);
+                let cursor =
+                    p.st.lock()
+                        .unwrap()
+                        .committed
+                        .get(&*self.group)
+                        .copied()
+                        .unwrap_or(0);
                 self.pending.push_back(Box::new(EmbeddedReader {
                     inner: self.inner.clone(),
                     log: self.log.clone(),
@@ -525,7 +611,11 @@ impl PartitionReader for EmbeddedReader {
         self.part.index
     }
 
-    async fn fetch(&mut self, max: usize, out: &mut Vec<PipelineMessage>) -> Result<(), TransportError> {
+    async fn fetch(
+        &mut self,
+        max: usize,
+        out: &mut Vec<PipelineMessage>,
+    ) -> Result<(), TransportError> {
         let max = max.max(1);
         loop {
             self.inner.check()?;
@@ -554,9 +644,15 @@ impl PartitionReader for EmbeddedReader {
                 }
             };
             if let Some(until) = disk_until {
-                let d = self.inner.durable.as_ref().expect("only durable mode keeps records outside memory");
+                let d = self
+                    .inner
+                    .durable
+                    .as_ref()
+                    .expect("only durable mode keeps records outside memory");
                 let n = ((until - self.cursor) as usize).min(max);
-                let rows = d.store.read(&self.log.name, self.part.index, self.cursor, n);
+                let rows = d
+                    .store
+                    .read(&self.log.name, self.part.index, self.cursor, n);
                 let rows = rows.map_err(|m| self.inner.poison(m))?;
                 if rows.is_empty() {
                     // trimmed under us: skip to what is stored
@@ -608,9 +704,16 @@ impl PartitionReader for EmbeddedReader {
             None => self.part.space.notify_waiters(),
             Some(d) => {
                 let key = store::offset_key(&self.group, &self.log.name, self.part.index);
-                d.writer.send(Write { op: Op::Commit { key, next }, ack: None });
+                d.writer.send(Write {
+                    op: Op::Commit { key, next },
+                    ack: None,
+                });
                 if let Some(below) = trim {
-                    let op = Op::Trim { entity: self.log.name.clone(), partition: self.part.index, below };
+                    let op = Op::Trim {
+                        entity: self.log.name.clone(),
+                        partition: self.part.index,
+                        below,
+                    };
                     d.writer.send(Write { op, ack: None });
                 }
             }
@@ -620,7 +723,11 @@ impl PartitionReader for EmbeddedReader {
 
     fn lag(&self) -> Option<u64> {
         let st = self.part.st.lock().unwrap();
-        let c = st.committed.get(&*self.group).copied().unwrap_or(st.earliest);
+        let c = st
+            .committed
+            .get(&*self.group)
+            .copied()
+            .unwrap_or(st.earliest);
         Some((st.visible - c).max(0) as u64)
     }
 }

@@ -39,9 +39,21 @@ fn part_key(entity: &str, partition: u32) -> String {
 
 /// One change for the writer thread.
 pub(super) enum Op {
-    Append { entity: Arc<str>, partition: u32, first: i64, records: Vec<Record> },
-    Commit { key: String, next: i64 },
-    Trim { entity: Arc<str>, partition: u32, below: i64 },
+    Append {
+        entity: Arc<str>,
+        partition: u32,
+        first: i64,
+        records: Vec<Record>,
+    },
+    Commit {
+        key: String,
+        next: i64,
+    },
+    Trim {
+        entity: Arc<str>,
+        partition: u32,
+        below: i64,
+    },
     /// Writes nothing; acknowledged once everything queued before it is durable.
     Barrier,
 }
@@ -100,27 +112,44 @@ impl Store {
             .name("embedded-writer".into())
             .spawn(move || writer(wdb, rx))
             .map_err(|e| e.to_string())?;
-        Ok((Store { db }, WriterHandle { tx: Some(tx), thread: Some(handle) }))
+        Ok((
+            Store { db },
+            WriterHandle {
+                tx: Some(tx),
+                thread: Some(handle),
+            },
+        ))
     }
 
     /// Reads a partition's extent.
     pub fn recover(&self, entity: &str, partition: u32) -> Result<Recovered, String> {
         let r = self.db.begin_read().map_err(|e| e.to_string())?;
         let next_t = r.open_table(NEXT).map_err(|e| e.to_string())?;
-        let stored_next = next_t.get(part_key(entity, partition).as_str()).map_err(|e| e.to_string())?.map(|v| v.value());
+        let stored_next = next_t
+            .get(part_key(entity, partition).as_str())
+            .map_err(|e| e.to_string())?
+            .map(|v| v.value());
         let name = log_table(entity, partition);
         let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
         let (first, last) = match r.open_table(def) {
             Ok(t) => {
-                let first = t.first().map_err(|e| e.to_string())?.map(|(k, _)| k.value());
+                let first = t
+                    .first()
+                    .map_err(|e| e.to_string())?
+                    .map(|(k, _)| k.value());
                 let last = t.last().map_err(|e| e.to_string())?.map(|(k, _)| k.value());
                 (first, last)
             }
             Err(redb::TableError::TableDoesNotExist(_)) => (None, None),
             Err(e) => return Err(e.to_string()),
         };
-        let next = stored_next.unwrap_or(0).max(last.map(|l| l + 1).unwrap_or(0)) as i64;
-        Ok(Recovered { earliest: first.map(|f| f as i64).unwrap_or(next), next })
+        let next = stored_next
+            .unwrap_or(0)
+            .max(last.map(|l| l + 1).unwrap_or(0)) as i64;
+        Ok(Recovered {
+            earliest: first.map(|f| f as i64).unwrap_or(next),
+            next,
+        })
     }
 
     /// Committed offsets of every group of `entity`, keyed by (group, partition).
@@ -136,7 +165,13 @@ impl Store {
     }
 
     /// Reads up to `max` records of a partition from `from` on.
-    pub fn read(&self, entity: &str, partition: u32, from: i64, max: usize) -> Result<Vec<(i64, Record)>, String> {
+    pub fn read(
+        &self,
+        entity: &str,
+        partition: u32,
+        from: i64,
+        max: usize,
+    ) -> Result<Vec<(i64, Record)>, String> {
         let r = self.db.begin_read().map_err(|e| e.to_string())?;
         let name = log_table(entity, partition);
         let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
@@ -146,9 +181,14 @@ impl Store {
             Err(e) => return Err(e.to_string()),
         };
         let mut out = Vec::with_capacity(max.min(t.len().unwrap_or(0) as usize));
-        for row in t.range(from.max(0) as u64..).map_err(|e| e.to_string())?.take(max) {
+        for row in t
+            .range(from.max(0) as u64..)
+            .map_err(|e| e.to_string())?
+            .take(max)
+        {
             let (k, v) = row.map_err(|e| e.to_string())?;
-            let rec = decode(v.value()).ok_or_else(|| format!("corrupt record at {entity}/{partition}@{}", k.value()))?;
+            let rec = decode(v.value())
+                .ok_or_else(|| format!("corrupt record at {entity}/{partition}@{}", k.value()))?;
             out.push((k.value() as i64, rec));
         }
         Ok(out)
@@ -186,7 +226,12 @@ fn apply(db: &Database, batch: &[Write], buf: &mut BytesMut) -> Result<(), redb:
         let mut nexts: HashMap<(Arc<str>, u32), i64> = HashMap::new();
         for w in batch {
             match &w.op {
-                Op::Append { entity, partition, first, records } => {
+                Op::Append {
+                    entity,
+                    partition,
+                    first,
+                    records,
+                } => {
                     let name = log_table(entity, *partition);
                     let mut t = txn.open_table(TableDefinition::<u64, &[u8]>::new(&name))?;
                     for (i, r) in records.iter().enumerate() {
@@ -202,7 +247,11 @@ fn apply(db: &Database, batch: &[Write], buf: &mut BytesMut) -> Result<(), redb:
                     offsets.insert(key.as_str(), *next as u64)?;
                 }
                 Op::Barrier => {}
-                Op::Trim { entity, partition, below } => {
+                Op::Trim {
+                    entity,
+                    partition,
+                    below,
+                } => {
                     let name = log_table(entity, *partition);
                     let mut t = txn.open_table(TableDefinition::<u64, &[u8]>::new(&name))?;
                     t.retain_in(..(*below).max(0) as u64, |_, _| false)?;
@@ -278,7 +327,12 @@ fn decode(mut b: &[u8]) -> Option<Record> {
         headers.push((name, Bytes::copy_from_slice(&b[..vl])));
         b.advance(vl);
     }
-    Some(Record { key, headers: Headers(headers), payload: Bytes::copy_from_slice(b), timestamp_ms })
+    Some(Record {
+        key,
+        headers: Headers(headers),
+        payload: Bytes::copy_from_slice(b),
+        timestamp_ms,
+    })
 }
 
 #[cfg(test)]
@@ -289,14 +343,22 @@ mod tests {
     fn codec_round_trips() {
         let r = Record {
             key: Some(Bytes::from_static(b"k")),
-            headers: Headers(vec![("a".into(), Bytes::from_static(b"1")), ("b".into(), Bytes::new())]),
+            headers: Headers(vec![
+                ("a".into(), Bytes::from_static(b"1")),
+                ("b".into(), Bytes::new()),
+            ]),
             payload: Bytes::from_static(b"\x00\xffpayload"),
             timestamp_ms: 1234,
         };
         let mut buf = BytesMut::new();
         encode(&r, &mut buf);
         assert_eq!(decode(&buf).unwrap(), r);
-        let none = Record { key: None, headers: Headers::default(), payload: Bytes::new(), timestamp_ms: -1 };
+        let none = Record {
+            key: None,
+            headers: Headers::default(),
+            payload: Bytes::new(),
+            timestamp_ms: -1,
+        };
         buf.clear();
         encode(&none, &mut buf);
         assert_eq!(decode(&buf).unwrap(), none);

@@ -1,0 +1,281 @@
+//! End-to-end tests of the `conveyor` binary, as a user runs it.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_conveyor");
+
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    logs: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    fn start(config: &Path) -> Daemon {
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start conveyor");
+        let (tx, logs) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addr = loop {
+            let line = logs
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("daemon logs its address");
+            if line.contains("HTTP endpoints up") {
+                let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+                break v["listen"].as_str().unwrap().parse().unwrap();
+            }
+        };
+        Daemon { child, addr, logs }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn metrics(&self) -> String {
+        get_blocking(self.addr, "/metrics").unwrap().1
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
+    let p = dir.join("config.yaml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn check_accepts_the_default_config_and_rejects_a_typo_with_its_line() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(root.join("config.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root.join("config.yaml")).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.trim() == "input: orders.in")
+        .unwrap()
+        + 1;
+    let bad = write_config(
+        dir.path(),
+        &text.replace("input: orders.in\n", "input: orders.inn\n"),
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("config.yaml:{line}:5: workers.orders-validate.input: unknown entity \"orders.inn\" (did you mean \"orders.in\"?)")),
+        "{err}"
+    );
+    // `run` refuses it the same way, before starting anything
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("conveyor "));
+    let out = Command::new(BIN).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn run_serves_endpoints_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("config.yaml"))
+        .unwrap()
+        .replace("${CONVEYOR_LISTEN:-127.0.0.1:9464}", "127.0.0.1:0")
+        .replace(
+            "${CONVEYOR_DATA:-./data}",
+            &dir.path().display().to_string(),
+        )
+        .replace("${CONVEYOR_SIM_RATE:-50}", "2000");
+    let cfg = write_config(dir.path(), &text);
+    let mut d = Daemon::start(&cfg);
+    let t0 = Instant::now();
+    assert_eq!(get_blocking(d.addr, "/healthz").unwrap().0, 200);
+    let mut ready = false;
+    while t0.elapsed() < Duration::from_secs(2) {
+        if get_blocking(d.addr, "/readyz").unwrap().0 == 200 {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ready, "ready within 2 s");
+    let m1 = d.metrics();
+    std::thread::sleep(Duration::from_millis(500));
+    let m2 = d.metrics();
+    for name in [
+        "conveyor_messages_consumed_total",
+        "conveyor_messages_produced_total",
+    ] {
+        assert!(
+            metric_sum(&m2, name, "orders-forward") > metric_sum(&m1, name, "orders-forward"),
+            "{name} grows"
+        );
+    }
+    assert!(metric_sum(&m2, "conveyor_dead_lettered_total", "orders-validate") >= 0.0);
+    d.signal("-TERM");
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "exit 0 within the grace period"
+    );
+    let logs: Vec<String> = d.logs.try_iter().collect();
+    assert!(
+        logs.iter().any(|l| l.contains("drained; exiting")),
+        "{logs:?}"
+    );
+}
+
+#[test]
+fn sigkill_then_restart_resumes_from_committed_positions_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let n = 20_000;
+    let want: BTreeSet<String> = (0..n).map(|i| format!("id-{i}")).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let t = open_store(&data, &[("in", 4), ("out", 4)], &[]);
+        produce_ids(&t, "in", want.iter().cloned()).await;
+        t.flush().await.unwrap();
+    });
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"
+service: {{ http: {{ listen: "127.0.0.1:0" }}, shutdown_grace: 20s }}
+transports:
+  local: {{ type: embedded, path: "{}" }}
+entities:
+  in:  {{ transport: local, partitions: 4 }}
+  out: {{ transport: local, partitions: 4 }}
+workers:
+  copy:
+    input: in
+    outputs: {{ default: out }}
+    batch_size: 50
+"#,
+            data.display()
+        ),
+    );
+    {
+        let d = Daemon::start(&cfg);
+        let t0 = Instant::now();
+        while metric_sum(&d.metrics(), "conveyor_messages_consumed_total", "copy") < 2000.0 {
+            assert!(t0.elapsed() < Duration::from_secs(20), "no progress");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        d.signal("-KILL");
+    }
+    let committed_after_kill: i64 = rt.block_on(async {
+        let t = open_store(&data, &[("in", 4), ("out", 4)], &[("in", "copy")]);
+        t.committed("in", "copy")
+            .unwrap()
+            .iter()
+            .map(|c| c.unwrap())
+            .sum()
+    });
+    assert!(
+        committed_after_kill < n as i64,
+        "killed mid-stream ({committed_after_kill})"
+    );
+    let mut d = Daemon::start(&cfg);
+    let t0 = Instant::now();
+    loop {
+        let m = d.metrics();
+        let lag = metric_sum(&m, "conveyor_consumer_lag_messages", "copy");
+        if lag == 0.0 && metric_sum(&m, "conveyor_messages_consumed_total", "copy") > 0.0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "restart did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let resumed = metric_sum(&d.metrics(), "conveyor_messages_consumed_total", "copy") as i64;
+    assert!(
+        resumed <= n as i64 - committed_after_kill + 1000,
+        "resumed from the committed positions, not the start ({resumed})"
+    );
+    d.signal("-TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0));
+    let out = rt.block_on(async {
+        let t = open_store(&data, &[("in", 4), ("out", 4)], &[]);
+        ids(&read_all(&t, "out").await)
+    });
+    let got: BTreeSet<String> = out.iter().cloned().collect();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "missing: {:?}",
+        want.difference(&got).take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(got, want);
+}
