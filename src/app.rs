@@ -31,15 +31,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("transport {name:?}: {source}")]
-    Transport {
-        name: String,
-        source: TransportError,
-    },
+    Transport { name: String, source: TransportError },
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("worker {worker:?}: {message}")]
     Stage { worker: String, message: String },
     #[error(
@@ -111,17 +105,9 @@ impl Runtime {
                             )
                         })
                         .collect();
-                    let opts = EmbeddedOptions {
-                        name: tname.clone(),
-                        path: path.clone(),
-                        capacity: *capacity,
-                    };
-                    let t = Embedded::open(opts, &entities, &groups).map_err(|source| {
-                        AppError::Transport {
-                            name: tname.clone(),
-                            source,
-                        }
-                    })?;
+                    let opts = EmbeddedOptions { name: tname.clone(), path: path.clone(), capacity: *capacity };
+                    let t = Embedded::open(opts, &entities, &groups)
+                        .map_err(|source| AppError::Transport { name: tname.clone(), source })?;
                     tracing::info!(
                         transport = %tname, kind = "embedded", durable = t.is_durable(),
                         entities = entities.len(), "transport opened"
@@ -136,14 +122,9 @@ impl Runtime {
         // HTTP first, so /healthz answers while workers start
         let listener = TcpListener::bind(cfg.service.http.listen)
             .await
-            .map_err(|source| AppError::Bind {
-                addr: cfg.service.http.listen,
-                source,
-            })?;
-        let http_addr = listener.local_addr().map_err(|source| AppError::Bind {
-            addr: cfg.service.http.listen,
-            source,
-        })?;
+            .map_err(|source| AppError::Bind { addr: cfg.service.http.listen, source })?;
+        let http_addr =
+            listener.local_addr().map_err(|source| AppError::Bind { addr: cfg.service.http.listen, source })?;
         let draining = Arc::new(AtomicBool::new(false));
         let http_stop = CancellationToken::new();
         let state = HttpState {
@@ -157,9 +138,8 @@ impl Runtime {
         tracing::info!(listen = %http_addr, "HTTP endpoints up: /healthz /readyz /metrics");
 
         let supervisor = Supervisor::new(opts.backoff.unwrap_or_default());
-        let (retry_base, retry_max) = opts
-            .retry_backoff
-            .unwrap_or((Duration::from_millis(100), Duration::from_secs(30)));
+        let (retry_base, retry_max) =
+            opts.retry_backoff.unwrap_or((Duration::from_millis(100), Duration::from_secs(30)));
         let target = |entity: &str, wm: &crate::metrics::WorkerMetrics| {
             let e = &cfg.entities[entity];
             OutputTarget {
@@ -176,10 +156,8 @@ impl Runtime {
             let outputs = Outputs::new(w.outputs.keys().cloned());
             let stage = match opts.stages.get(wname) {
                 Some(s) => s.clone(),
-                None => stages::build(&w.stage, &outputs).map_err(|message| AppError::Stage {
-                    worker: wname.clone(),
-                    message,
-                })?,
+                None => stages::build(&w.stage, &outputs)
+                    .map_err(|message| AppError::Stage { worker: wname.clone(), message })?,
             };
             let input = &cfg.entities[&w.input];
             let spec = Arc::new(WorkerSpec {
@@ -190,11 +168,7 @@ impl Runtime {
                 group: w.group(wname).to_string(),
                 start: w.start_position,
                 stage,
-                outputs: outputs
-                    .names()
-                    .iter()
-                    .map(|o| target(&w.outputs[o], &wm))
-                    .collect(),
+                outputs: outputs.names().iter().map(|o| target(&w.outputs[o], &wm)).collect(),
                 dead_letter: w.dead_letter.as_deref().map(|d| target(d, &wm)),
                 concurrency: w.concurrency,
                 batch_size: w.batch_size,
@@ -217,13 +191,7 @@ impl Runtime {
 
         // sources
         for (sname, s) in &cfg.sources {
-            let SourceConfig::Simulator {
-                entity,
-                rate,
-                count,
-                malformed_ratio,
-                pad_bytes,
-            } = s;
+            let SourceConfig::Simulator { entity, rate, count, malformed_ratio, pad_bytes } = s;
             let e = &cfg.entities[entity];
             let sim = Arc::new(Simulator {
                 name: sname.clone(),
@@ -237,16 +205,12 @@ impl Runtime {
             let producer = producers[&e.transport].clone();
             let counter = metrics
                 .source_events
-                .get_or_create(&crate::metrics::SourceLabel {
-                    source: sname.clone(),
-                    entity: entity.clone(),
-                })
+                .get_or_create(&crate::metrics::SourceLabel { source: sname.clone(), entity: entity.clone() })
                 .clone();
             let th = health.task(sname, "source");
             let h2 = th.clone();
             supervisor.spawn(sname.clone(), th, Default::default(), move |token| {
-                let (sim, producer, counter, health) =
-                    (sim.clone(), producer.clone(), counter.clone(), h2.clone());
+                let (sim, producer, counter, health) = (sim.clone(), producer.clone(), counter.clone(), h2.clone());
                 async move { sim.run(producer, counter, health, token).await }
             });
         }
@@ -295,8 +259,7 @@ impl Runtime {
 pub async fn run(cfg: &Config, hash: u64) -> Result<(), AppError> {
     use futures::StreamExt;
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(AppError::Signals)?;
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(AppError::Signals)?;
     let rt = Runtime::start(cfg, hash, Options::default()).await?;
     // READY=1 once every worker is consuming; STATUS= kept current
     let health = rt.health.clone();
@@ -310,11 +273,7 @@ pub async fn run(cfg: &Config, hash: u64) -> Result<(), AppError> {
                 _ = tick.tick() => {}
             }
             let r = health.report();
-            let ready = r
-                .workers
-                .values()
-                .filter(|w| w.state == crate::health::TaskState::Ready)
-                .count();
+            let ready = r.workers.values().filter(|w| w.state == crate::health::TaskState::Ready).count();
             if r.ready && !told_ready {
                 told_ready = true;
                 notify::ready();
@@ -325,9 +284,9 @@ pub async fn run(cfg: &Config, hash: u64) -> Result<(), AppError> {
     });
     while let Some(sig) = signals.next().await {
         match sig {
-            SIGHUP => tracing::warn!(
-                "SIGHUP received: live reload is not supported yet; restart to apply a new config"
-            ),
+            SIGHUP => {
+                tracing::warn!("SIGHUP received: live reload is not supported yet; restart to apply a new config")
+            }
             _ => {
                 tracing::info!(signal = sig, "shutdown requested");
                 break;

@@ -58,10 +58,7 @@ struct Sample {
 }
 
 pub fn main(args: BenchArgs) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     let modes: Vec<bool> = match args.mode.as_str() {
         "memory" => vec![false],
         "durable" => vec![true],
@@ -78,9 +75,7 @@ pub fn main(args: BenchArgs) -> Result<(), String> {
         args.payload,
         args.partitions,
         args.batch,
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     for durable in modes {
         let mode = if durable { "durable" } else { "memory" };
@@ -115,33 +110,13 @@ pub fn main(args: BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn run_once(
-    args: &BenchArgs,
-    dir: Option<std::path::PathBuf>,
-    conveyor: bool,
-) -> Result<Sample, String> {
+async fn run_once(args: &BenchArgs, dir: Option<std::path::PathBuf>, conveyor: bool) -> Result<Sample, String> {
     let entities = [
-        EntitySpec {
-            name: "in".into(),
-            key: "in".into(),
-            partitions: args.partitions,
-        },
-        EntitySpec {
-            name: "out".into(),
-            key: "out".into(),
-            partitions: args.partitions,
-        },
+        EntitySpec { name: "in".into(), key: "in".into(), partitions: args.partitions },
+        EntitySpec { name: "out".into(), key: "out".into(), partitions: args.partitions },
     ];
-    let groups = [(
-        "in".to_string(),
-        "bench".to_string(),
-        StartPosition::Earliest,
-    )];
-    let opts = EmbeddedOptions {
-        name: "bench".into(),
-        path: dir,
-        capacity: 65_536,
-    };
+    let groups = [("in".to_string(), "bench".to_string(), StartPosition::Earliest)];
+    let opts = EmbeddedOptions { name: "bench".into(), path: dir, capacity: 10_000 };
     let t = Embedded::open(opts, &entities, &groups).map_err(|e| e.to_string())?;
     // `out` has no consumer: keep its memory bounded like a real sink would
     reset_peak_rss();
@@ -157,12 +132,8 @@ async fn run_once(
         let mut sent = 0u64;
         while sent < n {
             let k = (n - sent).min(batch as u64);
-            let msgs: Vec<OutboundMessage> = (0..k)
-                .map(|_| OutboundMessage {
-                    payload: payload.clone(),
-                    ..Default::default()
-                })
-                .collect();
+            let msgs: Vec<OutboundMessage> =
+                (0..k).map(|_| OutboundMessage { payload: payload.clone(), ..Default::default() }).collect();
             producer.send("in", msgs).await.map_err(|e| e.to_string())?;
             sent += k;
         }
@@ -196,11 +167,7 @@ async fn run_once(
         });
         let health = Health::new().task("bench", "worker");
         let c = cancel.clone();
-        tokio::spawn(async move {
-            worker::run(spec, health, c)
-                .await
-                .map_err(|e| e.to_string())
-        })
+        tokio::spawn(async move { worker::run(spec, health, c).await.map_err(|e| e.to_string()) })
     } else {
         let t2 = t.clone();
         let c = cancel.clone();
@@ -210,12 +177,7 @@ async fn run_once(
 
     // wait until everything is committed
     loop {
-        let done: i64 = t
-            .committed("in", "bench")
-            .map_err(|e| e.to_string())?
-            .iter()
-            .map(|c| c.unwrap_or(0))
-            .sum();
+        let done: i64 = t.committed("in", "bench").map_err(|e| e.to_string())?.iter().map(|c| c.unwrap_or(0)).sum();
         if done as u64 >= args.messages {
             break;
         }
@@ -231,19 +193,12 @@ async fn run_once(
     prod.await.map_err(|e| e.to_string())??;
     hop.await.map_err(|e| e.to_string())??;
     t.close().await;
-    Ok(Sample {
-        secs,
-        cpu,
-        peak_rss_kb: peak,
-    })
+    Ok(Sample { secs, cpu, peak_rss_kb: peak })
 }
 
 /// The naive loop: one task per partition, fetch → send → commit.
 async fn baseline(t: Embedded, batch: usize, cancel: CancellationToken) -> Result<(), String> {
-    let mut sub = t
-        .subscribe("in", "bench", StartPosition::Earliest)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut sub = t.subscribe("in", "bench", StartPosition::Earliest).await.map_err(|e| e.to_string())?;
     let mut tasks = Vec::new();
     let parts = t.partitions("in").await.map_err(|e| e.to_string())?.len();
     for _ in 0..parts {
@@ -260,12 +215,9 @@ async fn baseline(t: Embedded, batch: usize, cancel: CancellationToken) -> Resul
                     _ = c.cancelled() => return Ok::<_, String>(()),
                     r2 = r.fetch(batch, &mut buf) => r2.map_err(|e| e.to_string())?,
                 }
-                let out: Vec<OutboundMessage> =
-                    buf.iter().map(OutboundMessage::from_message).collect();
+                let out: Vec<OutboundMessage> = buf.iter().map(OutboundMessage::from_message).collect();
                 producer.send("out", out).await.map_err(|e| e.to_string())?;
-                r.commit(buf.last().unwrap())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                r.commit(buf.last().unwrap()).await.map_err(|e| e.to_string())?;
             }
         }));
     }

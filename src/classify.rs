@@ -26,12 +26,8 @@ pub enum ErrorCategory {
 }
 
 impl ErrorCategory {
-    pub const ALL: [ErrorCategory; 4] = [
-        ErrorCategory::Transient,
-        ErrorCategory::Auth,
-        ErrorCategory::Permanent,
-        ErrorCategory::Throttling,
-    ];
+    pub const ALL: [ErrorCategory; 4] =
+        [ErrorCategory::Transient, ErrorCategory::Auth, ErrorCategory::Permanent, ErrorCategory::Throttling];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -9,11 +9,7 @@ pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_FAILURE: u8 = 1;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "conveyor",
-    version,
-    about = "Runs a multi-stage event pipeline from a YAML topology"
-)]
+#[command(name = "conveyor", version, about = "Runs a multi-stage event pipeline from a YAML topology")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -58,11 +58,7 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.issues.len();
-        writeln!(
-            f,
-            "{n} problem{} in the configuration:",
-            if n == 1 { "" } else { "s" }
-        )?;
+        writeln!(f, "{n} problem{} in the configuration:", if n == 1 { "" } else { "s" })?;
         for i in &self.issues {
             writeln!(f, "  {i}")?;
         }
@@ -97,16 +93,8 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
 
 /// Like [`load_file`], for text already in memory; `file` is only used in
 /// messages and to resolve relative paths in nothing (paths stay as written).
-pub fn load_str(
-    text: &str,
-    file: &Path,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<Loaded, ConfigError> {
-    let mut cx = Cx {
-        file: file.to_path_buf(),
-        index: PathIndex::default(),
-        issues: Vec::new(),
-    };
+pub fn load_str(text: &str, file: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Loaded, ConfigError> {
+    let mut cx = Cx { file: file.to_path_buf(), index: PathIndex::default(), issues: Vec::new() };
     let text = match interpolate::interpolate(text, env) {
         Ok(t) => t,
         Err(missing) => {
@@ -139,10 +127,7 @@ pub fn load_str(
         }
     };
     let Value::Mapping(root) = root else {
-        cx.error(
-            &[],
-            "the file must be a mapping with `transports`, `entities` and `workers`",
-        );
+        cx.error(&[], "the file must be a mapping with `transports`, `entities` and `workers`");
         return Err(ConfigError { issues: cx.issues });
     };
 
@@ -169,10 +154,7 @@ pub fn load_str(
             "sources" => cx.section(&key, v, &mut sources),
             "workers" => cx.section(&key, v, &mut workers),
             other => {
-                let hint = suggest(
-                    other,
-                    ["service", "transports", "entities", "sources", "workers"],
-                );
+                let hint = suggest(other, ["service", "transports", "entities", "sources", "workers"]);
                 cx.error(&[key.clone()], &format!("unknown section{hint}"));
             }
         }
@@ -182,20 +164,10 @@ pub fn load_str(
             cx.error(&[], &format!("missing section `{required}`"));
         }
     }
-    let config = Config {
-        service,
-        transports,
-        entities,
-        sources,
-        workers,
-    };
+    let config = Config { service, transports, entities, sources, workers };
     let warnings = validate(&config, &mut cx);
     if cx.issues.is_empty() {
-        Ok(Loaded {
-            config,
-            warnings,
-            hash: fnv1a(text.as_bytes()),
-        })
+        Ok(Loaded { config, warnings, hash: fnv1a(text.as_bytes()) })
     } else {
         Err(ConfigError { issues: cx.issues })
     }
@@ -217,48 +189,29 @@ fn validate(c: &Config, cx: &mut Cx) -> Vec<ConfigWarning> {
     for (name, e) in &c.entities {
         if !c.transports.contains_key(&e.transport) {
             let hint = suggest(&e.transport, transport_names.iter().copied());
-            cx.error(
-                &owned(&["entities", name, "transport"]),
-                &format!("unknown transport {:?}{hint}", e.transport),
-            );
+            cx.error(&owned(&["entities", name, "transport"]), &format!("unknown transport {:?}{hint}", e.transport));
         }
         if e.partitions == 0 || e.partitions > 1024 {
-            cx.error(
-                &owned(&["entities", name, "partitions"]),
-                "must be between 1 and 1024",
-            );
+            cx.error(&owned(&["entities", name, "partitions"]), "must be between 1 and 1024");
         }
     }
     for (name, t) in &c.transports {
         match t {
             TransportConfig::Embedded { capacity, .. } => {
                 if *capacity == 0 {
-                    cx.error(
-                        &owned(&["transports", name, "capacity"]),
-                        "must be at least 1",
-                    );
+                    cx.error(&owned(&["transports", name, "capacity"]), "must be at least 1");
                 }
             }
         }
     }
     for (name, s) in &c.sources {
         check_entity(cx, &["sources", name, "entity"], s.entity());
-        let SourceConfig::Simulator {
-            rate,
-            malformed_ratio,
-            ..
-        } = s;
+        let SourceConfig::Simulator { rate, malformed_ratio, .. } = s;
         if !(*rate > 0.0 && rate.is_finite()) {
-            cx.error(
-                &owned(&["sources", name, "rate"]),
-                "must be a positive number of events per second",
-            );
+            cx.error(&owned(&["sources", name, "rate"]), "must be a positive number of events per second");
         }
         if !(0.0..=1.0).contains(malformed_ratio) {
-            cx.error(
-                &owned(&["sources", name, "malformed_ratio"]),
-                "must be between 0.0 and 1.0",
-            );
+            cx.error(&owned(&["sources", name, "malformed_ratio"]), "must be between 0.0 and 1.0");
         }
     }
     let mut groups: BTreeMap<(&str, &str), &str> = BTreeMap::new();
@@ -284,25 +237,20 @@ fn validate(c: &Config, cx: &mut Cx) -> Vec<ConfigWarning> {
                 );
             }
         }
-        if !w.outputs.contains_key("default")
-            && matches!(w.stage, StageConfig::Passthrough | StageConfig::Map { .. })
-        {
+        if !w.outputs.contains_key("default") && matches!(w.stage, StageConfig::Passthrough | StageConfig::Map { .. }) {
             cx.error(
                 &owned(&["workers", name, "outputs"]),
-                &format!("stage `{}` writes to the output named `default`; add `outputs: {{ default: <entity> }}`", w.stage.kind()),
+                &format!(
+                    "stage `{}` writes to the output named `default`; add `outputs: {{ default: <entity> }}`",
+                    w.stage.kind()
+                ),
             );
         }
         if w.concurrency == 0 || w.concurrency > 10_000 {
-            cx.error(
-                &owned(&["workers", name, "concurrency"]),
-                "must be between 1 and 10000",
-            );
+            cx.error(&owned(&["workers", name, "concurrency"]), "must be between 1 and 10000");
         }
         if w.batch_size == 0 || w.batch_size > 100_000 {
-            cx.error(
-                &owned(&["workers", name, "batch_size"]),
-                "must be between 1 and 100000",
-            );
+            cx.error(&owned(&["workers", name, "batch_size"]), "must be between 1 and 100000");
         }
         let group = w.group(name);
         if let Some(other) = groups.insert((w.input.as_str(), group), name) {
@@ -322,12 +270,7 @@ fn validate(c: &Config, cx: &mut Cx) -> Vec<ConfigWarning> {
         if consumed.contains(name.as_str()) {
             continue;
         }
-        if let Some(TransportConfig::Embedded {
-            path: None,
-            capacity,
-            ..
-        }) = c.transports.get(&e.transport)
-        {
+        if let Some(TransportConfig::Embedded { path: None, capacity, .. }) = c.transports.get(&e.transport) {
             warnings.push(cx.issue(
                 &owned(&["entities", name]),
                 &format!("no worker consumes this entity and its transport is memory-only: only its newest {capacity} messages per partition are kept"),
@@ -349,16 +292,8 @@ struct Cx {
 
 impl Cx {
     fn issue(&self, path: &[String], message: &str) -> ConfigIssue {
-        let pos = self
-            .index
-            .find(path)
-            .map(|Pos { line, column }| (line, column));
-        ConfigIssue {
-            file: self.file.clone(),
-            pos,
-            path: path.join("."),
-            message: message.to_string(),
-        }
+        let pos = self.index.find(path).map(|Pos { line, column }| (line, column));
+        ConfigIssue { file: self.file.clone(), pos, path: path.join("."), message: message.to_string() }
     }
 
     fn error(&mut self, path: &[String], message: &str) {
@@ -390,22 +325,13 @@ impl Cx {
                     }
                     let expected = expected_list(&msg);
                     let hint = suggest(field, expected.iter().map(String::as_str));
-                    self.error(
-                        &at,
-                        &format!(
-                            "unknown field{hint}; expected one of: {}",
-                            expected.join(", ")
-                        ),
-                    );
+                    self.error(&at, &format!("unknown field{hint}; expected one of: {}", expected.join(", ")));
                 } else if let Some(variant) = between(&msg, "unknown variant `", "`") {
                     let expected = expected_list(&msg);
                     let hint = suggest(variant, expected.iter().map(String::as_str));
                     self.error(
                         &full,
-                        &format!(
-                            "unknown kind {variant:?}{hint}; expected one of: {}",
-                            expected.join(", ")
-                        ),
+                        &format!("unknown kind {variant:?}{hint}; expected one of: {}", expected.join(", ")),
                     );
                 } else {
                     self.error(&full, &strip_location(&msg));
@@ -416,12 +342,7 @@ impl Cx {
     }
 
     /// Deserializes every entry of a section mapping separately.
-    fn section<T: DeserializeOwned>(
-        &mut self,
-        key: &str,
-        v: Value,
-        into: &mut BTreeMap<String, T>,
-    ) {
+    fn section<T: DeserializeOwned>(&mut self, key: &str, v: Value, into: &mut BTreeMap<String, T>) {
         match v {
             Value::Mapping(m) => {
                 for (k, v) in m {
@@ -435,10 +356,7 @@ impl Cx {
                 }
             }
             Value::Null => {}
-            _ => self.error(
-                &[key.to_string()],
-                "must be a mapping of names to definitions",
-            ),
+            _ => self.error(&[key.to_string()], "must be a mapping of names to definitions"),
         }
     }
 }
@@ -453,12 +371,7 @@ fn expected_list(msg: &str) -> Vec<String> {
     let Some(i) = msg.find("expected ") else {
         return Vec::new();
     };
-    msg[i..]
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_string)
-        .collect()
+    msg[i..].split('`').skip(1).step_by(2).map(str::to_string).collect()
 }
 
 fn strip_location(msg: &str) -> String {
@@ -480,9 +393,7 @@ fn suggest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> String {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ *b as u64).wrapping_mul(0x100000001b3)
-    })
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
 }
 
 #[cfg(test)]

@@ -118,14 +118,7 @@ impl Envelope {
             envelope_version: ENVELOPE_VERSION,
             payload: B64.encode(&msg.payload),
             key: msg.key.as_ref().map(|k| B64.encode(k)),
-            headers: msg
-                .headers
-                .iter()
-                .map(|(n, v)| EnvelopeHeader {
-                    name: n.into(),
-                    value: B64.encode(v),
-                })
-                .collect(),
+            headers: msg.headers.iter().map(|(n, v)| EnvelopeHeader { name: n.into(), value: B64.encode(v) }).collect(),
             origin: Origin {
                 entity: msg.entity.to_string(),
                 transport: cx.transport.into(),
@@ -186,10 +179,7 @@ mod tests {
     #[test]
     fn envelope_preserves_bytes_and_context() {
         let mut headers = Headers::default();
-        headers.set(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        );
+        headers.set("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         headers.set("bin", Bytes::from_static(&[0, 159, 255]));
         let msg = PipelineMessage {
             entity: "orders.in".into(),
@@ -209,11 +199,7 @@ mod tests {
             last_failure: t,
             attempts: 1,
         };
-        let cx = Context {
-            transport: "embedded",
-            consumer_group: "g",
-            worker: "w",
-        };
+        let cx = Context { transport: "embedded", consumer_group: "g", worker: "w" };
         let env = Envelope::new(&msg, &f, &cx);
         let out = env.to_message(msg.key.clone());
         let back = Envelope::parse(&out.payload).unwrap();

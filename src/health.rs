@@ -135,9 +135,7 @@ impl Health {
             })
             .collect();
         Readiness {
-            ready: workers
-                .values()
-                .all(|r| matches!(r.state, TaskState::Ready | TaskState::Finished)),
+            ready: workers.values().all(|r| matches!(r.state, TaskState::Ready | TaskState::Finished)),
             workers,
         }
     }

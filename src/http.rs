@@ -4,7 +4,8 @@
 //! - `GET /readyz` — readiness: JSON with each worker's state, restarts and
 //!   last error category; `200` only when every worker is ready (sources
 //!   that finished count as ready), else `503`; `503` while draining;
-//! - `GET /metrics` — Prometheus text exposition (see `metrics`).
+//! - `GET /metrics` — OpenMetrics when the `Accept` header asks for it,
+//!   else Prometheus text format 0.0.4 (see `metrics`).
 //!
 //! Nothing here prints configuration values, so no secret can leak through it.
 
@@ -12,7 +13,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::sync::Arc;
@@ -38,23 +39,12 @@ pub fn router(state: HttpState) -> Router {
 }
 
 /// Serves until `stop` is cancelled.
-pub async fn serve(
-    listener: TcpListener,
-    state: HttpState,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+pub async fn serve(listener: TcpListener, state: HttpState, stop: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(async move { stop.cancelled().await }).await
 }
 
 async fn healthz() -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        "{\"status\":\"ok\"}\n",
-    )
-        .into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"status\":\"ok\"}\n").into_response()
 }
 
 async fn readyz(State(s): State<HttpState>) -> Response {
@@ -68,27 +58,22 @@ async fn readyz(State(s): State<HttpState>) -> Response {
         "config_hash": s.config_hash,
         "workers": report.workers,
     });
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        code,
-        [(header::CONTENT_TYPE, "application/json")],
-        format!("{body:#}\n"),
-    )
-        .into_response()
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, [(header::CONTENT_TYPE, "application/json")], format!("{body:#}\n")).into_response()
 }
 
-async fn metrics(State(s): State<HttpState>) -> Response {
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
-        .into_response()
+/// OpenMetrics when the scraper asks for it (Prometheus does), else the
+/// classic text format 0.0.4.
+async fn metrics(State(s): State<HttpState>, headers: HeaderMap) -> Response {
+    let wants_om = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    if wants_om {
+        let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+        (StatusCode::OK, [(header::CONTENT_TYPE, ct)], s.metrics.encode()).into_response()
+    } else {
+        let ct = "text/plain; version=0.0.4; charset=utf-8";
+        (StatusCode::OK, [(header::CONTENT_TYPE, ct)], s.metrics.encode_text()).into_response()
+    }
 }

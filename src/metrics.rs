@@ -100,62 +100,18 @@ impl Metrics {
             source_events: Family::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "messages_consumed",
-            "Messages read from an input entity",
-            m.consumed.clone(),
-        );
-        registry.register(
-            "messages_produced",
-            "Messages acknowledged by an output entity",
-            m.produced.clone(),
-        );
-        registry.register(
-            "messages_failed",
-            "Message processing failures, by error category",
-            m.failed.clone(),
-        );
-        registry.register(
-            "dead_lettered",
-            "Messages written to a dead-letter entity",
-            m.dead_lettered.clone(),
-        );
-        registry.register(
-            "worker_restarts",
-            "Worker restarts by the supervisor",
-            m.restarts.clone(),
-        );
-        registry.register(
-            "worker_ready",
-            "1 when the worker is consuming normally",
-            m.ready.clone(),
-        );
-        registry.register(
-            "handler_duration_seconds",
-            "Time the stage took per message",
-            m.handler_seconds.clone(),
-        );
-        registry.register(
-            "in_flight_messages",
-            "Messages fetched but not yet committed",
-            m.in_flight.clone(),
-        );
-        registry.register(
-            "consumer_lag_messages",
-            "High watermark minus committed position",
-            m.lag.clone(),
-        );
-        registry.register(
-            "source_events",
-            "Events emitted by built-in sources",
-            m.source_events.clone(),
-        );
+        registry.register("messages_consumed", "Messages read from an input entity", m.consumed.clone());
+        registry.register("messages_produced", "Messages acknowledged by an output entity", m.produced.clone());
+        registry.register("messages_failed", "Message processing failures, by error category", m.failed.clone());
+        registry.register("dead_lettered", "Messages written to a dead-letter entity", m.dead_lettered.clone());
+        registry.register("worker_restarts", "Worker restarts by the supervisor", m.restarts.clone());
+        registry.register("worker_ready", "1 when the worker is consuming normally", m.ready.clone());
+        registry.register("handler_duration_seconds", "Time the stage took per message", m.handler_seconds.clone());
+        registry.register("in_flight_messages", "Messages fetched but not yet committed", m.in_flight.clone());
+        registry.register("consumer_lag_messages", "High watermark minus committed position", m.lag.clone());
+        registry.register("source_events", "Events emitted by built-in sources", m.source_events.clone());
         let build: Family<VersionLabel, Gauge> = Family::default();
-        build
-            .get_or_create(&VersionLabel {
-                version: env!("CARGO_PKG_VERSION").into(),
-            })
-            .set(1);
+        build.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         registry.register("build_info", "Conveyor version", build);
         Arc::new(Metrics { registry, ..m })
     }
@@ -163,25 +119,27 @@ impl Metrics {
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut s = String::new();
-        prometheus_client::encoding::text::encode(&mut s, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("writing to a String cannot fail");
         s
+    }
+
+    /// Prometheus text format 0.0.4 (for scrapers and tools that do not ask
+    /// for OpenMetrics, such as `curl | promtool check metrics`): the same
+    /// samples, with counter families' HELP/TYPE named like their `_total`
+    /// samples and without the OpenMetrics `# EOF` / `# UNIT` lines.
+    pub fn encode_text(&self) -> String {
+        to_text_004(&self.encode())
     }
 
     /// Handles for one worker, resolved once so the hot path is atomics only.
     pub fn worker(self: &Arc<Self>, worker: &str, input: &str) -> WorkerMetrics {
-        let w = WorkerLabel {
-            worker: worker.into(),
-        };
+        let w = WorkerLabel { worker: worker.into() };
         WorkerMetrics {
             worker: worker.into(),
             input: input.into(),
             consumed: self
                 .consumed
-                .get_or_create(&WorkerEntity {
-                    worker: worker.into(),
-                    entity: input.into(),
-                })
+                .get_or_create(&WorkerEntity { worker: worker.into(), entity: input.into() })
                 .clone(),
             handler: self.handler_seconds.get_or_create(&w).clone(),
             in_flight: self.in_flight.get_or_create(&w).clone(),
@@ -190,6 +148,29 @@ impl Metrics {
             all: self.clone(),
         }
     }
+}
+
+/// Rewrites an OpenMetrics exposition into Prometheus text format 0.0.4.
+pub fn to_text_004(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        om.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{p}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// A worker's metric handles.
@@ -207,13 +188,7 @@ pub struct WorkerMetrics {
 
 impl WorkerMetrics {
     pub fn produced(&self, entity: &str) -> Counter {
-        self.all
-            .produced
-            .get_or_create(&WorkerEntity {
-                worker: self.worker.clone(),
-                entity: entity.into(),
-            })
-            .clone()
+        self.all.produced.get_or_create(&WorkerEntity { worker: self.worker.clone(), entity: entity.into() }).clone()
     }
     pub fn failed(&self, category: ErrorCategory) -> Counter {
         self.all
@@ -260,17 +235,19 @@ mod tests {
         w.failed(ErrorCategory::Permanent).inc();
         w.handler.observe(0.001);
         let text = m.encode();
+        assert!(text.contains("conveyor_messages_consumed_total{worker=\"w\",entity=\"in\"} 3"), "{text}");
         assert!(
-            text.contains("conveyor_messages_consumed_total{worker=\"w\",entity=\"in\"} 3"),
+            text.contains("conveyor_messages_failed_total{worker=\"w\",entity=\"in\",category=\"permanent\"} 1"),
             "{text}"
         );
-        assert!(text.contains("conveyor_messages_failed_total{worker=\"w\",entity=\"in\",category=\"permanent\"} 1"), "{text}");
-        assert!(
-            text.contains("conveyor_handler_duration_seconds_bucket"),
-            "{text}"
-        );
+        assert!(text.contains("conveyor_handler_duration_seconds_bucket"), "{text}");
         assert!(text.contains("conveyor_build_info{version="), "{text}");
         assert!(!text.contains("kafka"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+        let plain = to_text_004(&text);
+        assert!(plain.contains("# TYPE conveyor_messages_consumed_total counter\n"), "{plain}");
+        assert!(plain.contains("# HELP conveyor_messages_consumed_total Messages read"), "{plain}");
+        assert!(plain.contains("# TYPE conveyor_handler_duration_seconds histogram\n"), "{plain}");
+        assert!(!plain.contains("# EOF"));
     }
 }

@@ -66,8 +66,7 @@ impl Simulator {
             if n == 0 {
                 continue;
             }
-            let batch: Vec<OutboundMessage> =
-                (0..n).map(|i| self.event(&run_id, seq + i, &pad)).collect();
+            let batch: Vec<OutboundMessage> = (0..n).map(|i| self.event(&run_id, seq + i, &pad)).collect();
             let sent = tokio::select! {
                 _ = cancel.cancelled() => return None,
                 r = producer.send(&self.physical, batch) => r,
@@ -78,10 +77,7 @@ impl Simulator {
                     counter.inc_by(n);
                 }
                 Err(e) => {
-                    return Some(Exit::Failed(
-                        e.category(),
-                        format!("writing to {:?}: {e}", self.entity),
-                    ));
+                    return Some(Exit::Failed(e.category(), format!("writing to {:?}: {e}", self.entity)));
                 }
             }
         }
@@ -105,10 +101,6 @@ impl Simulator {
             }
             v.to_string()
         };
-        OutboundMessage {
-            key: Some(Bytes::from(id)),
-            payload: Bytes::from(payload),
-            ..Default::default()
-        }
+        OutboundMessage { key: Some(Bytes::from(id)), payload: Bytes::from(payload), ..Default::default() }
     }
 }

@@ -34,9 +34,7 @@ pub struct Outputs {
 
 impl Outputs {
     pub fn new(names: impl IntoIterator<Item = String>) -> Self {
-        Outputs {
-            names: names.into_iter().collect(),
-        }
+        Outputs { names: names.into_iter().collect() }
     }
     pub fn index(&self, name: &str) -> Option<usize> {
         self.names.iter().position(|n| n == name)
@@ -64,19 +62,13 @@ pub enum StageError {
     #[error("stage panicked: {0}")]
     Panic(String),
     #[error("{message}")]
-    Other {
-        category: ErrorCategory,
-        kind: String,
-        message: String,
-    },
+    Other { category: ErrorCategory, kind: String, message: String },
 }
 
 impl StageError {
     pub fn category(&self) -> ErrorCategory {
         match self {
-            StageError::InvalidJson(_) | StageError::MissingField(_) | StageError::Panic(_) => {
-                ErrorCategory::Permanent
-            }
+            StageError::InvalidJson(_) | StageError::MissingField(_) | StageError::Panic(_) => ErrorCategory::Permanent,
             StageError::Other { category, .. } => *category,
         }
     }
@@ -92,21 +84,13 @@ impl StageError {
     }
 
     pub fn other(category: ErrorCategory, kind: &str, message: impl Into<String>) -> Self {
-        StageError::Other {
-            category,
-            kind: kind.to_string(),
-            message: message.into(),
-        }
+        StageError::Other { category, kind: kind.to_string(), message: message.into() }
     }
 }
 
 /// Builds the stage a config asks for.
 pub fn build(cfg: &StageConfig, outputs: &Outputs) -> Result<Arc<dyn Stage>, String> {
-    let default = || {
-        outputs
-            .index("default")
-            .ok_or_else(|| "this stage needs an output named `default`".to_string())
-    };
+    let default = || outputs.index("default").ok_or_else(|| "this stage needs an output named `default`".to_string());
     Ok(match cfg {
         StageConfig::Passthrough => Arc::new(Passthrough { output: default()? }),
         StageConfig::Map { require } => Arc::new(MapStage::new(require.clone(), default()?)),

@@ -34,10 +34,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff {
-            base: Duration::from_millis(200),
-            max: Duration::from_secs(30),
-        }
+        Backoff { base: Duration::from_millis(200), max: Duration::from_secs(30) }
     }
 }
 
@@ -84,11 +81,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn new(backoff: Backoff) -> Self {
-        Supervisor {
-            root: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            backoff,
-        }
+        Supervisor { root: CancellationToken::new(), tracker: TaskTracker::new(), backoff }
     }
 
     pub fn token(&self) -> &CancellationToken {
@@ -153,9 +146,7 @@ impl Supervisor {
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.root.cancel();
         self.tracker.close();
-        tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_ok()
+        tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
     }
 }
 
@@ -168,10 +159,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
-        let b = Backoff {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(2),
-        };
+        let b = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2) };
         let got: Vec<u64> = (1..=7).map(|a| b.delay(a).as_millis() as u64).collect();
         assert_eq!(got, vec![100, 200, 400, 800, 1600, 2000, 2000]);
         for _ in 0..100 {
@@ -182,10 +170,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn restarts_failing_task_with_growing_backoff() {
-        let sup = Supervisor::new(Backoff {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(8),
-        });
+        let sup = Supervisor::new(Backoff { base: Duration::from_secs(1), max: Duration::from_secs(8) });
         let health = Health::new();
         let h = health.task("w", "worker");
         let starts = Arc::new(Mutex::new(Vec::new()));
@@ -214,10 +199,7 @@ mod tests {
         for (i, want) in [1u64, 2, 4, 8].iter().enumerate() {
             let gap = starts[i + 1] - starts[i];
             let full = Duration::from_secs(*want);
-            assert!(
-                gap >= full / 2 && gap <= full,
-                "gap {i}: {gap:?} vs {full:?}"
-            );
+            assert!(gap >= full / 2 && gap <= full, "gap {i}: {gap:?} vs {full:?}");
         }
         assert_eq!(h.restarts(), 4);
         assert!(sup.shutdown(Duration::from_secs(1)).await);
@@ -226,10 +208,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn panic_is_contained_and_others_keep_running() {
-        let sup = Supervisor::new(Backoff {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        });
+        let sup = Supervisor::new(Backoff { base: Duration::from_millis(100), max: Duration::from_secs(1) });
         let health = Health::new();
         let ticks = Arc::new(AtomicU32::new(0));
         let t2 = ticks.clone();
@@ -247,29 +226,21 @@ mod tests {
         let bad = health.task("bad", "worker");
         let runs = Arc::new(AtomicU32::new(0));
         let r2 = runs.clone();
-        sup.spawn(
-            "bad".into(),
-            bad.clone(),
-            Counter::default(),
-            move |_token| {
-                let n = r2.fetch_add(1, Ordering::Relaxed);
-                async move {
-                    if n < 3 {
-                        panic!("stage exploded {n}");
-                    }
-                    Some(Exit::Finished)
+        sup.spawn("bad".into(), bad.clone(), Counter::default(), move |_token| {
+            let n = r2.fetch_add(1, Ordering::Relaxed);
+            async move {
+                if n < 3 {
+                    panic!("stage exploded {n}");
                 }
-            },
-        );
+                Some(Exit::Finished)
+            }
+        });
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(runs.load(Ordering::Relaxed), 4);
         assert_eq!(bad.restarts(), 3);
         assert_eq!(bad.state(), TaskState::Finished);
         let report = health.report();
-        assert_eq!(
-            report.workers["bad"].last_error.as_deref(),
-            Some("panicked: stage exploded 2")
-        );
+        assert_eq!(report.workers["bad"].last_error.as_deref(), Some("panicked: stage exploded 2"));
         let before = ticks.load(Ordering::Relaxed);
         assert!(before >= 400, "steady task kept running: {before}");
         assert!(sup.shutdown(Duration::from_secs(1)).await);

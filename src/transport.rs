@@ -117,29 +117,17 @@ pub enum TransportError {
     #[error("entity {entity:?} is not known to transport {transport:?}")]
     UnknownEntity { transport: String, entity: String },
     #[error("partition {partition} does not exist in entity {entity:?} ({partitions} partitions)")]
-    UnknownPartition {
-        entity: String,
-        partition: u32,
-        partitions: u32,
-    },
+    UnknownPartition { entity: String, partition: u32, partitions: u32 },
     #[error("transport {transport:?} is shutting down")]
     Closed { transport: String },
     #[error("storage error in {transport:?}: {message}")]
     Storage { transport: String, message: String },
     #[error("cannot open storage for {transport:?} at {path}: {message}")]
-    Open {
-        transport: String,
-        path: String,
-        message: String,
-    },
+    Open { transport: String, path: String, message: String },
     #[error("message of {size} bytes is larger than the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
     #[error("{message}")]
-    Other {
-        category: ErrorCategory,
-        kind: &'static str,
-        message: String,
-    },
+    Other { category: ErrorCategory, kind: &'static str, message: String },
 }
 
 impl TransportError {
@@ -148,9 +136,9 @@ impl TransportError {
             TransportError::UnknownEntity { .. }
             | TransportError::UnknownPartition { .. }
             | TransportError::TooLarge { .. } => ErrorCategory::Permanent,
-            TransportError::Closed { .. }
-            | TransportError::Storage { .. }
-            | TransportError::Open { .. } => ErrorCategory::Transient,
+            TransportError::Closed { .. } | TransportError::Storage { .. } | TransportError::Open { .. } => {
+                ErrorCategory::Transient
+            }
             TransportError::Other { category, .. } => *category,
         }
     }
@@ -174,11 +162,7 @@ impl TransportError {
 pub trait Producer: Send + Sync {
     /// Writes `batch` to `entity` and returns when all of it is acknowledged,
     /// in the order given. Waits (backpressure) when the transport is full.
-    async fn send(
-        &self,
-        entity: &str,
-        batch: Vec<OutboundMessage>,
-    ) -> Result<Vec<ProduceResult>, TransportError>;
+    async fn send(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, TransportError>;
 }
 
 /// What a subscription asks the worker to do next.
@@ -187,10 +171,7 @@ pub enum Assignment {
     Assigned(Box<dyn PartitionReader>),
     /// Stop reading `partition`: finish and commit in-flight work, then drop
     /// the reader and send on `done`.
-    Revoked {
-        partition: u32,
-        done: oneshot::Sender<()>,
-    },
+    Revoked { partition: u32, done: oneshot::Sender<()> },
 }
 
 /// A consumer-group membership on one entity.
@@ -206,11 +187,7 @@ pub trait PartitionReader: Send {
     fn partition(&self) -> u32;
     /// Appends up to `max` messages to `out`, waiting until at least one is
     /// available. Cancel-safe: nothing is lost when the future is dropped.
-    async fn fetch(
-        &mut self,
-        max: usize,
-        out: &mut Vec<PipelineMessage>,
-    ) -> Result<(), TransportError>;
+    async fn fetch(&mut self, max: usize, out: &mut Vec<PipelineMessage>) -> Result<(), TransportError>;
     /// Records that `last` and everything before it in this partition is done.
     async fn commit(&mut self, last: &PipelineMessage) -> Result<(), TransportError>;
     /// Consumer lag in messages (high watermark − committed), if known.
@@ -239,10 +216,7 @@ pub trait Transport: Send + Sync {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Kafka's default partitioner hash (murmur2, positive), so a key lands on
@@ -289,18 +263,10 @@ mod tests {
     #[test]
     fn murmur2_matches_kafka_reference_values() {
         // values from Kafka's UtilsTest.testMurmur2
-        let cases: [(&[u8], i32); 3] = [
-            (b"21", -973932308),
-            (b"foobar", -790332482),
-            (b"a-little-bit-long-string", -985981536),
-        ];
+        let cases: [(&[u8], i32); 3] =
+            [(b"21", -973932308), (b"foobar", -790332482), (b"a-little-bit-long-string", -985981536)];
         for (input, want) in cases {
-            assert_eq!(
-                murmur2(input) as i32,
-                want,
-                "{:?}",
-                std::str::from_utf8(input)
-            );
+            assert_eq!(murmur2(input) as i32, want, "{:?}", std::str::from_utf8(input));
         }
     }
 

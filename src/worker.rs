@@ -79,29 +79,13 @@ pub struct OutputTarget {
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("cannot join consumer group {group:?} on {entity:?}: {source}")]
-    Subscribe {
-        entity: String,
-        group: String,
-        source: TransportError,
-    },
+    Subscribe { entity: String, group: String, source: TransportError },
     #[error("reading {entity:?} partition {partition}: {source}")]
-    Fetch {
-        entity: String,
-        partition: u32,
-        source: TransportError,
-    },
+    Fetch { entity: String, partition: u32, source: TransportError },
     #[error("writing to {entity:?}: {source}")]
-    Produce {
-        entity: String,
-        source: TransportError,
-    },
+    Produce { entity: String, source: TransportError },
     #[error("committing {entity:?} partition {partition} at position {position}: {source}")]
-    Commit {
-        entity: String,
-        partition: u32,
-        position: i64,
-        source: TransportError,
-    },
+    Commit { entity: String, partition: u32, position: i64, source: TransportError },
     #[error("a partition task panicked: {0}")]
     Panic(String),
 }
@@ -120,22 +104,15 @@ impl WorkerError {
 
 /// Runs a worker until `cancel`, then drains: stops fetching, finishes and
 /// commits the batches in hand.
-pub async fn run(
-    spec: Arc<WorkerSpec>,
-    health: Arc<TaskHealth>,
-    cancel: CancellationToken,
-) -> Result<(), WorkerError> {
+pub async fn run(spec: Arc<WorkerSpec>, health: Arc<TaskHealth>, cancel: CancellationToken) -> Result<(), WorkerError> {
     health.set(TaskState::Starting);
     spec.metrics.ready.set(0);
     let sub = tokio::select! {
         _ = cancel.cancelled() => return Ok(()),
         s = spec.transport.subscribe(&spec.input_physical, &spec.group, spec.start) => s,
     };
-    let mut sub = sub.map_err(|source| WorkerError::Subscribe {
-        entity: spec.input.clone(),
-        group: spec.group.clone(),
-        source,
-    })?;
+    let mut sub =
+        sub.map_err(|source| WorkerError::Subscribe { entity: spec.input.clone(), group: spec.group.clone(), source })?;
     let mut lanes: JoinSet<Result<(), WorkerError>> = JoinSet::new();
     let mut lane_stops: HashMap<u32, (CancellationToken, oneshot::Receiver<()>)> = HashMap::new();
     let mut result = Ok(());

@@ -38,9 +38,8 @@ impl Daemon {
         });
         let deadline = Instant::now() + Duration::from_secs(10);
         let addr = loop {
-            let line = logs
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("daemon logs its address");
+            let line =
+                logs.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("daemon logs its address");
             if line.contains("HTTP endpoints up") {
                 let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
                 break v["listen"].as_str().unwrap().parse().unwrap();
@@ -50,11 +49,7 @@ impl Daemon {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
         assert!(ok, "kill {sig}");
     }
 
@@ -90,34 +85,14 @@ fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
 #[test]
 fn check_accepts_the_default_config_and_rejects_a_typo_with_its_line() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(root.join("config.yaml"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(BIN).args(["check", "--config"]).arg(root.join("config.yaml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(root.join("config.yaml")).unwrap();
-    let line = text
-        .lines()
-        .position(|l| l.trim() == "input: orders.in")
-        .unwrap()
-        + 1;
-    let bad = write_config(
-        dir.path(),
-        &text.replace("input: orders.in\n", "input: orders.inn\n"),
-    );
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let line = text.lines().position(|l| l.trim() == "input: orders.in").unwrap() + 1;
+    let bad = write_config(dir.path(), &text.replace("input: orders.in\n", "input: orders.inn\n"));
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -125,11 +100,7 @@ fn check_accepts_the_default_config_and_rejects_a_typo_with_its_line() {
         "{err}"
     );
     // `run` refuses it the same way, before starting anything
-    let out = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["run", "--config"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
 
     let out = Command::new(BIN).arg("--version").output().unwrap();
@@ -146,10 +117,7 @@ fn run_serves_endpoints_and_drains_on_sigterm() {
     let text = std::fs::read_to_string(root.join("config.yaml"))
         .unwrap()
         .replace("${CONVEYOR_LISTEN:-127.0.0.1:9464}", "127.0.0.1:0")
-        .replace(
-            "${CONVEYOR_DATA:-./data}",
-            &dir.path().display().to_string(),
-        )
+        .replace("${CONVEYOR_DATA:-./data}", &dir.path().display().to_string())
         .replace("${CONVEYOR_SIM_RATE:-50}", "2000");
     let cfg = write_config(dir.path(), &text);
     let mut d = Daemon::start(&cfg);
@@ -167,27 +135,14 @@ fn run_serves_endpoints_and_drains_on_sigterm() {
     let m1 = d.metrics();
     std::thread::sleep(Duration::from_millis(500));
     let m2 = d.metrics();
-    for name in [
-        "conveyor_messages_consumed_total",
-        "conveyor_messages_produced_total",
-    ] {
-        assert!(
-            metric_sum(&m2, name, "orders-forward") > metric_sum(&m1, name, "orders-forward"),
-            "{name} grows"
-        );
+    for name in ["conveyor_messages_consumed_total", "conveyor_messages_produced_total"] {
+        assert!(metric_sum(&m2, name, "orders-forward") > metric_sum(&m1, name, "orders-forward"), "{name} grows");
     }
     assert!(metric_sum(&m2, "conveyor_dead_lettered_total", "orders-validate") >= 0.0);
     d.signal("-TERM");
-    assert_eq!(
-        d.wait_exit(Duration::from_secs(30)),
-        Some(0),
-        "exit 0 within the grace period"
-    );
+    assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0), "exit 0 within the grace period");
     let logs: Vec<String> = d.logs.try_iter().collect();
-    assert!(
-        logs.iter().any(|l| l.contains("drained; exiting")),
-        "{logs:?}"
-    );
+    assert!(logs.iter().any(|l| l.contains("drained; exiting")), "{logs:?}");
 }
 
 #[test]
@@ -196,10 +151,7 @@ fn sigkill_then_restart_resumes_from_committed_positions_without_loss() {
     let data = dir.path().join("data");
     let n = 20_000;
     let want: BTreeSet<String> = (0..n).map(|i| format!("id-{i}")).collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let t = open_store(&data, &[("in", 4), ("out", 4)], &[]);
         produce_ids(&t, "in", want.iter().cloned()).await;
@@ -235,16 +187,9 @@ workers:
     }
     let committed_after_kill: i64 = rt.block_on(async {
         let t = open_store(&data, &[("in", 4), ("out", 4)], &[("in", "copy")]);
-        t.committed("in", "copy")
-            .unwrap()
-            .iter()
-            .map(|c| c.unwrap())
-            .sum()
+        t.committed("in", "copy").unwrap().iter().map(|c| c.unwrap()).sum()
     });
-    assert!(
-        committed_after_kill < n as i64,
-        "killed mid-stream ({committed_after_kill})"
-    );
+    assert!(committed_after_kill < n as i64, "killed mid-stream ({committed_after_kill})");
     let mut d = Daemon::start(&cfg);
     let t0 = Instant::now();
     loop {
@@ -253,10 +198,7 @@ workers:
         if lag == 0.0 && metric_sum(&m, "conveyor_messages_consumed_total", "copy") > 0.0 {
             break;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "restart did not finish"
-        );
+        assert!(t0.elapsed() < Duration::from_secs(60), "restart did not finish");
         std::thread::sleep(Duration::from_millis(20));
     }
     let resumed = metric_sum(&d.metrics(), "conveyor_messages_consumed_total", "copy") as i64;
@@ -271,11 +213,6 @@ workers:
         ids(&read_all(&t, "out").await)
     });
     let got: BTreeSet<String> = out.iter().cloned().collect();
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "missing: {:?}",
-        want.difference(&got).take(5).collect::<Vec<_>>()
-    );
+    assert_eq!(got.len(), want.len(), "missing: {:?}", want.difference(&got).take(5).collect::<Vec<_>>());
     assert_eq!(got, want);
 }

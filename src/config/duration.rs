@@ -35,25 +35,19 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration such as `30s`, `5m` or `250ms`")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dur, E> {
-                humantime::parse_duration(v.trim()).map(Dur).map_err(|e| {
-                    E::custom(format!(
-                        "invalid duration {v:?}: {e} (write e.g. `30s`, `5m`, `250ms`)"
-                    ))
-                })
+                humantime::parse_duration(v.trim())
+                    .map(Dur)
+                    .map_err(|e| E::custom(format!("invalid duration {v:?}: {e} (write e.g. `30s`, `5m`, `250ms`)")))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Dur, E> {
                 if v == 0 {
                     Ok(Dur(Duration::ZERO))
                 } else {
-                    Err(E::custom(format!(
-                        "duration {v} has no unit (write e.g. `{v}s` or `{v}ms`)"
-                    )))
+                    Err(E::custom(format!("duration {v} has no unit (write e.g. `{v}s` or `{v}ms`)")))
                 }
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Dur, E> {
-                Err(E::custom(format!(
-                    "duration {v} has no unit (write e.g. `{v}s`)"
-                )))
+                Err(E::custom(format!("duration {v} has no unit (write e.g. `{v}s`)")))
             }
         }
         d.deserialize_any(V)

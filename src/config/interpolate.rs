@@ -15,10 +15,7 @@ pub struct Unresolved {
 
 /// Interpolates `text` with `lookup`; returns the new text or every
 /// unresolved variable (with its position).
-pub fn interpolate(
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<String, Vec<Unresolved>> {
+pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, Vec<Unresolved>> {
     let mut out = String::with_capacity(text.len());
     let mut missing = Vec::new();
     let bytes = text.as_bytes();
@@ -42,18 +39,15 @@ pub fn interpolate(
                     Some((n, d)) => (n, Some(d)),
                     None => (inner, None),
                 };
-                let valid = !name.is_empty()
-                    && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+                let valid = !name.is_empty() && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
                 if valid {
                     match lookup(name).filter(|v| !(v.is_empty() && default.is_some())) {
                         Some(v) => out.push_str(&v),
                         None => match default {
                             Some(d) => out.push_str(d),
-                            None => missing.push(Unresolved {
-                                var: name.to_string(),
-                                line,
-                                column: i - line_start + 1,
-                            }),
+                            None => {
+                                missing.push(Unresolved { var: name.to_string(), line, column: i - line_start + 1 })
+                            }
                         },
                     }
                     i += 2 + end + 1;
@@ -66,11 +60,7 @@ pub fn interpolate(
         out.push_str(&text[i..i + ch_len]);
         i += ch_len;
     }
-    if missing.is_empty() {
-        Ok(out)
-    } else {
-        Err(missing)
-    }
+    if missing.is_empty() { Ok(out) } else { Err(missing) }
 }
 
 fn utf8_len(first: u8) -> usize {
@@ -96,10 +86,7 @@ mod tests {
 
     #[test]
     fn replaces_set_variables_and_defaults() {
-        let got = interpolate(
-            "a: ${HOST}\nb: ${NOPE:-x y}\nc: ${EMPTY:-d}\né: ${HOST}",
-            env,
-        );
+        let got = interpolate("a: ${HOST}\nb: ${NOPE:-x y}\nc: ${EMPTY:-d}\né: ${HOST}", env);
         assert_eq!(got.unwrap(), "a: broker:9092\nb: x y\nc: d\né: broker:9092");
     }
 
@@ -114,25 +101,14 @@ mod tests {
         assert_eq!(
             err,
             vec![
-                Unresolved {
-                    var: "ONE".into(),
-                    line: 2,
-                    column: 4
-                },
-                Unresolved {
-                    var: "TWO".into(),
-                    line: 3,
-                    column: 8
-                },
+                Unresolved { var: "ONE".into(), line: 2, column: 4 },
+                Unresolved { var: "TWO".into(), line: 3, column: 8 },
             ]
         );
     }
 
     #[test]
     fn leaves_non_variables_alone() {
-        assert_eq!(
-            interpolate("a: ${not valid} $x ${", env).unwrap(),
-            "a: ${not valid} $x ${"
-        );
+        assert_eq!(interpolate("a: ${not valid} $x ${", env).unwrap(), "a: ${not valid} $x ${");
     }
 }

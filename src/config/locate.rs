@@ -29,27 +29,18 @@ impl PathIndex {
         let mut rx = Receiver::default();
         let mut parser = Parser::new_from_str(text);
         let _ = parser.load(&mut rx, false);
-        PathIndex {
-            positions: rx.positions,
-        }
+        PathIndex { positions: rx.positions }
     }
 
     /// The position of `path`, or of its nearest ancestor that is known.
     pub fn find(&self, path: &[String]) -> Option<Pos> {
-        (0..=path.len())
-            .rev()
-            .find_map(|n| self.positions.get(&path[..n]).copied())
+        (0..=path.len()).rev().find_map(|n| self.positions.get(&path[..n]).copied())
     }
 }
 
 enum Frame {
-    Map {
-        key: Option<String>,
-        expecting_key: bool,
-    },
-    Seq {
-        index: usize,
-    },
+    Map { key: Option<String>, expecting_key: bool },
+    Seq { index: usize },
 }
 
 #[derive(Default)]
@@ -61,10 +52,7 @@ struct Receiver {
 
 fn pos(m: &Marker) -> Pos {
     // yaml-rust2 lines are 1-based, columns 0-based.
-    Pos {
-        line: m.line(),
-        column: m.col() + 1,
-    }
+    Pos { line: m.line(), column: m.col() + 1 }
 }
 
 impl Receiver {
@@ -72,10 +60,7 @@ impl Receiver {
     /// returns whether the value is in the position of a mapping key.
     fn enter_value(&mut self, mark: &Marker) -> bool {
         match self.stack.last_mut() {
-            Some(Frame::Map {
-                expecting_key: true,
-                ..
-            }) => true,
+            Some(Frame::Map { expecting_key: true, .. }) => true,
             Some(Frame::Map { key, expecting_key }) => {
                 *expecting_key = true;
                 let _ = key;
@@ -130,10 +115,7 @@ impl MarkedEventReceiver for Receiver {
                 // complex keys are not indexed; treat the container as a value
                 let _ = self.enter_value(&mark);
                 self.stack.push(match ev {
-                    Event::MappingStart(..) => Frame::Map {
-                        key: None,
-                        expecting_key: true,
-                    },
+                    Event::MappingStart(..) => Frame::Map { key: None, expecting_key: true },
                     _ => Frame::Seq { index: 0 },
                 });
             }
@@ -158,26 +140,11 @@ mod tests {
     fn finds_nested_keys_and_sequence_items() {
         let text = "service:\n  name: x\nworkers:\n  w1:\n    input: a.b\n    list:\n      - one\n      - two\n  w2: { input: c }\n";
         let idx = PathIndex::build(text);
-        assert_eq!(
-            idx.find(&p("service/name")),
-            Some(Pos { line: 2, column: 3 })
-        );
-        assert_eq!(
-            idx.find(&p("workers/w1/input")),
-            Some(Pos { line: 5, column: 5 })
-        );
-        assert_eq!(
-            idx.find(&p("workers/w1/list/1")),
-            Some(Pos { line: 8, column: 9 })
-        );
-        assert_eq!(
-            idx.find(&p("workers/w2/input")),
-            Some(Pos { line: 9, column: 9 })
-        );
+        assert_eq!(idx.find(&p("service/name")), Some(Pos { line: 2, column: 3 }));
+        assert_eq!(idx.find(&p("workers/w1/input")), Some(Pos { line: 5, column: 5 }));
+        assert_eq!(idx.find(&p("workers/w1/list/1")), Some(Pos { line: 8, column: 9 }));
+        assert_eq!(idx.find(&p("workers/w2/input")), Some(Pos { line: 9, column: 9 }));
         // unknown leaf falls back to the nearest ancestor
-        assert_eq!(
-            idx.find(&p("workers/w2/nope")),
-            Some(Pos { line: 9, column: 3 })
-        );
+        assert_eq!(idx.find(&p("workers/w2/nope")), Some(Pos { line: 9, column: 3 }));
     }
 }

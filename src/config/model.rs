@@ -81,9 +81,7 @@ fn default_listen() -> SocketAddr {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig {
-            listen: default_listen(),
-        }
+        HttpConfig { listen: default_listen() }
     }
 }
 
@@ -106,10 +104,7 @@ fn default_level() -> String {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Json,
-            level: default_level(),
-        }
+        LogConfig { format: LogFormat::Json, level: default_level() }
     }
 }
 
@@ -135,14 +130,14 @@ pub enum TransportConfig {
         path: Option<PathBuf>,
         /// Per-partition bound on messages not yet committed by every
         /// consumer group of the entity (memory mode), and on queued writes
-        /// (durable mode). Producers wait when it is reached. Default 65536.
+        /// (durable mode). Producers wait when it is reached. Default 10000.
         #[serde(default = "default_capacity")]
         capacity: usize,
     },
 }
 
 fn default_capacity() -> usize {
-    65_536
+    10_000
 }
 
 impl TransportConfig {

@@ -33,10 +33,7 @@ fn good_config_loads_with_defaults() {
     assert_eq!(w.batch_size, 500);
     assert_eq!(l.config.service.shutdown_grace.get().as_secs(), 30);
     assert_eq!(l.config.entities["orders.dlq"].partitions, 1);
-    assert!(matches!(
-        l.config.transports["local"],
-        TransportConfig::Embedded { path: None, .. }
-    ));
+    assert!(matches!(l.config.transports["local"], TransportConfig::Embedded { path: None, .. }));
 }
 
 #[test]
@@ -55,30 +52,17 @@ fn typo_in_entity_names_line_path_and_suggestion() {
 fn every_error_is_reported_not_only_the_first() {
     let bad = GOOD
         .replace("input: orders.in\n", "input: orders.inn\n")
-        .replace(
-            "orders.out: { transport: local",
-            "orders.out: { transport: locl",
-        )
+        .replace("orders.out: { transport: local", "orders.out: { transport: locl")
         .replace("concurrency: 4", "concurency: 4")
         .replace("shutdown_grace: 30s", "shutdown_grace: soon");
     let e = load(&bad).unwrap_err();
     let all = e.to_string();
+    assert!(all.contains("service.shutdown_grace: invalid duration"), "{all}");
     assert!(
-        all.contains("service.shutdown_grace: invalid duration"),
+        all.contains("entities.orders.out.transport: unknown transport \"locl\" (did you mean \"local\"?)"),
         "{all}"
     );
-    assert!(
-        all.contains(
-            "entities.orders.out.transport: unknown transport \"locl\" (did you mean \"local\"?)"
-        ),
-        "{all}"
-    );
-    assert!(
-        all.contains(
-            "workers.orders-forward.concurency: unknown field (did you mean \"concurrency\"?)"
-        ),
-        "{all}"
-    );
+    assert!(all.contains("workers.orders-forward.concurency: unknown field (did you mean \"concurrency\"?)"), "{all}");
     // the worker with an unknown field is not deserialized, so its input is not checked
     assert_eq!(e.issues.len(), 3, "{all}");
     // each names a line
@@ -89,34 +73,20 @@ fn every_error_is_reported_not_only_the_first() {
 fn unknown_stage_kind_is_named() {
     let bad = GOOD.replace("type: passthrough", "type: passthru");
     let e = load(&bad).unwrap_err().to_string();
-    assert!(
-        e.contains("unknown kind \"passthru\" (did you mean \"passthrough\"?)"),
-        "{e}"
-    );
-    assert!(
-        e.contains("c.yaml:13:14: workers.orders-forward.stage.type"),
-        "{e}"
-    );
+    assert!(e.contains("unknown kind \"passthru\" (did you mean \"passthrough\"?)"), "{e}");
+    assert!(e.contains("c.yaml:13:14: workers.orders-forward.stage.type"), "{e}");
 }
 
 #[test]
 fn interpolation_with_defaults_and_missing_vars() {
     let text = GOOD
-        .replace(
-            "partitions: 4 }\n  orders.out",
-            "partitions: ${PARTS} }\n  orders.out",
-        )
+        .replace("partitions: 4 }\n  orders.out", "partitions: ${PARTS} }\n  orders.out")
         .replace("level: info", "level: ${LEVEL:-debug}");
     let l = load(&text).unwrap();
     assert_eq!(l.config.entities["orders.in"].partitions, 8);
     assert_eq!(l.config.service.log.level, "debug");
-    let e = load(&GOOD.replace("name: conveyor", "name: ${NAME}"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("c.yaml:2:18: environment variable NAME is not set"),
-        "{e}"
-    );
+    let e = load(&GOOD.replace("name: conveyor", "name: ${NAME}")).unwrap_err().to_string();
+    assert!(e.contains("c.yaml:2:18: environment variable NAME is not set"), "{e}");
 }
 
 #[test]
@@ -133,37 +103,25 @@ fn semantic_checks() {
         .replace("dead_letter: orders.dlq", "dead_letter: orders.in")
         .replace("concurrency: 4", "concurrency: 0\n  second:\n    input: orders.in\n    consumer_group: orders-forward\n    outputs: { default: orders.in }");
     let e = load(&bad).unwrap_err().to_string();
-    assert!(e.contains("workers.orders-forward.dead_letter: the dead-letter entity cannot be the worker's input"), "{e}");
     assert!(
-        e.contains("workers.orders-forward.concurrency: must be between 1 and 10000"),
+        e.contains("workers.orders-forward.dead_letter: the dead-letter entity cannot be the worker's input"),
         "{e}"
     );
-    assert!(
-        e.contains("workers.second.consumer_group: consumer group \"orders-forward\""),
-        "{e}"
-    );
-    assert!(
-        e.contains("workers.second.outputs.default: an output cannot be the worker's own input"),
-        "{e}"
-    );
+    assert!(e.contains("workers.orders-forward.concurrency: must be between 1 and 10000"), "{e}");
+    assert!(e.contains("workers.second.consumer_group: consumer group \"orders-forward\""), "{e}");
+    assert!(e.contains("workers.second.outputs.default: an output cannot be the worker's own input"), "{e}");
 }
 
 #[test]
 fn warnings_do_not_fail() {
     let l = load(GOOD).unwrap();
     let w: Vec<String> = l.warnings.iter().map(|w| w.to_string()).collect();
-    assert!(
-        w.iter()
-            .any(|w| w.contains("entities.orders.out: no worker consumes")),
-        "{w:?}"
-    );
+    assert!(w.iter().any(|w| w.contains("entities.orders.out: no worker consumes")), "{w:?}");
 }
 
 #[test]
 fn hash_changes_with_content() {
     let a = load(GOOD).unwrap().hash;
-    let b = load(&GOOD.replace("concurrency: 4", "concurrency: 2"))
-        .unwrap()
-        .hash;
+    let b = load(&GOOD.replace("concurrency: 4", "concurrency: 2")).unwrap().hash;
     assert_ne!(a, b);
 }

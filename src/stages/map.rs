@@ -21,22 +21,14 @@ impl MapStage {
 #[async_trait]
 impl Stage for MapStage {
     async fn process(&self, msg: &PipelineMessage, out: &mut Vec<Emit>) -> Result<(), StageError> {
-        let v: Value = serde_json::from_slice(&msg.payload)
-            .map_err(|e| StageError::InvalidJson(e.to_string()))?;
+        let v: Value = serde_json::from_slice(&msg.payload).map_err(|e| StageError::InvalidJson(e.to_string()))?;
         let Value::Object(obj) = &v else {
             return Err(StageError::InvalidJson("expected a JSON object".into()));
         };
-        if let Some(missing) = self
-            .require
-            .iter()
-            .find(|f| obj.get(f.as_str()).is_none_or(Value::is_null))
-        {
+        if let Some(missing) = self.require.iter().find(|f| obj.get(f.as_str()).is_none_or(Value::is_null)) {
             return Err(StageError::MissingField(missing.clone()));
         }
-        out.push(Emit {
-            output: self.output,
-            message: OutboundMessage::from_message(msg),
-        });
+        out.push(Emit { output: self.output, message: OutboundMessage::from_message(msg) });
         Ok(())
     }
 }
@@ -65,12 +57,7 @@ mod tests {
         let mut out = Vec::new();
         s.process(&msg(br#"{"id":"a"}"#), &mut out).await.unwrap();
         assert_eq!(out.len(), 1);
-        for bad in [
-            &b"not json"[..],
-            br#"[1]"#,
-            br#"{"x":1}"#,
-            br#"{"id":null}"#,
-        ] {
+        for bad in [&b"not json"[..], br#"[1]"#, br#"{"x":1}"#, br#"{"id":null}"#] {
             let e = s.process(&msg(bad), &mut out).await.unwrap_err();
             assert_eq!(e.category(), ErrorCategory::Permanent, "{e}");
         }

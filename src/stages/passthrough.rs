@@ -12,10 +12,7 @@ pub struct Passthrough {
 #[async_trait]
 impl Stage for Passthrough {
     async fn process(&self, msg: &PipelineMessage, out: &mut Vec<Emit>) -> Result<(), StageError> {
-        out.push(Emit {
-            output: self.output,
-            message: OutboundMessage::from_message(msg),
-        });
+        out.push(Emit { output: self.output, message: OutboundMessage::from_message(msg) });
         Ok(())
     }
 }

@@ -14,9 +14,9 @@
 //!   durable records, so nothing acknowledged is lost on a crash or SIGKILL.
 //!   Commits are queued to the same writer without waiting: a crash may
 //!   forget the last few milliseconds of commits, which redelivers those
-//!   messages (at least once), never skips them. Memory keeps a window of the
-//!   newest `capacity` records per partition; readers further behind read
-//!   from disk. Records every registered group has committed are deleted
+//!   messages (at least once), never skips them. Memory keeps a window of
+//!   durable records that some group has yet to read (at most `capacity` per
+//!   partition); readers further behind read from disk. Records every registered group has committed are deleted
 //!   from disk in the background; entities without consumers keep all.
 //! - **Groups** are exclusive: one member of a group holds all partitions
 //!   of the entity; a second subscriber waits until the first leaves. (In one
@@ -31,9 +31,8 @@
 mod store;
 
 use super::{
-    Assignment, Headers, OutboundMessage, PartitionInfo, PartitionReader, PipelineMessage,
-    ProduceResult, Producer, StartPosition, Subscription, Transport, TransportError, key_partition,
-    now_ms,
+    Assignment, Headers, OutboundMessage, PartitionInfo, PartitionReader, PipelineMessage, ProduceResult, Producer,
+    StartPosition, Subscription, Transport, TransportError, key_partition, now_ms,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -127,6 +126,16 @@ impl PartState {
     fn min_committed(&self) -> Option<i64> {
         self.committed.values().copied().min()
     }
+
+    /// Durable mode: the memory window holds only durable records some group
+    /// still has to read, at most `capacity` of them (the rest is on disk).
+    fn trim_window(&mut self, capacity: usize) {
+        let floor = self.min_committed().unwrap_or(self.visible).min(self.visible);
+        while self.mem_base < self.visible && (self.mem_base < floor || self.mem.len() > capacity) {
+            self.mem.pop_front();
+            self.mem_base += 1;
+        }
+    }
 }
 
 impl Embedded {
@@ -146,11 +155,7 @@ impl Embedded {
                     message,
                 })?;
                 let stored_offsets = store.offsets().map_err(|m| storage(&opts.name, m))?;
-                Some(Durable {
-                    store,
-                    writer,
-                    stored_offsets,
-                })
+                Some(Durable { store, writer, stored_offsets })
             }
             None => None,
         };
@@ -160,10 +165,7 @@ impl Embedded {
             for p in 0..e.partitions {
                 let (earliest, next) = match &durable {
                     Some(d) => {
-                        let r = d
-                            .store
-                            .recover(&e.name, p)
-                            .map_err(|m| storage(&opts.name, m))?;
+                        let r = d.store.recover(&e.name, p).map_err(|m| storage(&opts.name, m))?;
                         (r.earliest, r.next)
                     }
                     None => (0, 0),
@@ -216,11 +218,7 @@ impl Embedded {
     /// Committed next-position of `group` on each partition of `entity`.
     pub fn committed(&self, entity: &str, group: &str) -> Result<Vec<Option<i64>>, TransportError> {
         let log = self.inner.entity(entity)?;
-        Ok(log
-            .parts
-            .iter()
-            .map(|p| p.st.lock().unwrap().committed.get(group).copied())
-            .collect())
+        Ok(log.parts.iter().map(|p| p.st.lock().unwrap().committed.get(group).copied()).collect())
     }
 
     /// Waits until every write queued so far is durable.
@@ -229,43 +227,29 @@ impl Embedded {
             return Ok(());
         };
         let (ack, rx) = oneshot::channel();
-        d.writer.send(Write {
-            op: Op::Barrier,
-            ack: Some(ack),
-        });
+        d.writer.send(Write { op: Op::Barrier, ack: Some(ack) });
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(m)) => Err(self.inner.poison(m)),
-            Err(_) => Err(TransportError::Closed {
-                transport: self.inner.name.clone(),
-            }),
+            Err(_) => Err(TransportError::Closed { transport: self.inner.name.clone() }),
         }
     }
 }
 
 fn storage(transport: &str, message: String) -> TransportError {
-    TransportError::Storage {
-        transport: transport.to_string(),
-        message,
-    }
+    TransportError::Storage { transport: transport.to_string(), message }
 }
 
 impl Inner {
     fn entity(&self, name: &str) -> Result<&Arc<EntityLog>, TransportError> {
         self.entities
             .get(name)
-            .ok_or_else(|| TransportError::UnknownEntity {
-                transport: self.name.clone(),
-                entity: name.to_string(),
-            })
+            .ok_or_else(|| TransportError::UnknownEntity { transport: self.name.clone(), entity: name.to_string() })
     }
 
     fn check(&self) -> Result<(), TransportError> {
         match self.poisoned.get() {
-            Some(m) => Err(storage(
-                &self.name,
-                format!("store failed earlier and is read-only: {m}"),
-            )),
+            Some(m) => Err(storage(&self.name, format!("store failed earlier and is read-only: {m}"))),
             None => Ok(()),
         }
     }
@@ -275,23 +259,17 @@ impl Inner {
         storage(&self.name, m)
     }
 
-    fn register(
-        &self,
-        entity: &str,
-        group: &str,
-        start: StartPosition,
-    ) -> Result<(), TransportError> {
+    fn register(&self, entity: &str, group: &str, start: StartPosition) -> Result<(), TransportError> {
         let log = self.entity(entity)?;
         for p in &log.parts {
             let mut st = p.st.lock().unwrap();
             if st.committed.contains_key(group) {
                 continue;
             }
-            let stored = self.durable.as_ref().and_then(|d| {
-                d.stored_offsets
-                    .get(&store::offset_key(group, entity, p.index))
-                    .copied()
-            });
+            let stored = self
+                .durable
+                .as_ref()
+                .and_then(|d| d.stored_offsets.get(&store::offset_key(group, entity, p.index)).copied());
             let pos = match (stored, start) {
                 (Some(s), _) => s.max(st.earliest),
                 (None, StartPosition::Earliest) => st.earliest.min(st.mem_base),
@@ -302,12 +280,7 @@ impl Inner {
         Ok(())
     }
 
-    async fn append(
-        &self,
-        log: &EntityLog,
-        part: &Partition,
-        records: Vec<Record>,
-    ) -> Result<i64, TransportError> {
+    async fn append(&self, log: &EntityLog, part: &Partition, records: Vec<Record>) -> Result<i64, TransportError> {
         let n = records.len() as i64;
         let mut records = Some(records);
         loop {
@@ -349,17 +322,11 @@ impl Inner {
                             st.mem.extend(recs.iter().cloned());
                             st.next += n;
                             let (ack, rx) = oneshot::channel();
-                            let op = Op::Append {
-                                entity: log.name.clone(),
-                                partition: part.index,
-                                first,
-                                records: recs,
-                            };
+                            let op =
+                                Op::Append { entity: log.name.clone(), partition: part.index, first, records: recs };
                             // sent under the lock: the writer sees appends in position order
                             if !d.writer.send(Write { op, ack: Some(ack) }) {
-                                return Err(TransportError::Closed {
-                                    transport: self.name.clone(),
-                                });
+                                return Err(TransportError::Closed { transport: self.name.clone() });
                             }
                             Some((first, rx))
                         }
@@ -373,20 +340,14 @@ impl Inner {
                         Ok(Ok(())) => {
                             let mut st = part.st.lock().unwrap();
                             st.visible = st.visible.max(first + n);
-                            let visible = st.visible;
-                            while st.mem.len() > self.capacity && st.mem_base < visible {
-                                st.mem.pop_front();
-                                st.mem_base += 1;
-                            }
+                            st.trim_window(self.capacity);
                             drop(st);
                             part.data.notify_waiters();
                             part.space.notify_waiters();
                             Ok(first)
                         }
                         Ok(Err(m)) => Err(self.poison(m)),
-                        Err(_) => Err(TransportError::Closed {
-                            transport: self.name.clone(),
-                        }),
+                        Err(_) => Err(TransportError::Closed { transport: self.name.clone() }),
                     };
                 }
                 None => notified.await,
@@ -397,19 +358,14 @@ impl Inner {
 
 #[async_trait]
 impl Producer for Embedded {
-    async fn send(
-        &self,
-        entity: &str,
-        batch: Vec<OutboundMessage>,
-    ) -> Result<Vec<ProduceResult>, TransportError> {
+    async fn send(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, TransportError> {
         let inner = &self.inner;
         let log = inner.entity(entity)?;
         let nparts = log.parts.len() as u32;
         let now = now_ms();
         let total = batch.len();
         // group by partition, remembering each message's index
-        let mut per: Vec<(Vec<usize>, Vec<Record>)> =
-            (0..nparts).map(|_| (Vec::new(), Vec::new())).collect();
+        let mut per: Vec<(Vec<usize>, Vec<Record>)> = (0..nparts).map(|_| (Vec::new(), Vec::new())).collect();
         for (i, m) in batch.into_iter().enumerate() {
             let p = match (m.partition, &m.key) {
                 (Some(p), _) if p < nparts => p,
@@ -447,17 +403,11 @@ impl Producer for Embedded {
         for r in futures::future::join_all(appends).await {
             let (p, idx, first) = r?;
             for (j, i) in idx.into_iter().enumerate() {
-                results[i] = Some(ProduceResult {
-                    entity: log.label.clone(),
-                    partition: p,
-                    position: first + j as i64,
-                });
+                results[i] =
+                    Some(ProduceResult { entity: log.label.clone(), partition: p, position: first + j as i64 });
             }
         }
-        Ok(results
-            .into_iter()
-            .map(|r| r.expect("every message was placed"))
-            .collect())
+        Ok(results.into_iter().map(|r| r.expect("every message was placed")).collect())
     }
 }
 
@@ -480,13 +430,7 @@ impl Transport for Embedded {
         self.inner.check()?;
         let log = self.inner.entity(entity)?.clone();
         self.inner.register(entity, group, start)?;
-        let slot = log
-            .groups
-            .lock()
-            .unwrap()
-            .entry(group.to_string())
-            .or_default()
-            .clone();
+        let slot = log.groups.lock().unwrap().entry(group.to_string()).or_default().clone();
         Ok(Box::new(EmbeddedSubscription {
             inner: self.inner.clone(),
             log,
@@ -504,12 +448,7 @@ impl Transport for Embedded {
             .iter()
             .map(|p| {
                 let st = p.st.lock().unwrap();
-                PartitionInfo {
-                    entity: log.label.clone(),
-                    partition: p.index,
-                    earliest: st.earliest,
-                    next: st.visible,
-                }
+                PartitionInfo { entity: log.label.clone(), partition: p.index, earliest: st.earliest, next: st.visible }
             })
             .collect())
     }
@@ -549,13 +488,7 @@ impl Subscription for EmbeddedSubscription {
             }
             self.holding = true;
             for p in &self.log.parts {
-                let cursor =
-                    p.st.lock()
-                        .unwrap()
-                        .committed
-                        .get(&*self.group)
-                        .copied()
-                        .unwrap_or(0);
+                let cursor = p.st.lock().unwrap().committed.get(&*self.group).copied().unwrap_or(0);
                 self.pending.push_back(Box::new(EmbeddedReader {
                     inner: self.inner.clone(),
                     log: self.log.clone(),
@@ -611,11 +544,7 @@ impl PartitionReader for EmbeddedReader {
         self.part.index
     }
 
-    async fn fetch(
-        &mut self,
-        max: usize,
-        out: &mut Vec<PipelineMessage>,
-    ) -> Result<(), TransportError> {
+    async fn fetch(&mut self, max: usize, out: &mut Vec<PipelineMessage>) -> Result<(), TransportError> {
         let max = max.max(1);
         loop {
             self.inner.check()?;
@@ -644,15 +573,9 @@ impl PartitionReader for EmbeddedReader {
                 }
             };
             if let Some(until) = disk_until {
-                let d = self
-                    .inner
-                    .durable
-                    .as_ref()
-                    .expect("only durable mode keeps records outside memory");
+                let d = self.inner.durable.as_ref().expect("only durable mode keeps records outside memory");
                 let n = ((until - self.cursor) as usize).min(max);
-                let rows = d
-                    .store
-                    .read(&self.log.name, self.part.index, self.cursor, n);
+                let rows = d.store.read(&self.log.name, self.part.index, self.cursor, n);
                 let rows = rows.map_err(|m| self.inner.poison(m))?;
                 if rows.is_empty() {
                     // trimmed under us: skip to what is stored
@@ -688,6 +611,7 @@ impl PartitionReader for EmbeddedReader {
                     None
                 }
                 Some(_) => {
+                    st.trim_window(self.inner.capacity);
                     self.commits_since_trim += 1;
                     if self.commits_since_trim >= 64 && min > st.disk_trimmed_below {
                         self.commits_since_trim = 0;
@@ -704,16 +628,9 @@ impl PartitionReader for EmbeddedReader {
             None => self.part.space.notify_waiters(),
             Some(d) => {
                 let key = store::offset_key(&self.group, &self.log.name, self.part.index);
-                d.writer.send(Write {
-                    op: Op::Commit { key, next },
-                    ack: None,
-                });
+                d.writer.send(Write { op: Op::Commit { key, next }, ack: None });
                 if let Some(below) = trim {
-                    let op = Op::Trim {
-                        entity: self.log.name.clone(),
-                        partition: self.part.index,
-                        below,
-                    };
+                    let op = Op::Trim { entity: self.log.name.clone(), partition: self.part.index, below };
                     d.writer.send(Write { op, ack: None });
                 }
             }
@@ -723,11 +640,7 @@ impl PartitionReader for EmbeddedReader {
 
     fn lag(&self) -> Option<u64> {
         let st = self.part.st.lock().unwrap();
-        let c = st
-            .committed
-            .get(&*self.group)
-            .copied()
-            .unwrap_or(st.earliest);
+        let c = st.committed.get(&*self.group).copied().unwrap_or(st.earliest);
         Some((st.visible - c).max(0) as u64)
     }
 }

@@ -43,8 +43,7 @@ pub(super) async fn run(
     let mut batch: Vec<PipelineMessage> = Vec::with_capacity(spec.batch_size);
     let mut emits: Vec<Emit> = Vec::new();
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(spec.batch_size);
-    let mut per_output: Vec<Vec<OutboundMessage>> =
-        spec.outputs.iter().map(|_| Vec::new()).collect();
+    let mut per_output: Vec<Vec<OutboundMessage>> = spec.outputs.iter().map(|_| Vec::new()).collect();
     let mut dead: Vec<(OutboundMessage, ErrorCategory)> = Vec::new();
     if let Some(l) = reader.lag() {
         lag.set(l as i64);
@@ -118,30 +117,21 @@ pub(super) async fn run(
                     .send(&target.physical, msgs)
                     .await
                     .map(|_| target.produced.inc_by(count))
-                    .map_err(|source| WorkerError::Produce {
-                        entity: target.entity.clone(),
-                        source,
-                    })
+                    .map_err(|source| WorkerError::Produce { entity: target.entity.clone(), source })
             });
         }
         let dead_send = async {
             if dead.is_empty() {
                 return Ok(());
             }
-            let target = spec
-                .dead_letter
-                .as_ref()
-                .expect("dead outcomes exist only with a dead-letter entity");
+            let target = spec.dead_letter.as_ref().expect("dead outcomes exist only with a dead-letter entity");
             let cats: Vec<ErrorCategory> = dead.iter().map(|d| d.1).collect();
             let msgs: Vec<OutboundMessage> = dead.drain(..).map(|d| d.0).collect();
             target
                 .producer
                 .send(&target.physical, msgs)
                 .await
-                .map_err(|source| WorkerError::Produce {
-                    entity: target.entity.clone(),
-                    source,
-                })?;
+                .map_err(|source| WorkerError::Produce { entity: target.entity.clone(), source })?;
             target.produced.inc_by(cats.len() as u64);
             for c in cats {
                 spec.metrics.dead_lettered(c).inc();
@@ -156,15 +146,12 @@ pub(super) async fn run(
 
         // 4. commit
         let last = batch.last().expect("fetch returns at least one message");
-        reader
-            .commit(last)
-            .await
-            .map_err(|source| WorkerError::Commit {
-                entity: spec.input.clone(),
-                partition: p,
-                position: last.position,
-                source,
-            })?;
+        reader.commit(last).await.map_err(|source| WorkerError::Commit {
+            entity: spec.input.clone(),
+            partition: p,
+            position: last.position,
+            source,
+        })?;
         if let Some(l) = reader.lag() {
             lag.set(l as i64);
         }
@@ -198,9 +185,7 @@ async fn process(
         attempts += 1;
         let start = out.len();
         let t0 = Instant::now();
-        let r = AssertUnwindSafe(spec.stage.process(msg, out))
-            .catch_unwind()
-            .await;
+        let r = AssertUnwindSafe(spec.stage.process(msg, out)).catch_unwind().await;
         spec.metrics.handler.observe(t0.elapsed().as_secs_f64());
         let err = match r {
             Ok(Ok(())) => {
@@ -247,15 +232,8 @@ async fn process(
                     last_failure: now,
                     attempts,
                 };
-                let cx = Context {
-                    transport: spec.transport.kind(),
-                    consumer_group: &spec.group,
-                    worker: &spec.name,
-                };
-                return Outcome::Dead(
-                    Envelope::new(msg, &f, &cx).to_message(msg.key.clone()),
-                    category,
-                );
+                let cx = Context { transport: spec.transport.kind(), consumer_group: &spec.group, worker: &spec.name };
+                return Outcome::Dead(Envelope::new(msg, &f, &cx).to_message(msg.key.clone()), category);
             }
         }
         if category == ErrorCategory::Auth && !paused {

@@ -20,22 +20,12 @@ pub fn config(text: &str) -> Config {
 /// A minimal HTTP/1.1 GET over a real socket: (status, body).
 pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((status, dechunk(&body)))
 }
 
@@ -63,10 +53,7 @@ fn dechunk(body: &str) -> String {
 
 /// Blocking variant for tests that drive the binary.
 pub fn get_blocking(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(get(addr, path))
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(get(addr, path))
 }
 
 /// The value of a sample line `name{labels} value` in a metrics text (sum
@@ -74,9 +61,7 @@ pub fn get_blocking(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Strin
 pub fn metric_sum(text: &str, name: &str, needle: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(needle)
-        })
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(needle))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
 }
@@ -96,23 +81,10 @@ pub async fn eventually(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> 
 /// Opens an embedded store directly (the daemon must not be running on it).
 /// `groups` (entity, group) are registered so their stored positions show.
 pub fn open_store(path: &Path, entities: &[(&str, u32)], groups: &[(&str, &str)]) -> Embedded {
-    let specs: Vec<EntitySpec> = entities
-        .iter()
-        .map(|(n, p)| EntitySpec {
-            name: n.to_string(),
-            key: n.to_string(),
-            partitions: *p,
-        })
-        .collect();
-    let opts = EmbeddedOptions {
-        name: "local".into(),
-        path: Some(path.to_path_buf()),
-        capacity: 65_536,
-    };
-    let groups: Vec<_> = groups
-        .iter()
-        .map(|(e, g)| (e.to_string(), g.to_string(), StartPosition::Earliest))
-        .collect();
+    let specs: Vec<EntitySpec> =
+        entities.iter().map(|(n, p)| EntitySpec { name: n.to_string(), key: n.to_string(), partitions: *p }).collect();
+    let opts = EmbeddedOptions { name: "local".into(), path: Some(path.to_path_buf()), capacity: 65_536 };
+    let groups: Vec<_> = groups.iter().map(|(e, g)| (e.to_string(), g.to_string(), StartPosition::Earliest)).collect();
     Embedded::open(opts, &specs, &groups).expect("open store")
 }
 
@@ -127,32 +99,22 @@ pub async fn produce_ids(t: &dyn Transport, entity: &str, ids: impl IntoIterator
         })
         .collect();
     for chunk in msgs.chunks(1000) {
-        t.producer()
-            .send(entity, chunk.to_vec())
-            .await
-            .expect("produce");
+        t.producer().send(entity, chunk.to_vec()).await.expect("produce");
     }
 }
 
 /// Reads every message of `entity` from the beginning with a fresh group.
 pub async fn read_all(t: &dyn Transport, entity: &str) -> Vec<PipelineMessage> {
     let group = format!("reader-{}", fastrand::u64(..));
-    let mut sub = t
-        .subscribe(entity, &group, StartPosition::Earliest)
-        .await
-        .expect("subscribe");
+    let mut sub = t.subscribe(entity, &group, StartPosition::Earliest).await.expect("subscribe");
     let parts = t.partitions(entity).await.expect("partitions");
     let mut out = Vec::new();
     for info in &parts {
-        let Assignment::Assigned(mut r) = sub.next().await.expect("assignment") else {
-            panic!("revoked")
-        };
+        let Assignment::Assigned(mut r) = sub.next().await.expect("assignment") else { panic!("revoked") };
         let _ = info;
         loop {
             let mut batch = Vec::new();
-            match tokio::time::timeout(Duration::from_millis(100), r.fetch(10_000, &mut batch))
-                .await
-            {
+            match tokio::time::timeout(Duration::from_millis(100), r.fetch(10_000, &mut batch)).await {
                 Ok(res) => {
                     res.expect("fetch");
                     out.extend(batch);

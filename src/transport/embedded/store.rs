@@ -7,16 +7,18 @@
 //! range scans and atomic multi-table commits, all of which it has; its
 //! single-writer model fits a group-commit thread exactly.
 //!
-//! Layout: one table per partition `log/<entity>/<partition>` (u64 position
-//! → encoded record), `next` (entity/partition → next position, survives
-//! trimming), `offsets` (group/entity/partition → next position to read).
+//! Layout: one table per partition `log/<entity>/<partition>` mapping the
+//! position of the first record of each appended batch to the encoded batch
+//! (one B-tree entry per batch, not per record, as a log segment would),
+//! `next` (entity/partition → next position, survives trimming), `offsets`
+//! (group/entity/partition → next position to read).
 //! Every write operation is acknowledged only after the transaction that
 //! holds it is committed with `Durability::Immediate` (fsync).
 
 use super::Record;
 use crate::transport::Headers;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -98,7 +100,10 @@ impl Drop for WriterHandle {
 impl Store {
     pub fn open(dir: &Path) -> Result<(Store, WriterHandle), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create directory: {e}"))?;
-        let db = Database::create(dir.join("conveyor.redb")).map_err(|e| e.to_string())?;
+        let db = Database::builder()
+            .set_cache_size(32 << 20)
+            .create(dir.join("conveyor.redb"))
+            .map_err(|e| e.to_string())?;
         let db = Arc::new(db);
         {
             let w = db.begin_write().map_err(|e| e.to_string())?;
@@ -112,44 +117,28 @@ impl Store {
             .name("embedded-writer".into())
             .spawn(move || writer(wdb, rx))
             .map_err(|e| e.to_string())?;
-        Ok((
-            Store { db },
-            WriterHandle {
-                tx: Some(tx),
-                thread: Some(handle),
-            },
-        ))
+        Ok((Store { db }, WriterHandle { tx: Some(tx), thread: Some(handle) }))
     }
 
     /// Reads a partition's extent.
     pub fn recover(&self, entity: &str, partition: u32) -> Result<Recovered, String> {
         let r = self.db.begin_read().map_err(|e| e.to_string())?;
         let next_t = r.open_table(NEXT).map_err(|e| e.to_string())?;
-        let stored_next = next_t
-            .get(part_key(entity, partition).as_str())
-            .map_err(|e| e.to_string())?
-            .map(|v| v.value());
+        let stored_next =
+            next_t.get(part_key(entity, partition).as_str()).map_err(|e| e.to_string())?.map(|v| v.value());
         let name = log_table(entity, partition);
         let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
         let (first, last) = match r.open_table(def) {
             Ok(t) => {
-                let first = t
-                    .first()
-                    .map_err(|e| e.to_string())?
-                    .map(|(k, _)| k.value());
+                let first = t.first().map_err(|e| e.to_string())?.map(|(k, _)| k.value());
                 let last = t.last().map_err(|e| e.to_string())?.map(|(k, _)| k.value());
                 (first, last)
             }
             Err(redb::TableError::TableDoesNotExist(_)) => (None, None),
             Err(e) => return Err(e.to_string()),
         };
-        let next = stored_next
-            .unwrap_or(0)
-            .max(last.map(|l| l + 1).unwrap_or(0)) as i64;
-        Ok(Recovered {
-            earliest: first.map(|f| f as i64).unwrap_or(next),
-            next,
-        })
+        let next = stored_next.unwrap_or(0).max(last.map(|l| l + 1).unwrap_or(0)) as i64;
+        Ok(Recovered { earliest: first.map(|f| f as i64).unwrap_or(next), next })
     }
 
     /// Committed offsets of every group of `entity`, keyed by (group, partition).
@@ -165,13 +154,7 @@ impl Store {
     }
 
     /// Reads up to `max` records of a partition from `from` on.
-    pub fn read(
-        &self,
-        entity: &str,
-        partition: u32,
-        from: i64,
-        max: usize,
-    ) -> Result<Vec<(i64, Record)>, String> {
+    pub fn read(&self, entity: &str, partition: u32, from: i64, max: usize) -> Result<Vec<(i64, Record)>, String> {
         let r = self.db.begin_read().map_err(|e| e.to_string())?;
         let name = log_table(entity, partition);
         let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
@@ -180,16 +163,27 @@ impl Store {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.to_string()),
         };
-        let mut out = Vec::with_capacity(max.min(t.len().unwrap_or(0) as usize));
-        for row in t
-            .range(from.max(0) as u64..)
-            .map_err(|e| e.to_string())?
-            .take(max)
-        {
+        let from = from.max(0) as u64;
+        // the batch holding `from` starts at or before it
+        let start = match t.range(..=from).map_err(|e| e.to_string())?.next_back() {
+            Some(row) => row.map_err(|e| e.to_string())?.0.value(),
+            None => from,
+        };
+        let mut out = Vec::with_capacity(max.min(4096));
+        for row in t.range(start..).map_err(|e| e.to_string())? {
             let (k, v) = row.map_err(|e| e.to_string())?;
-            let rec = decode(v.value())
-                .ok_or_else(|| format!("corrupt record at {entity}/{partition}@{}", k.value()))?;
-            out.push((k.value() as i64, rec));
+            let first = k.value();
+            let records =
+                decode_batch(v.value()).ok_or_else(|| format!("corrupt batch at {entity}/{partition}@{first}"))?;
+            for (i, rec) in records.into_iter().enumerate() {
+                let pos = first + i as u64;
+                if pos >= from {
+                    out.push((pos as i64, rec));
+                    if out.len() >= max {
+                        return Ok(out);
+                    }
+                }
+            }
         }
         Ok(out)
     }
@@ -226,19 +220,19 @@ fn apply(db: &Database, batch: &[Write], buf: &mut BytesMut) -> Result<(), redb:
         let mut nexts: HashMap<(Arc<str>, u32), i64> = HashMap::new();
         for w in batch {
             match &w.op {
-                Op::Append {
-                    entity,
-                    partition,
-                    first,
-                    records,
-                } => {
+                Op::Append { entity, partition, first, records } => {
                     let name = log_table(entity, *partition);
                     let mut t = txn.open_table(TableDefinition::<u64, &[u8]>::new(&name))?;
-                    for (i, r) in records.iter().enumerate() {
-                        buf.clear();
+                    buf.clear();
+                    buf.put_u32_le(records.len() as u32);
+                    for r in records {
+                        let at = buf.len();
+                        buf.put_u32_le(0);
                         encode(r, buf);
-                        t.insert((*first + i as i64) as u64, &buf[..])?;
+                        let len = (buf.len() - at - 4) as u32;
+                        buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
                     }
+                    t.insert(*first as u64, &buf[..])?;
                     let end = *first + records.len() as i64;
                     let e = nexts.entry((entity.clone(), *partition)).or_insert(end);
                     *e = (*e).max(end);
@@ -247,14 +241,12 @@ fn apply(db: &Database, batch: &[Write], buf: &mut BytesMut) -> Result<(), redb:
                     offsets.insert(key.as_str(), *next as u64)?;
                 }
                 Op::Barrier => {}
-                Op::Trim {
-                    entity,
-                    partition,
-                    below,
-                } => {
+                Op::Trim { entity, partition, below } => {
                     let name = log_table(entity, *partition);
                     let mut t = txn.open_table(TableDefinition::<u64, &[u8]>::new(&name))?;
-                    t.retain_in(..(*below).max(0) as u64, |_, _| false)?;
+                    let below = (*below).max(0) as u64;
+                    // drop whole batches that end before `below`
+                    t.retain_in(..below, |first, v| first + batch_len(v) as u64 > below)?;
                 }
             }
         }
@@ -264,6 +256,32 @@ fn apply(db: &Database, batch: &[Write], buf: &mut BytesMut) -> Result<(), redb:
     }
     txn.commit()?;
     Ok(())
+}
+
+/// Number of records in an encoded batch.
+fn batch_len(v: &[u8]) -> u32 {
+    v.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0)
+}
+
+/// Batch format: count u32 | (record_len u32, record)*.
+fn decode_batch(mut b: &[u8]) -> Option<Vec<Record>> {
+    if b.len() < 4 {
+        return None;
+    }
+    let n = b.get_u32_le() as usize;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        if b.remaining() < 4 {
+            return None;
+        }
+        let len = b.get_u32_le() as usize;
+        if b.remaining() < len {
+            return None;
+        }
+        out.push(decode(&b[..len])?);
+        b.advance(len);
+    }
+    Some(out)
 }
 
 /// Record wire format: ts i64 | key_len i32 (-1 = none) | key | n_headers u16
@@ -327,12 +345,7 @@ fn decode(mut b: &[u8]) -> Option<Record> {
         headers.push((name, Bytes::copy_from_slice(&b[..vl])));
         b.advance(vl);
     }
-    Some(Record {
-        key,
-        headers: Headers(headers),
-        payload: Bytes::copy_from_slice(b),
-        timestamp_ms,
-    })
+    Some(Record { key, headers: Headers(headers), payload: Bytes::copy_from_slice(b), timestamp_ms })
 }
 
 #[cfg(test)]
@@ -343,22 +356,14 @@ mod tests {
     fn codec_round_trips() {
         let r = Record {
             key: Some(Bytes::from_static(b"k")),
-            headers: Headers(vec![
-                ("a".into(), Bytes::from_static(b"1")),
-                ("b".into(), Bytes::new()),
-            ]),
+            headers: Headers(vec![("a".into(), Bytes::from_static(b"1")), ("b".into(), Bytes::new())]),
             payload: Bytes::from_static(b"\x00\xffpayload"),
             timestamp_ms: 1234,
         };
         let mut buf = BytesMut::new();
         encode(&r, &mut buf);
         assert_eq!(decode(&buf).unwrap(), r);
-        let none = Record {
-            key: None,
-            headers: Headers::default(),
-            payload: Bytes::new(),
-            timestamp_ms: -1,
-        };
+        let none = Record { key: None, headers: Headers::default(), payload: Bytes::new(), timestamp_ms: -1 };
         buf.clear();
         encode(&none, &mut buf);
         assert_eq!(decode(&buf).unwrap(), none);

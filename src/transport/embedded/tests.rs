@@ -3,31 +3,14 @@ use std::time::Duration;
 
 fn specs(parts: u32) -> Vec<EntitySpec> {
     vec![
-        EntitySpec {
-            name: "in".into(),
-            key: "in".into(),
-            partitions: parts,
-        },
-        EntitySpec {
-            name: "sink".into(),
-            key: "sink".into(),
-            partitions: 1,
-        },
+        EntitySpec { name: "in".into(), key: "in".into(), partitions: parts },
+        EntitySpec { name: "sink".into(), key: "sink".into(), partitions: 1 },
     ]
 }
 
 fn open(path: Option<PathBuf>, capacity: usize, parts: u32) -> Embedded {
-    let opts = EmbeddedOptions {
-        name: "t".into(),
-        path,
-        capacity,
-    };
-    Embedded::open(
-        opts,
-        &specs(parts),
-        &[("in".into(), "g".into(), StartPosition::Earliest)],
-    )
-    .unwrap()
+    let opts = EmbeddedOptions { name: "t".into(), path, capacity };
+    Embedded::open(opts, &specs(parts), &[("in".into(), "g".into(), StartPosition::Earliest)]).unwrap()
 }
 
 fn msg(key: &str, payload: &str) -> OutboundMessage {
@@ -38,14 +21,8 @@ fn msg(key: &str, payload: &str) -> OutboundMessage {
     }
 }
 
-async fn readers(
-    t: &Embedded,
-    group: &str,
-) -> (Box<dyn Subscription>, Vec<Box<dyn PartitionReader>>) {
-    let mut sub = t
-        .subscribe("in", group, StartPosition::Earliest)
-        .await
-        .unwrap();
+async fn readers(t: &Embedded, group: &str) -> (Box<dyn Subscription>, Vec<Box<dyn PartitionReader>>) {
+    let mut sub = t.subscribe("in", group, StartPosition::Earliest).await.unwrap();
     let n = t.partitions("in").await.unwrap().len();
     let mut rs = Vec::new();
     for _ in 0..n {
@@ -59,10 +36,7 @@ async fn readers(
 
 async fn drain(r: &mut Box<dyn PartitionReader>) -> Vec<PipelineMessage> {
     let mut out = Vec::new();
-    while tokio::time::timeout(Duration::from_millis(50), r.fetch(1000, &mut out))
-        .await
-        .is_ok()
-    {}
+    while tokio::time::timeout(Duration::from_millis(50), r.fetch(1000, &mut out)).await.is_ok() {}
     out
 }
 
@@ -70,16 +44,11 @@ async fn drain(r: &mut Box<dyn PartitionReader>) -> Vec<PipelineMessage> {
 async fn keyed_messages_keep_order_per_partition() {
     let t = open(None, 1000, 3);
     let p = t.producer();
-    let batch: Vec<_> = (0..30)
-        .map(|i| msg(&format!("k{}", i % 5), &format!("{i}")))
-        .collect();
+    let batch: Vec<_> = (0..30).map(|i| msg(&format!("k{}", i % 5), &format!("{i}"))).collect();
     let res = p.send("in", batch).await.unwrap();
     assert_eq!(res.len(), 30);
     for (i, r) in res.iter().enumerate() {
-        assert_eq!(
-            r.partition,
-            key_partition(format!("k{}", i % 5).as_bytes(), 3)
-        );
+        assert_eq!(r.partition, key_partition(format!("k{}", i % 5).as_bytes(), 3));
     }
     let (_sub, mut rs) = readers(&t, "g").await;
     let mut total = 0;
@@ -101,9 +70,7 @@ async fn keyed_messages_keep_order_per_partition() {
 async fn memory_backpressure_waits_for_commit_and_drops_nothing() {
     let t = open(None, 10, 1);
     let p = t.producer();
-    p.send("in", (0..10).map(|i| msg("k", &i.to_string())).collect())
-        .await
-        .unwrap();
+    p.send("in", (0..10).map(|i| msg("k", &i.to_string())).collect()).await.unwrap();
     // the 11th waits: group "g" has committed nothing
     let p2 = p.clone();
     let blocked = tokio::spawn(async move { p2.send("in", vec![msg("k", "10")]).await });
@@ -113,17 +80,10 @@ async fn memory_backpressure_waits_for_commit_and_drops_nothing() {
     let mut got = Vec::new();
     rs[0].fetch(5, &mut got).await.unwrap();
     rs[0].commit(got.last().unwrap()).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(2), blocked)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(2), blocked).await.unwrap().unwrap().unwrap();
     let rest = drain(&mut rs[0]).await;
-    let all: Vec<String> = got
-        .iter()
-        .chain(rest.iter())
-        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
-        .collect();
+    let all: Vec<String> =
+        got.iter().chain(rest.iter()).map(|m| String::from_utf8(m.payload.to_vec()).unwrap()).collect();
     assert_eq!(all, (0..11).map(|i| i.to_string()).collect::<Vec<_>>());
 }
 
@@ -133,30 +93,19 @@ async fn groups_are_exclusive_until_the_holder_leaves() {
     let (sub, _rs) = readers(&t, "g").await;
     let t2 = t.clone();
     let second = tokio::spawn(async move {
-        let mut s = t2
-            .subscribe("in", "g", StartPosition::Earliest)
-            .await
-            .unwrap();
+        let mut s = t2.subscribe("in", "g", StartPosition::Earliest).await.unwrap();
         matches!(s.next().await.unwrap(), Assignment::Assigned(_))
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!second.is_finished());
     drop(sub);
-    assert!(
-        tokio::time::timeout(Duration::from_secs(2), second)
-            .await
-            .unwrap()
-            .unwrap()
-    );
+    assert!(tokio::time::timeout(Duration::from_secs(2), second).await.unwrap().unwrap());
 }
 
 #[tokio::test]
 async fn groupless_entity_in_memory_keeps_newest_capacity() {
     let t = open(None, 4, 1);
-    t.producer()
-        .send("sink", (0..10).map(|i| msg("k", &i.to_string())).collect())
-        .await
-        .unwrap();
+    t.producer().send("sink", (0..10).map(|i| msg("k", &i.to_string())).collect()).await.unwrap();
     let info = t.partitions("sink").await.unwrap();
     assert_eq!((info[0].earliest, info[0].next), (6, 10));
 }
@@ -167,14 +116,7 @@ async fn durable_resumes_from_committed_position_after_reopen() {
     {
         let t = open(Some(dir.path().into()), 100, 2);
         let p = t.producer();
-        p.send(
-            "in",
-            (0..100)
-                .map(|i| msg(&format!("k{i}"), &i.to_string()))
-                .collect(),
-        )
-        .await
-        .unwrap();
+        p.send("in", (0..100).map(|i| msg(&format!("k{i}"), &i.to_string())).collect()).await.unwrap();
         let (_sub, mut rs) = readers(&t, "g").await;
         // commit the first half of each partition
         for r in rs.iter_mut() {
@@ -194,19 +136,12 @@ async fn durable_resumes_from_committed_position_after_reopen() {
         let got = drain(r).await;
         let committed = t.committed("in", "g").unwrap()[r.partition() as usize].unwrap();
         assert_eq!(got.first().unwrap().position, committed);
-        seen.extend(
-            got.iter()
-                .map(|m| String::from_utf8(m.payload.to_vec()).unwrap()),
-        );
+        seen.extend(got.iter().map(|m| String::from_utf8(m.payload.to_vec()).unwrap()));
     }
     // about half redelivered, and those carry their original payloads
     assert!((45..=55).contains(&seen.len()), "{}", seen.len());
     // new writes continue after the recovered positions
-    let r = t
-        .producer()
-        .send("in", vec![msg("k0", "new")])
-        .await
-        .unwrap();
+    let r = t.producer().send("in", vec![msg("k0", "new")]).await.unwrap();
     assert!(r[0].position >= 1);
 }
 
@@ -216,32 +151,18 @@ async fn durable_reads_fall_back_to_disk_beyond_the_memory_window() {
     let t = open(Some(dir.path().into()), 8, 1);
     let p = t.producer();
     for chunk in 0..10 {
-        p.send(
-            "in",
-            (0..8)
-                .map(|i| msg("k", &(chunk * 8 + i).to_string()))
-                .collect(),
-        )
-        .await
-        .unwrap();
+        p.send("in", (0..8).map(|i| msg("k", &(chunk * 8 + i).to_string())).collect()).await.unwrap();
     }
     let (_sub, mut rs) = readers(&t, "g").await;
     let got = drain(&mut rs[0]).await;
-    let payloads: Vec<u32> = got
-        .iter()
-        .map(|m| std::str::from_utf8(&m.payload).unwrap().parse().unwrap())
-        .collect();
+    let payloads: Vec<u32> = got.iter().map(|m| std::str::from_utf8(&m.payload).unwrap().parse().unwrap()).collect();
     assert_eq!(payloads, (0..80).collect::<Vec<_>>());
 }
 
 #[tokio::test]
 async fn unknown_entity_and_partition_are_permanent() {
     let t = open(None, 10, 2);
-    let e = t
-        .producer()
-        .send("nope", vec![msg("k", "x")])
-        .await
-        .unwrap_err();
+    let e = t.producer().send("nope", vec![msg("k", "x")]).await.unwrap_err();
     assert_eq!(e.category(), crate::classify::ErrorCategory::Permanent);
     let mut m = msg("k", "x");
     m.partition = Some(7);
