@@ -17,8 +17,10 @@ use crate::stages::{self, Outputs, Stage};
 use crate::supervisor::{Backoff, Exit, Supervisor};
 use crate::transport::embedded::{Embedded, EmbeddedOptions, EntitySpec};
 use crate::transport::{Producer, Transport, TransportError};
-use crate::worker::{self, OutputTarget, WorkerSpec};
-use std::collections::HashMap;
+use crate::metrics::EntityLabel;
+use crate::retry::{Scheduler, Target as RetryTarget};
+use crate::worker::{self, Breaker, OutputTarget, RetrySpec, WorkerSpec};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,6 +57,73 @@ pub struct Options {
     pub retry_backoff: Option<(Duration, Duration)>,
 }
 
+/// The transports of a config, opened.
+pub struct Transports {
+    pub all: HashMap<String, Arc<dyn Transport>>,
+    /// The shared producer of each transport.
+    pub producers: HashMap<String, Arc<dyn Producer>>,
+    pub embedded: HashMap<String, Embedded>,
+}
+
+impl Transports {
+    /// The transport and physical name of entity `key`.
+    pub fn entity(&self, cfg: &Config, key: &str) -> Option<(Arc<dyn Transport>, String)> {
+        let e = cfg.entities.get(key)?;
+        Some((self.all[&e.transport].clone(), e.physical_name(key).to_string()))
+    }
+
+    /// Flushes and closes every transport.
+    pub async fn close(&self) {
+        for t in self.all.values() {
+            t.close().await;
+        }
+    }
+}
+
+/// Opens every transport of `cfg` with its entities, registering the
+/// consumer groups the topology uses (workers and retry schedulers).
+pub fn open_transports(cfg: &Config) -> Result<Transports, AppError> {
+    let mut all: HashMap<String, Arc<dyn Transport>> = HashMap::new();
+    let mut embedded = HashMap::new();
+    let mut producers: HashMap<String, Arc<dyn Producer>> = HashMap::new();
+    let physical = |key: &str| cfg.entities[key].physical_name(key).to_string();
+    for (tname, tcfg) in &cfg.transports {
+        let on_this = |key: &str| cfg.entities[key].transport == *tname;
+        let mut groups: Vec<(String, String, crate::config::StartPosition)> = cfg
+            .workers
+            .iter()
+            .filter(|(_, w)| on_this(&w.input))
+            .map(|(n, w)| (physical(&w.input), w.group(n).to_string(), w.start_position))
+            .collect();
+        for w in cfg.workers.values() {
+            if let Some(r) = w.retry.as_ref().filter(|r| on_this(&r.via)) {
+                groups.push((physical(&r.via), crate::retry::GROUP.to_string(), crate::config::StartPosition::Earliest));
+            }
+        }
+        match tcfg {
+            TransportConfig::Embedded { path, capacity } => {
+                let entities: Vec<EntitySpec> = cfg
+                    .entities
+                    .iter()
+                    .filter(|(k, _)| on_this(k))
+                    .map(|(k, e)| EntitySpec { name: e.physical_name(k).to_string(), key: k.clone(), partitions: e.partitions })
+                    .collect();
+                let opts = EmbeddedOptions { name: tname.clone(), path: path.clone(), capacity: *capacity };
+                let t = Embedded::open(opts, &entities, &groups)
+                    .map_err(|source| AppError::Transport { name: tname.clone(), source })?;
+                tracing::info!(
+                    transport = %tname, kind = "embedded", durable = t.is_durable(),
+                    entities = entities.len(), "transport opened"
+                );
+                producers.insert(tname.clone(), t.producer());
+                all.insert(tname.clone(), Arc::new(t.clone()));
+                embedded.insert(tname.clone(), t);
+            }
+        }
+    }
+    Ok(Transports { all, producers, embedded })
+}
+
 /// A started pipeline.
 pub struct Runtime {
     pub http_addr: SocketAddr,
@@ -76,48 +145,7 @@ impl Runtime {
         let metrics = Metrics::new();
         let health = Health::new();
 
-        // transports, with every entity and the groups that consume it
-        let mut transports: HashMap<String, Arc<dyn Transport>> = HashMap::new();
-        let mut embedded = HashMap::new();
-        let mut producers: HashMap<String, Arc<dyn Producer>> = HashMap::new();
-        for (tname, tcfg) in &cfg.transports {
-            match tcfg {
-                TransportConfig::Embedded { path, capacity } => {
-                    let entities: Vec<EntitySpec> = cfg
-                        .entities
-                        .iter()
-                        .filter(|(_, e)| &e.transport == tname)
-                        .map(|(k, e)| EntitySpec {
-                            name: e.physical_name(k).to_string(),
-                            key: k.clone(),
-                            partitions: e.partitions,
-                        })
-                        .collect();
-                    let groups: Vec<_> = cfg
-                        .workers
-                        .iter()
-                        .filter(|(_, w)| cfg.entities[&w.input].transport == *tname)
-                        .map(|(n, w)| {
-                            (
-                                cfg.entities[&w.input].physical_name(&w.input).to_string(),
-                                w.group(n).to_string(),
-                                w.start_position,
-                            )
-                        })
-                        .collect();
-                    let opts = EmbeddedOptions { name: tname.clone(), path: path.clone(), capacity: *capacity };
-                    let t = Embedded::open(opts, &entities, &groups)
-                        .map_err(|source| AppError::Transport { name: tname.clone(), source })?;
-                    tracing::info!(
-                        transport = %tname, kind = "embedded", durable = t.is_durable(),
-                        entities = entities.len(), "transport opened"
-                    );
-                    producers.insert(tname.clone(), t.producer());
-                    transports.insert(tname.clone(), Arc::new(t.clone()));
-                    embedded.insert(tname.clone(), t);
-                }
-            }
-        }
+        let Transports { all: transports, producers, embedded } = open_transports(cfg)?;
 
         // HTTP first, so /healthz answers while workers start
         let listener = TcpListener::bind(cfg.service.http.listen)
@@ -159,6 +187,13 @@ impl Runtime {
                 None => stages::build(&w.stage, &outputs)
                     .map_err(|message| AppError::Stage { worker: wname.clone(), message })?,
             };
+            let retry = w.retry.as_ref().map(|r| RetrySpec {
+                via: target(&r.via, &wm),
+                schedule: r.schedule.iter().map(|d| d.get()).collect(),
+                max_attempts: r.max_attempts,
+                scheduled: wm.retries_scheduled(&r.via),
+            });
+            let breaker = w.dead_letter_limit.clone().map(|l| std::sync::Mutex::new(Breaker::new(l)));
             let input = &cfg.entities[&w.input];
             let spec = Arc::new(WorkerSpec {
                 name: wname.clone(),
@@ -175,6 +210,8 @@ impl Runtime {
                 metrics: wm.clone(),
                 retry_base,
                 retry_max,
+                retry,
+                breaker,
             });
             let th = health.task(wname, "worker");
             let h2 = th.clone();
@@ -182,6 +219,57 @@ impl Runtime {
                 let (spec, health) = (spec.clone(), h2.clone());
                 async move {
                     match worker::run(spec, health, token).await {
+                        Ok(()) => None,
+                        Err(e) => Some(Exit::Failed(e.category(), e.to_string())),
+                    }
+                }
+            });
+        }
+
+        // one retry scheduler per retry entity, re-delivering to the inputs
+        // of the workers that use it
+        let mut retry_entities: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for w in cfg.workers.values() {
+            if let Some(r) = &w.retry {
+                retry_entities.entry(r.via.as_str()).or_default().push(w.input.as_str());
+            }
+        }
+        for (via, inputs) in retry_entities {
+            let e = &cfg.entities[via];
+            let label = EntityLabel { entity: via.to_string() };
+            let sched = Arc::new(Scheduler {
+                entity: via.to_string(),
+                physical: e.physical_name(via).to_string(),
+                transport: transports[&e.transport].clone(),
+                targets: inputs
+                    .into_iter()
+                    .map(|i| {
+                        let ie = &cfg.entities[i];
+                        let t = RetryTarget {
+                            physical: ie.physical_name(i).to_string(),
+                            producer: producers[&ie.transport].clone(),
+                        };
+                        (i.to_string(), t)
+                    })
+                    .collect(),
+                redelivered: metrics.retry_redelivered.get_or_create(&label).clone(),
+                invalid: metrics.retry_invalid.get_or_create(&label).clone(),
+                pending: metrics.retry_pending.get_or_create(&label).clone(),
+                lag: {
+                    let (m, task, entity) = (metrics.clone(), format!("retry:{via}"), via.to_string());
+                    Arc::new(move |p: u32| {
+                        let l = crate::metrics::PartitionLabel { worker: task.clone(), entity: entity.clone(), partition: p.to_string() };
+                        m.lag.get_or_create(&l).clone()
+                    })
+                },
+            });
+            let name = format!("retry:{via}");
+            let th = health.task(&name, "retry-scheduler");
+            let h2 = th.clone();
+            supervisor.spawn(name, th, Default::default(), move |token| {
+                let (sched, health) = (sched.clone(), h2.clone());
+                async move {
+                    match sched.run(health, token).await {
                         Ok(()) => None,
                         Err(e) => Some(Exit::Failed(e.category(), e.to_string())),
                     }

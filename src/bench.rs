@@ -164,6 +164,8 @@ async fn run_once(args: &BenchArgs, dir: Option<std::path::PathBuf>, conveyor: b
             metrics: wm,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(1),
+            retry: None,
+            breaker: None,
         });
         let health = Health::new().task("bench", "worker");
         let c = cancel.clone();

@@ -23,6 +23,50 @@ pub enum Command {
     Check(ConfigArg),
     /// Measure embedded pass-through throughput against a baseline copy loop.
     Bench(crate::bench::BenchArgs),
+    /// Inspect and redrive dead-letter entities.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead-letter envelopes: when, origin, worker, category, error.
+    Inspect {
+        #[arg(short, long, default_value = "config.yaml")]
+        config: PathBuf,
+        /// The dead-letter entity.
+        #[arg(long)]
+        entity: String,
+        /// Most envelopes to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON envelope per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-produce dead-lettered messages to their origin (or `--to`).
+    Redrive {
+        #[arg(short, long, default_value = "config.yaml")]
+        config: PathBuf,
+        /// The dead-letter entity to read.
+        #[arg(long)]
+        from: String,
+        /// Target entity instead of each envelope's origin.
+        #[arg(long)]
+        to: Option<String>,
+        /// Only envelopes matching `key=value` (category, worker, origin, type); repeatable.
+        #[arg(long)]
+        filter: Vec<String>,
+        /// Most messages per second.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Show what would be redriven; produce and commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Consumer group that remembers how far redrive got.
+        #[arg(long, default_value = "conveyor-redrive")]
+        group: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -237,7 +237,14 @@ fn validate(c: &Config, cx: &mut Cx) -> Vec<ConfigWarning> {
                 );
             }
         }
-        if !w.outputs.contains_key("default") && matches!(w.stage, StageConfig::Passthrough | StageConfig::Map { .. }) {
+        if let StageConfig::Chaos { transient_ratio, permanent_ratio, panic_ratio } = &w.stage {
+            if [transient_ratio, permanent_ratio, panic_ratio].iter().any(|r| !(0.0..=1.0).contains(*r))
+                || transient_ratio + permanent_ratio + panic_ratio > 1.0
+            {
+                cx.error(&owned(&["workers", name, "stage"]), "chaos ratios must each be within 0–1 and add up to at most 1");
+            }
+        }
+        if !w.outputs.contains_key("default") {
             cx.error(
                 &owned(&["workers", name, "outputs"]),
                 &format!(
@@ -252,6 +259,38 @@ fn validate(c: &Config, cx: &mut Cx) -> Vec<ConfigWarning> {
         if w.batch_size == 0 || w.batch_size > 100_000 {
             cx.error(&owned(&["workers", name, "batch_size"]), "must be between 1 and 100000");
         }
+        if let Some(r) = &w.retry {
+            check_entity(cx, &["workers", name, "retry", "via"], &r.via);
+            if r.via == w.input || w.outputs.values().any(|o| *o == r.via) || w.dead_letter.as_deref() == Some(&r.via) {
+                cx.error(
+                    &owned(&["workers", name, "retry", "via"]),
+                    "the retry entity must differ from the worker's input, outputs and dead-letter entity",
+                );
+            }
+            if r.schedule.is_empty() {
+                cx.error(&owned(&["workers", name, "retry", "schedule"]), "needs at least one delay");
+            }
+            if r.max_attempts < 1 {
+                cx.error(&owned(&["workers", name, "retry", "max_attempts"]), "must be at least 1");
+            }
+            if w.dead_letter.is_none() {
+                cx.error(
+                    &owned(&["workers", name, "retry"]),
+                    "`retry` needs `dead_letter`: a message that exhausts its attempts goes there",
+                );
+            }
+        }
+        if let Some(l) = &w.dead_letter_limit {
+            if !(0.0..=1.0).contains(&l.max_ratio) {
+                cx.error(&owned(&["workers", name, "dead_letter_limit", "max_ratio"]), "must be between 0.0 and 1.0");
+            }
+            if l.window.get().is_zero() {
+                cx.error(&owned(&["workers", name, "dead_letter_limit", "window"]), "must be longer than 0s");
+            }
+            if w.dead_letter.is_none() {
+                cx.error(&owned(&["workers", name, "dead_letter_limit"]), "only applies with `dead_letter`");
+            }
+        }
         let group = w.group(name);
         if let Some(other) = groups.insert((w.input.as_str(), group), name) {
             cx.error(
@@ -259,11 +298,22 @@ fn validate(c: &Config, cx: &mut Cx) -> Vec<ConfigWarning> {
                 &format!("consumer group {group:?} on entity {:?} is already used by worker {other:?}; give each worker its own group", w.input),
             );
         }
-        if w.dead_letter.is_none() {
+        if w.dead_letter.is_none() && w.retry.is_none() {
             warnings.push(cx.issue(
                 &owned(&["workers", name]),
                 "no `dead_letter`: a message that fails permanently stops its partition until the worker is fixed",
             ));
+        }
+    }
+    for (name, w) in &c.workers {
+        if let Some(r) = &w.retry {
+            if let Some((other, _)) = c.workers.iter().find(|(_, o)| o.input == r.via) {
+                cx.error(
+                    &owned(&["workers", name, "retry", "via"]),
+                    &format!("entity {:?} is the input of worker {other:?}; a retry entity is read only by the retry scheduler", r.via),
+                );
+            }
+            consumed.insert(&r.via);
         }
     }
     for (name, e) in &c.entities {

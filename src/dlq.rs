@@ -23,6 +23,8 @@
 //! }
 //! ```
 
+pub mod tools;
+
 use crate::classify::ErrorCategory;
 use crate::transport::{Headers, OutboundMessage, PipelineMessage};
 use base64::Engine;

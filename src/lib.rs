@@ -12,7 +12,8 @@
 //! - [`stages`]: what a worker does with a message.
 //! - [`classify`]: every failure is `Transient`, `Auth`, `Permanent` or
 //!   `Throttling`; the category decides retry, dead-letter or pause.
-//! - [`dlq`]: the dead-letter envelope.
+//! - [`dlq`]: the dead-letter envelope; [`retry`]: delayed retries through
+//!   retry entities and their scheduler.
 //! - [`supervisor`]: restarts with backoff, panic containment, bounded drain.
 //! - [`http`], [`metrics`], [`health`], [`telemetry`], [`notify`]: operations.
 //! - [`app`]: builds and runs all of the above from a config.
@@ -37,6 +38,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod retry;
 pub mod sources;
 pub mod stages;
 pub mod supervisor;

@@ -2,7 +2,8 @@
 //! config (exit 64 when it is bad), then hand over to the library.
 
 use clap::Parser;
-use conveyor::cli::{Cli, Command, EXIT_FAILURE, EXIT_USAGE};
+use conveyor::cli::{Cli, Command, DlqCommand, EXIT_FAILURE, EXIT_USAGE};
+use conveyor::dlq::tools::{self, Filter, RedriveOptions};
 use conveyor::config;
 use std::process::ExitCode;
 
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Dlq(cmd) => dlq(cmd),
         Command::Bench(args) => match conveyor::bench::main(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -71,5 +73,60 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_FAILURE)
             }
         },
+    }
+}
+
+fn dlq(cmd: DlqCommand) -> ExitCode {
+    let path = match &cmd {
+        DlqCommand::Inspect { config, .. } | DlqCommand::Redrive { config, .. } => config.clone(),
+    };
+    let loaded = match config::load_file(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    conveyor::telemetry::init(&conveyor::config::LogConfig {
+        format: conveyor::config::LogFormat::Text,
+        level: "warn".into(),
+    });
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let cfg = &loaded.config;
+    let result = match cmd {
+        DlqCommand::Inspect { entity, limit, json, .. } => rt.block_on(tools::inspect(cfg, &entity, limit, json)).map(|_| ()),
+        DlqCommand::Redrive { from, to, filter, rate, dry_run, group, .. } => {
+            let filter = match Filter::parse(&filter) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            let o = RedriveOptions { from, to, filter, rate, dry_run, group, progress: true };
+            rt.block_on(tools::redrive(cfg, &o)).map(|r| {
+                let verb = if dry_run { "would redrive" } else { "redrove" };
+                println!(
+                    "{verb} {} of {} envelope(s) ({} not matching, {} unreadable)",
+                    r.redriven, r.examined, r.skipped, r.unreadable
+                );
+                for (t, n) in &r.by_target {
+                    println!("  {n} -> {t}");
+                }
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }

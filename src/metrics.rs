@@ -15,6 +15,11 @@
 //! | `conveyor_in_flight_messages` | gauge | worker |
 //! | `conveyor_consumer_lag_messages` | gauge | worker, entity, partition |
 //! | `conveyor_source_events_total` | counter | source, entity |
+//! | `conveyor_retries_scheduled_total` | counter | worker, entity (the retry entity) |
+//! | `conveyor_retry_redelivered_total` | counter | entity (the retry entity) |
+//! | `conveyor_retry_invalid_total` | counter | entity |
+//! | `conveyor_retry_pending_messages` | gauge | entity |
+//! | `conveyor_dead_letter_limit_trips_total` | counter | worker |
 //! | `conveyor_build_info` | gauge (1) | version |
 
 use crate::classify::ErrorCategory;
@@ -58,6 +63,11 @@ pub struct SourceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EntityLabel {
+    pub entity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: String,
 }
@@ -82,6 +92,11 @@ pub struct Metrics {
     pub in_flight: Family<WorkerLabel, Gauge>,
     pub lag: Family<PartitionLabel, Gauge>,
     pub source_events: Family<SourceLabel, Counter>,
+    pub retries_scheduled: Family<WorkerEntity, Counter>,
+    pub retry_redelivered: Family<EntityLabel, Counter>,
+    pub retry_invalid: Family<EntityLabel, Counter>,
+    pub retry_pending: Family<EntityLabel, Gauge>,
+    pub breaker_trips: Family<WorkerLabel, Counter>,
 }
 
 impl Metrics {
@@ -98,6 +113,11 @@ impl Metrics {
             in_flight: Family::default(),
             lag: Family::default(),
             source_events: Family::default(),
+            retries_scheduled: Family::default(),
+            retry_redelivered: Family::default(),
+            retry_invalid: Family::default(),
+            retry_pending: Family::default(),
+            breaker_trips: Family::default(),
             registry: Registry::default(),
         };
         registry.register("messages_consumed", "Messages read from an input entity", m.consumed.clone());
@@ -110,6 +130,11 @@ impl Metrics {
         registry.register("in_flight_messages", "Messages fetched but not yet committed", m.in_flight.clone());
         registry.register("consumer_lag_messages", "High watermark minus committed position", m.lag.clone());
         registry.register("source_events", "Events emitted by built-in sources", m.source_events.clone());
+        registry.register("retries_scheduled", "Failed messages sent to a retry entity", m.retries_scheduled.clone());
+        registry.register("retry_redelivered", "Retries re-delivered to their target when due", m.retry_redelivered.clone());
+        registry.register("retry_invalid", "Messages in a retry entity without a known target", m.retry_invalid.clone());
+        registry.register("retry_pending_messages", "Retries waiting for their due time", m.retry_pending.clone());
+        registry.register("dead_letter_limit_trips", "Times a worker's dead-letter limit tripped", m.breaker_trips.clone());
         let build: Family<VersionLabel, Gauge> = Family::default();
         build.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         registry.register("build_info", "Conveyor version", build);
@@ -145,6 +170,7 @@ impl Metrics {
             in_flight: self.in_flight.get_or_create(&w).clone(),
             ready: self.ready.get_or_create(&w).clone(),
             restarts: self.restarts.get_or_create(&w).clone(),
+            breaker_trips: self.breaker_trips.get_or_create(&w).clone(),
             all: self.clone(),
         }
     }
@@ -183,6 +209,7 @@ pub struct WorkerMetrics {
     pub in_flight: Gauge,
     pub ready: Gauge,
     pub restarts: Counter,
+    pub breaker_trips: Counter,
     all: Arc<Metrics>,
 }
 
@@ -208,6 +235,12 @@ impl WorkerMetrics {
                 entity: self.input.clone(),
                 category: category.as_str().into(),
             })
+            .clone()
+    }
+    pub fn retries_scheduled(&self, retry_entity: &str) -> Counter {
+        self.all
+            .retries_scheduled
+            .get_or_create(&WorkerEntity { worker: self.worker.clone(), entity: retry_entity.into() })
             .clone()
     }
     pub fn lag(&self, partition: u32) -> Gauge {

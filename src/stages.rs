@@ -6,9 +6,11 @@
 //! transport type. Stage kinds are selected by `stage: { type: ... }` in the
 //! config; library users can also hand the runtime their own `Arc<dyn Stage>`.
 
+mod chaos;
 mod map;
 mod passthrough;
 
+pub use chaos::{Chaos, fate as chaos_fate};
 pub use map::MapStage;
 pub use passthrough::Passthrough;
 
@@ -94,5 +96,11 @@ pub fn build(cfg: &StageConfig, outputs: &Outputs) -> Result<Arc<dyn Stage>, Str
     Ok(match cfg {
         StageConfig::Passthrough => Arc::new(Passthrough { output: default()? }),
         StageConfig::Map { require } => Arc::new(MapStage::new(require.clone(), default()?)),
+        StageConfig::Chaos { transient_ratio, permanent_ratio, panic_ratio } => Arc::new(Chaos {
+            transient: *transient_ratio,
+            permanent: *permanent_ratio,
+            panic: *panic_ratio,
+            output: default()?,
+        }),
     })
 }

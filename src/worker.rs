@@ -19,16 +19,28 @@
 //! Failed messages, by category (see `classify`):
 //! - `Permanent`: dead-lettered at once; without `dead_letter`, retried with
 //!   backoff forever (the partition waits: nothing is skipped silently);
-//! - `Transient`/`Throttling`: retried in place with exponential backoff up to
-//!   `IN_PLACE_ATTEMPTS` times, then dead-lettered (or retried on without a
-//!   dead-letter entity); throttling waits longer;
+//! - `Transient`/`Throttling`: with `retry:`, sent to the retry entity with
+//!   its attempt count and due time (see `retry`), and dead-lettered once
+//!   `max_attempts` is reached; without it, retried in place with exponential
+//!   backoff up to `IN_PLACE_ATTEMPTS` times, then dead-lettered (or retried
+//!   on without a dead-letter entity). Throttling also slows the lane down
+//!   before its next fetch;
 //! - `Auth`: never dead-lettered: the worker reports `paused` on `/readyz`
 //!   and retries with backoff until it succeeds.
 //!
 //! A drain that arrives while a message is waiting to be retried abandons the
 //! batch uncommitted: it is redelivered on the next start.
+//!
+//! With `dead_letter_limit:` a batch whose dead letters would exceed the
+//! limit is abandoned before anything is written: the worker reports
+//! `paused` with the reason, waits the cool-down, and restarts (the batch is
+//! delivered again). Messages carrying another worker's retry headers (a
+//! retry entity shared by workers on one input) are skipped and committed.
 
+mod breaker;
 mod lane;
+
+pub use breaker::Breaker;
 
 use crate::classify::ErrorCategory;
 use crate::health::{TaskHealth, TaskState};
@@ -65,6 +77,18 @@ pub struct WorkerSpec {
     /// Backoff between in-place retries of one message.
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// Delayed retries through a retry entity (`retry:`).
+    pub retry: Option<RetrySpec>,
+    /// The dead-letter circuit breaker (`dead_letter_limit:`).
+    pub breaker: Option<std::sync::Mutex<Breaker>>,
+}
+
+/// A worker's `retry:` policy, resolved.
+pub struct RetrySpec {
+    pub via: OutputTarget,
+    pub schedule: Vec<Duration>,
+    pub max_attempts: u32,
+    pub scheduled: Counter,
 }
 
 /// A resolved output.
@@ -88,6 +112,8 @@ pub enum WorkerError {
     Commit { entity: String, partition: u32, position: i64, source: TransportError },
     #[error("a partition task panicked: {0}")]
     Panic(String),
+    #[error("dead-letter limit exceeded: {0}")]
+    DeadLetterLimit(String),
 }
 
 impl WorkerError {
@@ -97,7 +123,7 @@ impl WorkerError {
             | WorkerError::Fetch { source, .. }
             | WorkerError::Produce { source, .. }
             | WorkerError::Commit { source, .. } => source.category(),
-            WorkerError::Panic(_) => ErrorCategory::Transient,
+            WorkerError::Panic(_) | WorkerError::DeadLetterLimit(_) => ErrorCategory::Transient,
         }
     }
 }

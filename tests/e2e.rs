@@ -216,3 +216,94 @@ workers:
     assert_eq!(got.len(), want.len(), "missing: {:?}", want.difference(&got).take(5).collect::<Vec<_>>());
     assert_eq!(got, want);
 }
+
+#[test]
+fn kill_9_during_retry_scheduling_and_dead_lettering_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let n = 6000;
+    let all: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let ents = [("in", 4), ("out", 4), ("retry", 2), ("dlq", 1)];
+    rt.block_on(async {
+        let t = open_store(&data, &ents, &[]);
+        produce_ids(&t, "in", all.iter().cloned()).await;
+        t.flush().await.unwrap();
+    });
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"
+service: {{ http: {{ listen: "127.0.0.1:0" }}, shutdown_grace: 20s }}
+transports:
+  local: {{ type: embedded, path: "{}" }}
+entities:
+  in:    {{ transport: local, partitions: 4 }}
+  out:   {{ transport: local, partitions: 4 }}
+  retry: {{ transport: local, partitions: 2 }}
+  dlq:   {{ transport: local }}
+workers:
+  w:
+    input: in
+    stage: {{ type: chaos, transient_ratio: 0.1, permanent_ratio: 0.05 }}
+    outputs: {{ default: out }}
+    dead_letter: dlq
+    retry: {{ via: retry, schedule: [30ms, 60ms], max_attempts: 3 }}
+    batch_size: 20
+"#,
+            data.display()
+        ),
+    );
+    // crash twice: once mid-stream, once while retries and dead letters flow
+    for (metric, at) in [("conveyor_messages_consumed_total", 1500.0), ("conveyor_retries_scheduled_total", 40.0)] {
+        let d = Daemon::start(&cfg);
+        let t0 = Instant::now();
+        while metric_sum(&d.metrics(), metric, "worker=\"w\"") < at {
+            assert!(t0.elapsed() < Duration::from_secs(30), "no progress on {metric}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        d.signal("-KILL");
+    }
+    let mut d = Daemon::start(&cfg);
+    let t0 = Instant::now();
+    let mut quiet_since: Option<Instant> = None;
+    loop {
+        let m = d.metrics();
+        let busy = metric_sum(&m, "conveyor_consumer_lag_messages", "") > 0.0
+            || metric_sum(&m, "conveyor_retry_pending_messages", "") > 0.0
+            || !m.contains("conveyor_consumer_lag_messages{worker=\"retry:retry\"");
+        match (busy, quiet_since) {
+            (true, _) => quiet_since = None,
+            (false, None) => quiet_since = Some(Instant::now()),
+            (false, Some(s)) if s.elapsed() > Duration::from_millis(1500) => break,
+            _ => {}
+        }
+        assert!(t0.elapsed() < Duration::from_secs(90), "pipeline did not settle");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.signal("-TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0));
+    let (out, dead) = rt.block_on(async {
+        let t = open_store(&data, &ents, &[]);
+        let out: BTreeSet<String> = ids(&read_all(&t, "out").await).into_iter().collect();
+        let dead: BTreeSet<String> = read_all(&t, "dlq")
+            .await
+            .iter()
+            .map(|m| {
+                let e = conveyor::dlq::Envelope::parse(&m.payload).unwrap();
+                let p: serde_json::Value = serde_json::from_slice(&e.original_payload().unwrap()).unwrap();
+                p["id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        (out, dead)
+    });
+    let failing: BTreeSet<String> = all
+        .iter()
+        .filter(|id| conveyor::stages::chaos_fate(format!("{{\"id\":\"{id}\"}}").as_bytes()) < 0.15)
+        .cloned()
+        .collect();
+    assert!(failing.len() > 600 && failing.len() < 1200, "{}", failing.len());
+    let passing: BTreeSet<String> = all.iter().filter(|id| !failing.contains(*id)).cloned().collect();
+    assert_eq!(dead, failing, "every failing message dead-lettered, none lost");
+    assert_eq!(out, passing, "every other message delivered");
+}

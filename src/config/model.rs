@@ -243,6 +243,81 @@ pub struct WorkerConfig {
     /// Where a group with no committed position starts. Default `earliest`.
     #[serde(default)]
     pub start_position: StartPosition,
+    /// Delayed retries through a retry entity: a `transient` or `throttling`
+    /// failure sends the message there with its attempt count and due time,
+    /// and the built-in scheduler re-delivers it to this worker's input when
+    /// due, so a slow retry never blocks the partition. Without it, failures
+    /// are retried in place. Needs `dead_letter`.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    /// Circuit breaker on dead-lettering: when exceeded (say a bad deploy makes
+    /// every message fail) the worker stops, writes nothing to the DLQ, goes
+    /// unready and logs why, instead of emptying the stream into the DLQ.
+    #[serde(default)]
+    pub dead_letter_limit: Option<DeadLetterLimit>,
+}
+
+/// `workers.<name>.retry:`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Entity holding pending retries (e.g. `xact.retry`). Several workers
+    /// may share one; each message names the worker it returns to.
+    pub via: String,
+    /// Delay before the 2nd, 3rd, … attempt; the last one repeats.
+    /// Default `[10s, 1m, 5m, 30m]`.
+    #[serde(default = "default_schedule")]
+    pub schedule: Vec<Dur>,
+    /// Attempts in all (the first included) before the message is
+    /// dead-lettered. Default 5.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_schedule() -> Vec<Dur> {
+    vec![Dur::secs(10), Dur::secs(60), Dur::secs(300), Dur::secs(1800)]
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+
+/// `workers.<name>.dead_letter_limit:`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterLimit {
+    /// Highest share (0–1) of processed messages that may be dead-lettered
+    /// within `window`. Default 0.5.
+    #[serde(default = "half")]
+    pub max_ratio: f64,
+    /// The sliding window of `max_ratio`. Default `1m`.
+    #[serde(default = "minute")]
+    pub window: Dur,
+    /// Most messages dead-lettered in a row. Default 100.
+    #[serde(default = "hundred")]
+    pub max_consecutive: u32,
+    /// Messages the window must hold before `max_ratio` applies. Default 20.
+    #[serde(default = "twenty")]
+    pub min_messages: u32,
+    /// How long the worker stays paused before it tries again (a config
+    /// reload also resumes it). Default `5m`.
+    #[serde(default = "five_minutes")]
+    pub cooldown: Dur,
+}
+
+fn half() -> f64 {
+    0.5
+}
+fn minute() -> Dur {
+    Dur::secs(60)
+}
+fn hundred() -> u32 {
+    100
+}
+fn twenty() -> u32 {
+    20
+}
+fn five_minutes() -> Dur {
+    Dur::secs(300)
 }
 
 fn one_usize() -> usize {
@@ -282,6 +357,20 @@ pub enum StageConfig {
         #[serde(default)]
         require: Vec<String>,
     },
+    /// Fault injection for drills and tests: fails a fixed share of messages,
+    /// chosen by a hash of the payload (so a message fails the same way every
+    /// time), and forwards the rest unchanged to `default`.
+    Chaos {
+        /// Share (0–1) failing as `transient` (retried, then dead-lettered).
+        #[serde(default)]
+        transient_ratio: f64,
+        /// Share (0–1) failing as `permanent` (dead-lettered at once).
+        #[serde(default)]
+        permanent_ratio: f64,
+        /// Share (0–1) on which the stage panics (caught: `permanent`).
+        #[serde(default)]
+        panic_ratio: f64,
+    },
 }
 
 impl StageConfig {
@@ -289,6 +378,7 @@ impl StageConfig {
         match self {
             StageConfig::Passthrough => "passthrough",
             StageConfig::Map { .. } => "map",
+            StageConfig::Chaos { .. } => "chaos",
         }
     }
 }

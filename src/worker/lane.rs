@@ -4,14 +4,16 @@ use super::{IN_PLACE_ATTEMPTS, WorkerError, WorkerSpec};
 use crate::classify::ErrorCategory;
 use crate::dlq::{Context, Envelope, Failure};
 use crate::health::{TaskHealth, TaskState};
+use crate::retry::{self, RetryState};
 use crate::stages::{Emit, StageError};
-use crate::supervisor::panic_text;
+use crate::supervisor::{jitter, panic_text};
 use crate::transport::{OutboundMessage, PartitionReader, PipelineMessage};
 use futures::FutureExt;
 use futures::StreamExt;
+use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 /// What became of one message.
@@ -20,6 +22,10 @@ enum Outcome {
     Done,
     /// Failed for good: write this envelope to the dead-letter entity.
     Dead(OutboundMessage, ErrorCategory),
+    /// Failed for now: write this to the retry entity.
+    Retry(OutboundMessage, ErrorCategory),
+    /// A retry addressed to another worker on the same input.
+    Skipped,
     /// A drain arrived while the message waited for a retry.
     Abandoned,
 }
@@ -44,11 +50,18 @@ pub(super) async fn run(
     let mut emits: Vec<Emit> = Vec::new();
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(spec.batch_size);
     let mut per_output: Vec<Vec<OutboundMessage>> = spec.outputs.iter().map(|_| Vec::new()).collect();
-    let mut dead: Vec<(OutboundMessage, ErrorCategory)> = Vec::new();
+    let mut throttle: Option<Duration> = None;
     if let Some(l) = reader.lag() {
         lag.set(l as i64);
     }
     loop {
+        // throttling: slow down before the next fetch
+        if let Some(d) = throttle {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(d) => {}
+            }
+        }
         batch.clear();
         tokio::select! {
             biased;
@@ -93,14 +106,38 @@ pub(super) async fn run(
             return Ok(());
         }
 
+        // the dead-letter circuit breaker looks before anything is written
+        if let Some(b) = &spec.breaker {
+            let tripped = {
+                let mut b = b.lock().unwrap();
+                let now = tokio::time::Instant::now();
+                for o in &outcomes {
+                    if !matches!(o, Outcome::Skipped) {
+                        b.record(now, matches!(o, Outcome::Dead(..)));
+                    }
+                }
+                b.tripped().map(|why| (why, b.cooldown()))
+            };
+            if let Some((why, cooldown)) = tripped {
+                return Err(open_circuit(&spec, &health, &cancel, why, cooldown).await);
+            }
+        }
+
         // 3. produce everything and wait for the acknowledgements
         for e in emits.drain(..) {
             per_output[e.output].push(e.message);
         }
-        dead.clear();
+        let mut dead: Vec<(OutboundMessage, ErrorCategory)> = Vec::new();
+        let mut retries: Vec<OutboundMessage> = Vec::new();
+        let mut throttled = false;
         for o in outcomes.drain(..) {
-            if let Outcome::Dead(m, c) = o {
-                dead.push((m, c));
+            match o {
+                Outcome::Dead(m, c) => dead.push((m, c)),
+                Outcome::Retry(m, c) => {
+                    throttled |= c == ErrorCategory::Throttling;
+                    retries.push(m);
+                }
+                Outcome::Done | Outcome::Skipped | Outcome::Abandoned => {}
             }
         }
         let mut sends = Vec::new();
@@ -120,13 +157,28 @@ pub(super) async fn run(
                     .map_err(|source| WorkerError::Produce { entity: target.entity.clone(), source })
             });
         }
+        let retry_send = async {
+            if retries.is_empty() {
+                return Ok(());
+            }
+            let r = spec.retry.as_ref().expect("retry outcomes exist only with a retry policy");
+            let count = retries.len() as u64;
+            r.via
+                .producer
+                .send(&r.via.physical, retries)
+                .await
+                .map_err(|source| WorkerError::Produce { entity: r.via.entity.clone(), source })?;
+            r.via.produced.inc_by(count);
+            r.scheduled.inc_by(count);
+            Ok(())
+        };
         let dead_send = async {
             if dead.is_empty() {
                 return Ok(());
             }
             let target = spec.dead_letter.as_ref().expect("dead outcomes exist only with a dead-letter entity");
             let cats: Vec<ErrorCategory> = dead.iter().map(|d| d.1).collect();
-            let msgs: Vec<OutboundMessage> = dead.drain(..).map(|d| d.0).collect();
+            let msgs: Vec<OutboundMessage> = dead.into_iter().map(|d| d.0).collect();
             target
                 .producer
                 .send(&target.physical, msgs)
@@ -138,10 +190,11 @@ pub(super) async fn run(
             }
             Ok(())
         };
-        let (outs, dl) = futures::future::join(futures::future::join_all(sends), dead_send).await;
+        let (outs, rt, dl) = futures::future::join3(futures::future::join_all(sends), retry_send, dead_send).await;
         for r in outs {
             r?;
         }
+        rt?;
         dl?;
 
         // 4. commit
@@ -155,7 +208,40 @@ pub(super) async fn run(
         if let Some(l) = reader.lag() {
             lag.set(l as i64);
         }
+        throttle = if throttled {
+            Some(throttle.map_or(Duration::from_millis(500), |d| d * 2).min(spec.retry_max))
+        } else {
+            None
+        };
     }
+}
+
+/// The breaker tripped: pause (unready, nothing written), wait the cool-down,
+/// then end the worker so the supervisor starts it afresh.
+async fn open_circuit(
+    spec: &WorkerSpec,
+    health: &TaskHealth,
+    cancel: &CancellationToken,
+    why: String,
+    cooldown: Duration,
+) -> WorkerError {
+    health.set_with(TaskState::Paused, format!("dead-letter limit exceeded, resuming in {}s: {why}", cooldown.as_secs()));
+    health.record_error(ErrorCategory::Permanent, why.clone());
+    spec.metrics.ready.set(0);
+    spec.metrics.breaker_trips.inc();
+    tracing::error!(
+        worker = %spec.name, message_topic = %spec.input, message_consumer_group = %spec.group,
+        reason = %why, cooldown_s = cooldown.as_secs(),
+        "dead-letter limit exceeded: stopped dead-lettering; the worker pauses and the batch stays uncommitted"
+    );
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = tokio::time::sleep(cooldown) => {}
+    }
+    if let Some(b) = &spec.breaker {
+        b.lock().unwrap().reset();
+    }
+    WorkerError::DeadLetterLimit(why)
 }
 
 /// [`process`] with its own emit list (for concurrent processing).
@@ -170,7 +256,15 @@ async fn process_own(
     (o, own)
 }
 
-/// Runs the stage on one message, retrying in place as its failures ask.
+fn ms_to_time(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+fn time_to_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Runs the stage on one message, retrying as its failures ask.
 async fn process(
     spec: &WorkerSpec,
     msg: &PipelineMessage,
@@ -178,8 +272,21 @@ async fn process(
     health: &TaskHealth,
     cancel: &CancellationToken,
 ) -> Outcome {
-    let mut attempts: u32 = 0;
-    let mut first_failure: Option<SystemTime> = None;
+    // retry bookkeeping rides in headers; stages and outputs never see it
+    let (msg, prior): (Cow<'_, PipelineMessage>, RetryState) = if retry::has_retry_headers(&msg.headers) {
+        let state = RetryState::of(&msg.headers);
+        if state.worker.as_deref().is_some_and(|w| w != spec.name) {
+            return Outcome::Skipped;
+        }
+        let mut clean = msg.clone();
+        clean.headers = retry::strip(&msg.headers);
+        (Cow::Owned(clean), state)
+    } else {
+        (Cow::Borrowed(msg), RetryState::default())
+    };
+    let msg = msg.as_ref();
+    let mut attempts: u32 = prior.attempts;
+    let mut first_failure: Option<SystemTime> = prior.first_failure_ms.map(ms_to_time);
     let mut paused = false;
     loop {
         attempts += 1;
@@ -201,12 +308,33 @@ async fn process(
         out.truncate(start);
         let category = err.category();
         let now = SystemTime::now();
-        first_failure.get_or_insert(now);
+        let first = *first_failure.get_or_insert(now);
         spec.metrics.failed(category).inc();
         health.record_error(category, err.to_string());
+
+        let retryable = matches!(category, ErrorCategory::Transient | ErrorCategory::Throttling);
+        if let (Some(r), true) = (&spec.retry, retryable) {
+            if attempts < r.max_attempts {
+                let delay = retry::delay_for(&r.schedule, attempts);
+                log_failure(spec, msg, &err, attempts, "message failed; scheduled for a delayed retry", delay);
+                let m = retry::to_retry(
+                    msg,
+                    &msg.headers,
+                    &spec.input,
+                    &spec.name,
+                    attempts,
+                    time_to_ms(first),
+                    delay,
+                    &err.to_string(),
+                );
+                return Outcome::Retry(m, category);
+            }
+        }
         let give_up = match category {
             ErrorCategory::Permanent => true,
-            ErrorCategory::Transient | ErrorCategory::Throttling => attempts >= IN_PLACE_ATTEMPTS,
+            ErrorCategory::Transient | ErrorCategory::Throttling => {
+                spec.retry.as_ref().map_or(attempts >= IN_PLACE_ATTEMPTS, |r| attempts >= r.max_attempts)
+            }
             ErrorCategory::Auth => false,
         };
         if give_up {
@@ -228,7 +356,7 @@ async fn process(
                     category,
                     kind: err.kind(),
                     message: &err.to_string(),
-                    first_failure: first_failure.unwrap_or(now),
+                    first_failure: first,
                     last_failure: now,
                     attempts,
                 };
@@ -246,23 +374,27 @@ async fn process(
         if category == ErrorCategory::Throttling {
             delay = delay.saturating_mul(2).min(spec.retry_max);
         }
-        let delay = crate::supervisor::jitter(delay);
-        tracing::warn!(
-            worker = %spec.name,
-            message_topic = %msg.entity,
-            message_partition = msg.partition,
-            message_offset = msg.position,
-            message_consumer_group = %spec.group,
-            error_category = %category,
-            error_type = err.kind(),
-            error = %err,
-            attempts,
-            retry_in_ms = delay.as_millis() as u64,
-            "message failed; retrying in place"
-        );
+        let delay = jitter(delay);
+        log_failure(spec, msg, &err, attempts, "message failed; retrying in place", delay);
         tokio::select! {
             _ = cancel.cancelled() => return Outcome::Abandoned,
             _ = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+fn log_failure(spec: &WorkerSpec, msg: &PipelineMessage, err: &StageError, attempts: u32, what: &str, delay: Duration) {
+    tracing::warn!(
+        worker = %spec.name,
+        message_topic = %msg.entity,
+        message_partition = msg.partition,
+        message_offset = msg.position,
+        message_consumer_group = %spec.group,
+        error_category = %err.category(),
+        error_type = err.kind(),
+        error = %err,
+        attempts,
+        retry_in_ms = delay.as_millis() as u64,
+        "{what}"
+    );
 }

@@ -103,7 +103,12 @@ impl Store {
         let db = Database::builder()
             .set_cache_size(32 << 20)
             .create(dir.join("conveyor.redb"))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    "the data directory is in use by another process (is conveyor running on it? the embedded store admits one process at a time)".to_string()
+                }
+                e => e.to_string(),
+            })?;
         let db = Arc::new(db);
         {
             let w = db.begin_write().map_err(|e| e.to_string())?;
