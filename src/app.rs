@@ -10,15 +10,15 @@
 use crate::config::{Config, Dur, SourceConfig, TransportConfig};
 use crate::health::Health;
 use crate::http::{self, HttpState};
+use crate::metrics::EntityLabel;
 use crate::metrics::Metrics;
 use crate::notify;
+use crate::retry::{Scheduler, Target as RetryTarget};
 use crate::sources::Simulator;
 use crate::stages::{self, Outputs, Stage};
 use crate::supervisor::{Backoff, Exit, Supervisor};
 use crate::transport::embedded::{Embedded, EmbeddedOptions, EntitySpec};
 use crate::transport::{Producer, Transport, TransportError};
-use crate::metrics::EntityLabel;
-use crate::retry::{Scheduler, Target as RetryTarget};
 use crate::worker::{self, Breaker, OutputTarget, RetrySpec, WorkerSpec};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -97,7 +97,11 @@ pub fn open_transports(cfg: &Config) -> Result<Transports, AppError> {
             .collect();
         for w in cfg.workers.values() {
             if let Some(r) = w.retry.as_ref().filter(|r| on_this(&r.via)) {
-                groups.push((physical(&r.via), crate::retry::GROUP.to_string(), crate::config::StartPosition::Earliest));
+                groups.push((
+                    physical(&r.via),
+                    crate::retry::GROUP.to_string(),
+                    crate::config::StartPosition::Earliest,
+                ));
             }
         }
         match tcfg {
@@ -106,7 +110,11 @@ pub fn open_transports(cfg: &Config) -> Result<Transports, AppError> {
                     .entities
                     .iter()
                     .filter(|(k, _)| on_this(k))
-                    .map(|(k, e)| EntitySpec { name: e.physical_name(k).to_string(), key: k.clone(), partitions: e.partitions })
+                    .map(|(k, e)| EntitySpec {
+                        name: e.physical_name(k).to_string(),
+                        key: k.clone(),
+                        partitions: e.partitions,
+                    })
                     .collect();
                 let opts = EmbeddedOptions { name: tname.clone(), path: path.clone(), capacity: *capacity };
                 let t = Embedded::open(opts, &entities, &groups)
@@ -258,7 +266,11 @@ impl Runtime {
                 lag: {
                     let (m, task, entity) = (metrics.clone(), format!("retry:{via}"), via.to_string());
                     Arc::new(move |p: u32| {
-                        let l = crate::metrics::PartitionLabel { worker: task.clone(), entity: entity.clone(), partition: p.to_string() };
+                        let l = crate::metrics::PartitionLabel {
+                            worker: task.clone(),
+                            entity: entity.clone(),
+                            partition: p.to_string(),
+                        };
                         m.lag.get_or_create(&l).clone()
                     })
                 },

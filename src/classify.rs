@@ -10,7 +10,24 @@
 //!
 //! Transports and stages map their own errors to a category (see
 //! `TransportError` and `StageError`); this module holds the shared
-//! vocabulary and the HTTP status table used by stages that talk HTTP.
+//! vocabulary and the tables they use: HTTP statuses ([`http_status`]), Kafka
+//! error codes ([`kafka_error`], by librdkafka's `RDKafkaErrorCode` names) and
+//! Event Hubs AMQP conditions ([`amqp_condition`]). A panic in a stage is
+//! `Permanent` (`StageError::Panic`): the same input would panic again.
+//!
+//! # The seed pipeline's exception names and their Rust equivalents
+//!
+//! | seed (Python) | category | Conveyor / Rust equivalent |
+//! |---|---|---|
+//! | `BrokerNotAvailableError`, `KafkaConnectionError`, `NodeNotReadyError`, `RequestTimedOutError`, `NotLeaderForPartitionError` | transient | rdkafka `BrokerNotAvailable`, `BrokerTransportFailure`, `AllBrokersDown`, `RequestTimedOut`, `NotLeaderForPartition`, `LeaderNotAvailable` |
+//! | `TopicAuthorizationFailedError`, `GroupAuthorizationFailedError`, `SaslAuthenticationError` | auth | rdkafka `TopicAuthorizationFailed`, `GroupAuthorizationFailed`, `ClusterAuthorizationFailed`, `SaslAuthenticationFailed`, `Authentication` |
+//! | `UnknownTopicOrPartitionError`, `MessageSizeTooLargeError`, `InvalidTopicError`, `CorruptRecordException` | permanent | rdkafka `UnknownTopicOrPartition` (after retries), `MessageSizeTooLarge`, `InvalidTopic`, `CorruptMessage`, `InvalidRecord` |
+//! | `KafkaThrottlingError` | throttling | rdkafka `ThrottlingQuotaExceeded`, `PolicyViolation` is permanent |
+//! | `EventHubError` (base), `ConnectError`, `ConnectionLostError`, `OperationTimeoutError`, `AMQPConnectionError` | transient | `azure_messaging_eventhubs` 0.16 `ErrorKind::AmqpError(ConnectionDropped / LinkDetachedByRemote / IdleTimeoutElapsed)`, conditions `amqp:connection:forced`, `amqp:link:detach-forced`, `com.microsoft:timeout` |
+//! | `AuthenticationError`, `ClientAuthenticationError` | auth | CBS `ManagementStatusCode(401/403)`, condition `amqp:unauthorized-access` |
+//! | `EventDataSendError`, `EventDataError`, `SchemaError` (not in azure-eventhub 5.15) | permanent | `ErrorKind::InvalidBatchSize`, `SendRejected`, condition `amqp:link:message-size-exceeded`, `amqp:not-found` |
+//! | `ServerBusyError` | throttling | condition `com.microsoft:server-busy`, `amqp:resource-limit-exceeded` |
+//! | `OwnershipLostError` | transient (the partition is released) | `ErrorKind::ConsumerDisconnected`, condition `amqp:link:stolen` |
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -65,10 +82,111 @@ pub fn http_status(status: u16) -> Option<ErrorCategory> {
     })
 }
 
+/// Category of a Kafka error, by librdkafka's `RDKafkaErrorCode` variant
+/// name (as `format!("{code:?}")` prints it). Unknown codes are `Transient`:
+/// retrying something unknown is safer than dead-lettering it.
+pub fn kafka_error(code: &str) -> ErrorCategory {
+    use ErrorCategory::*;
+    match code {
+        "TopicAuthorizationFailed"
+        | "GroupAuthorizationFailed"
+        | "ClusterAuthorizationFailed"
+        | "TransactionalIdAuthorizationFailed"
+        | "DelegationTokenAuthorizationFailed"
+        | "SaslAuthenticationFailed"
+        | "Authentication"
+        | "UnsupportedSaslMechanism"
+        | "IllegalSaslState" => Auth,
+        "ThrottlingQuotaExceeded" => Throttling,
+        "MessageSizeTooLarge"
+        | "InvalidMessageSize"
+        | "InvalidTopic"
+        | "InvalidRecord"
+        | "CorruptMessage"
+        | "InvalidMessage"
+        | "RecordListTooLarge"
+        | "PolicyViolation"
+        | "UnsupportedForMessageFormat"
+        | "UnsupportedVersion"
+        | "InvalidRequiredAcks"
+        | "InvalidConfig"
+        | "Fatal"
+        | "InvalidArgument" => Permanent,
+        _ => Transient,
+    }
+}
+
+/// Category of an AMQP error condition from Event Hubs.
+pub fn amqp_condition(condition: &str) -> ErrorCategory {
+    use ErrorCategory::*;
+    match condition {
+        "com.microsoft:server-busy" | "amqp:resource-limit-exceeded" | "com.microsoft:quota-exceeded" => Throttling,
+        "amqp:unauthorized-access" | "com.microsoft:auth-failed" => Auth,
+        "amqp:link:message-size-exceeded"
+        | "com.microsoft:message-size-exceeded"
+        | "amqp:not-found"
+        | "com.microsoft:entity-disabled"
+        | "amqp:not-allowed"
+        | "amqp:not-implemented"
+        | "amqp:invalid-field"
+        | "amqp:decode-error"
+        | "com.microsoft:argument-error"
+        | "com.microsoft:argument-out-of-range" => Permanent,
+        // amqp:link:stolen, connection forced, detach forced, timeouts,
+        // internal errors: try again (a stolen link releases the partition)
+        _ => Transient,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ErrorCategory::*;
+
+    #[test]
+    fn kafka_error_table() {
+        let table = [
+            ("BrokerTransportFailure", Transient),
+            ("AllBrokersDown", Transient),
+            ("RequestTimedOut", Transient),
+            ("NotLeaderForPartition", Transient),
+            ("LeaderNotAvailable", Transient),
+            ("NotCoordinator", Transient),
+            ("UnknownTopicOrPartition", Transient),
+            ("TopicAuthorizationFailed", Auth),
+            ("GroupAuthorizationFailed", Auth),
+            ("SaslAuthenticationFailed", Auth),
+            ("Authentication", Auth),
+            ("ThrottlingQuotaExceeded", Throttling),
+            ("MessageSizeTooLarge", Permanent),
+            ("InvalidTopic", Permanent),
+            ("CorruptMessage", Permanent),
+            ("PolicyViolation", Permanent),
+            ("SomethingNew", Transient),
+        ];
+        for (code, want) in table {
+            assert_eq!(kafka_error(code), want, "{code}");
+        }
+    }
+
+    #[test]
+    fn amqp_condition_table() {
+        let table = [
+            ("com.microsoft:server-busy", Throttling),
+            ("amqp:resource-limit-exceeded", Throttling),
+            ("amqp:unauthorized-access", Auth),
+            ("amqp:link:message-size-exceeded", Permanent),
+            ("amqp:not-found", Permanent),
+            ("amqp:link:stolen", Transient),
+            ("amqp:connection:forced", Transient),
+            ("amqp:link:detach-forced", Transient),
+            ("com.microsoft:timeout", Transient),
+            ("amqp:internal-error", Transient),
+        ];
+        for (cond, want) in table {
+            assert_eq!(amqp_condition(cond), want, "{cond}");
+        }
+    }
 
     #[test]
     fn http_status_table() {

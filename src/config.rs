@@ -241,7 +241,10 @@ fn validate(c: &Config, cx: &mut Cx) -> Vec<ConfigWarning> {
             if [transient_ratio, permanent_ratio, panic_ratio].iter().any(|r| !(0.0..=1.0).contains(*r))
                 || transient_ratio + permanent_ratio + panic_ratio > 1.0
             {
-                cx.error(&owned(&["workers", name, "stage"]), "chaos ratios must each be within 0–1 and add up to at most 1");
+                cx.error(
+                    &owned(&["workers", name, "stage"]),
+                    "chaos ratios must each be within 0–1 and add up to at most 1",
+                );
             }
         }
         if !w.outputs.contains_key("default") {

@@ -3,8 +3,8 @@
 
 use clap::Parser;
 use conveyor::cli::{Cli, Command, DlqCommand, EXIT_FAILURE, EXIT_USAGE};
-use conveyor::dlq::tools::{self, Filter, RedriveOptions};
 use conveyor::config;
+use conveyor::dlq::tools::{self, Filter, RedriveOptions};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -100,7 +100,9 @@ fn dlq(cmd: DlqCommand) -> ExitCode {
     };
     let cfg = &loaded.config;
     let result = match cmd {
-        DlqCommand::Inspect { entity, limit, json, .. } => rt.block_on(tools::inspect(cfg, &entity, limit, json)).map(|_| ()),
+        DlqCommand::Inspect { entity, limit, json, .. } => {
+            rt.block_on(tools::inspect(cfg, &entity, limit, json)).map(|_| ())
+        }
         DlqCommand::Redrive { from, to, filter, rate, dry_run, group, .. } => {
             let filter = match Filter::parse(&filter) {
                 Ok(f) => f,

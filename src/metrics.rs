@@ -131,10 +131,22 @@ impl Metrics {
         registry.register("consumer_lag_messages", "High watermark minus committed position", m.lag.clone());
         registry.register("source_events", "Events emitted by built-in sources", m.source_events.clone());
         registry.register("retries_scheduled", "Failed messages sent to a retry entity", m.retries_scheduled.clone());
-        registry.register("retry_redelivered", "Retries re-delivered to their target when due", m.retry_redelivered.clone());
-        registry.register("retry_invalid", "Messages in a retry entity without a known target", m.retry_invalid.clone());
+        registry.register(
+            "retry_redelivered",
+            "Retries re-delivered to their target when due",
+            m.retry_redelivered.clone(),
+        );
+        registry.register(
+            "retry_invalid",
+            "Messages in a retry entity without a known target",
+            m.retry_invalid.clone(),
+        );
         registry.register("retry_pending_messages", "Retries waiting for their due time", m.retry_pending.clone());
-        registry.register("dead_letter_limit_trips", "Times a worker's dead-letter limit tripped", m.breaker_trips.clone());
+        registry.register(
+            "dead_letter_limit_trips",
+            "Times a worker's dead-letter limit tripped",
+            m.breaker_trips.clone(),
+        );
         let build: Family<VersionLabel, Gauge> = Family::default();
         build.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         registry.register("build_info", "Conveyor version", build);

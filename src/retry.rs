@@ -143,7 +143,11 @@ impl Scheduler {
             _ = cancel.cancelled() => return Ok(()),
             s = self.transport.subscribe(&self.physical, GROUP, StartPosition::Earliest) => s,
         }
-        .map_err(|source| WorkerError::Subscribe { entity: self.entity.clone(), group: GROUP.into(), source })?;
+        .map_err(|source| WorkerError::Subscribe {
+            entity: self.entity.clone(),
+            group: GROUP.into(),
+            source,
+        })?;
         let mut lanes: JoinSet<Result<(), WorkerError>> = JoinSet::new();
         let mut stops: HashMap<u32, CancellationToken> = HashMap::new();
         let mut result = Ok(());
@@ -263,7 +267,11 @@ impl Scheduler {
 
     /// Re-produces the messages at `positions` to their targets and marks
     /// them done in `held`.
-    async fn redeliver(&self, held: &mut BTreeMap<i64, Option<PipelineMessage>>, positions: &[i64]) -> Result<(), WorkerError> {
+    async fn redeliver(
+        &self,
+        held: &mut BTreeMap<i64, Option<PipelineMessage>>,
+        positions: &[i64],
+    ) -> Result<(), WorkerError> {
         let mut by_target: HashMap<&str, Vec<OutboundMessage>> = HashMap::new();
         for pos in positions {
             let Some(Some(m)) = held.get(pos) else { continue };

@@ -67,7 +67,9 @@ workers:
     t.producer().send("a", msgs.clone()).await.unwrap();
     assert!(
         eventually(Duration::from_secs(20), async || {
-            committed_sum(&rt, "a", "s1") == n && committed_sum(&rt, "b", "s2") == n - 30 && committed_sum(&rt, "c", "s3") == n - 30
+            committed_sum(&rt, "a", "s1") == n
+                && committed_sum(&rt, "b", "s2") == n - 30
+                && committed_sum(&rt, "c", "s3") == n - 30
         })
         .await
     );
@@ -86,7 +88,10 @@ workers:
         assert_eq!(e.original_key().unwrap().unwrap(), id.as_bytes());
         assert_eq!(e.headers.len(), 1);
         assert_eq!(e.envelope_version, 1);
-        assert_eq!((e.origin.entity.as_str(), e.origin.worker.as_str(), e.origin.consumer_group.as_str()), ("a", "s1", "s1"));
+        assert_eq!(
+            (e.origin.entity.as_str(), e.origin.worker.as_str(), e.origin.consumer_group.as_str()),
+            ("a", "s1", "s1")
+        );
         assert_eq!(e.origin.transport, "embedded");
         assert!(e.origin.position >= 0 && e.origin.partition < 3);
         assert_eq!(e.error.category, ErrorCategory::Permanent);
@@ -97,7 +102,10 @@ workers:
         assert_eq!(e.conveyor_version, env!("CARGO_PKG_VERSION"));
     }
     let text = rt.metrics.encode();
-    assert_eq!(metric_sum(&text, "conveyor_dead_lettered_total", "worker=\"s1\",entity=\"a\",category=\"permanent\""), 30.0);
+    assert_eq!(
+        metric_sum(&text, "conveyor_dead_lettered_total", "worker=\"s1\",entity=\"a\",category=\"permanent\""),
+        30.0
+    );
     rt.shutdown().await.unwrap();
 }
 
@@ -145,7 +153,8 @@ workers:
 "#,
     );
     let stage = Arc::new(Flaky(Mutex::new(HashMap::new())));
-    let opts = Options { stages: HashMap::from([("w".to_string(), stage.clone() as Arc<dyn Stage>)]), ..Default::default() };
+    let opts =
+        Options { stages: HashMap::from([("w".to_string(), stage.clone() as Arc<dyn Stage>)]), ..Default::default() };
     let rt = Runtime::start(&cfg, 0, opts).await.unwrap();
     let t = rt.transports["local"].clone();
     let n = 200;
@@ -182,7 +191,10 @@ workers:
     assert!(metric_sum(&text, "conveyor_messages_failed_total", "category=\"throttling\"") > 0.0);
     assert_eq!(metric_sum(&text, "conveyor_dead_lettered_total", "category=\"transient\""), 20.0);
     assert_eq!(metric_sum(&text, "conveyor_dead_lettered_total", "category=\"throttling\""), 20.0);
-    assert!(eventually(Duration::from_secs(5), async || committed_sum(&rt, "retry", "conveyor-retry") == scheduled as i64).await);
+    assert!(
+        eventually(Duration::from_secs(5), async || committed_sum(&rt, "retry", "conveyor-retry") == scheduled as i64)
+            .await
+    );
     rt.shutdown().await.unwrap();
 }
 
@@ -213,7 +225,10 @@ workers:
     dead_letter_limit: { max_consecutive: 5, cooldown: 30s }
 "#,
     );
-    let opts = Options { stages: HashMap::from([("w".to_string(), Arc::new(AlwaysBroken) as Arc<dyn Stage>)]), ..Default::default() };
+    let opts = Options {
+        stages: HashMap::from([("w".to_string(), Arc::new(AlwaysBroken) as Arc<dyn Stage>)]),
+        ..Default::default()
+    };
     let rt = Runtime::start(&cfg, 0, opts).await.unwrap();
     produce_ids(&*rt.transports["local"], "in", (0..100).map(|i| format!("x{i}"))).await;
     let addr = rt.http_addr;
@@ -257,7 +272,10 @@ workers:
     let path = write(dir.path(), &text);
     let ids: BTreeSet<String> = (0..50).map(|i| format!("r{i}")).collect();
     {
-        let opts = Options { stages: HashMap::from([("w".to_string(), Arc::new(AlwaysBroken) as Arc<dyn Stage>)]), ..Default::default() };
+        let opts = Options {
+            stages: HashMap::from([("w".to_string(), Arc::new(AlwaysBroken) as Arc<dyn Stage>)]),
+            ..Default::default()
+        };
         let rt = Runtime::start(&cfg, 0, opts).await.unwrap();
         produce_ids(&*rt.transports["local"], "in", ids.iter().cloned()).await;
         assert!(eventually(Duration::from_secs(10), async || committed_sum(&rt, "in", "w") == 50).await);
@@ -277,14 +295,16 @@ workers:
     let dry = run(&["dlq", "redrive", "--from", "dlq", "--dry-run"]);
     assert!(dry.contains("would redrive 50 of 50"), "{dry}");
     let (in_count, redrive_committed) = {
-        let t = open_store(&dir.path().join("data"), &[("in", 2), ("out", 2), ("dlq", 1)], &[("dlq", "conveyor-redrive")]);
+        let t =
+            open_store(&dir.path().join("data"), &[("in", 2), ("out", 2), ("dlq", 1)], &[("dlq", "conveyor-redrive")]);
         let n = read_all(&t, "in").await.len();
         let c = t.committed("dlq", "conveyor-redrive").unwrap()[0].unwrap();
         (n, c)
     };
     assert_eq!((in_count, redrive_committed), (50, 0), "dry run changes nothing");
 
-    let filtered = run(&["dlq", "redrive", "--from", "dlq", "--filter", "category=transient", "--group", "only-transient"]);
+    let filtered =
+        run(&["dlq", "redrive", "--from", "dlq", "--filter", "category=transient", "--group", "only-transient"]);
     assert!(filtered.contains("redrove 0 of 50"), "{filtered}");
     let done = run(&["dlq", "redrive", "--from", "dlq", "--rate", "1000"]);
     assert!(done.contains("redrove 50 of 50") && done.contains("50 -> in"), "{done}");

@@ -77,10 +77,14 @@ async fn read_to_end(
     entity: &str,
     physical: &str,
     group: &str,
-    mut each: impl AsyncFnMut(&mut Box<dyn crate::transport::PartitionReader>, Vec<PipelineMessage>) -> Result<bool, ToolError>,
+    mut each: impl AsyncFnMut(
+        &mut Box<dyn crate::transport::PartitionReader>,
+        Vec<PipelineMessage>,
+    ) -> Result<bool, ToolError>,
 ) -> Result<(), ToolError> {
     let terr = |source| ToolError::Transport { entity: entity.to_string(), source };
-    let ends: BTreeMap<u32, i64> = t.partitions(physical).await.map_err(terr)?.into_iter().map(|p| (p.partition, p.next)).collect();
+    let ends: BTreeMap<u32, i64> =
+        t.partitions(physical).await.map_err(terr)?.into_iter().map(|p| (p.partition, p.next)).collect();
     let mut sub = t.subscribe(physical, group, StartPosition::Earliest).await.map_err(terr)?;
     for _ in 0..ends.len() {
         let Assignment::Assigned(mut r) = sub.next().await.map_err(terr)? else { continue };
@@ -115,7 +119,10 @@ pub async fn inspect(cfg: &Config, entity: &str, limit: usize, json: bool) -> Re
     let (t, physical) = ts.entity(cfg, entity).ok_or_else(|| ToolError::UnknownEntity(entity.to_string()))?;
     let mut shown = 0usize;
     if !json {
-        println!("{:<24} {:<36} {:<18} {:<10} {:<16} {:>3}  error", "dead-lettered at", "origin", "worker", "category", "type", "#");
+        println!(
+            "{:<24} {:<36} {:<18} {:<10} {:<16} {:>3}  error",
+            "dead-lettered at", "origin", "worker", "category", "type", "#"
+        );
     }
     let group = format!("conveyor-inspect-{}", fastrand::u64(..));
     read_to_end(&t, entity, &physical, &group, async |_r, batch| {

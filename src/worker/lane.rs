@@ -225,7 +225,8 @@ async fn open_circuit(
     why: String,
     cooldown: Duration,
 ) -> WorkerError {
-    health.set_with(TaskState::Paused, format!("dead-letter limit exceeded, resuming in {}s: {why}", cooldown.as_secs()));
+    health
+        .set_with(TaskState::Paused, format!("dead-letter limit exceeded, resuming in {}s: {why}", cooldown.as_secs()));
     health.record_error(ErrorCategory::Permanent, why.clone());
     spec.metrics.ready.set(0);
     spec.metrics.breaker_trips.inc();
