@@ -82,7 +82,7 @@ impl Transports {
 
 /// Opens every transport of `cfg` with its entities, registering the
 /// consumer groups the topology uses (workers and retry schedulers).
-pub fn open_transports(cfg: &Config) -> Result<Transports, AppError> {
+pub async fn open_transports(cfg: &Config) -> Result<Transports, AppError> {
     let mut all: HashMap<String, Arc<dyn Transport>> = HashMap::new();
     let mut embedded = HashMap::new();
     let mut producers: HashMap<String, Arc<dyn Producer>> = HashMap::new();
@@ -127,6 +127,37 @@ pub fn open_transports(cfg: &Config) -> Result<Transports, AppError> {
                 all.insert(tname.clone(), Arc::new(t.clone()));
                 embedded.insert(tname.clone(), t);
             }
+            #[cfg(feature = "kafka")]
+            TransportConfig::Kafka(k) => {
+                use crate::transport::kafka::{KafkaEntity, KafkaTransport};
+                let entities: Vec<KafkaEntity> = cfg
+                    .entities
+                    .iter()
+                    .filter(|(key, _)| on_this(key))
+                    .map(|(key, e)| KafkaEntity {
+                        key: key.clone(),
+                        topic: e.physical_name(key).to_string(),
+                        partitions: e.partitions,
+                    })
+                    .collect();
+                let t = KafkaTransport::open(tname, k, entities)
+                    .await
+                    .map_err(|source| AppError::Transport { name: tname.clone(), source })?;
+                tracing::info!(transport = %tname, kind = "kafka", "transport opened");
+                producers.insert(tname.clone(), t.producer());
+                all.insert(tname.clone(), Arc::new(t));
+            }
+            #[cfg(not(feature = "kafka"))]
+            TransportConfig::Kafka(_) => {
+                return Err(AppError::Transport {
+                    name: tname.clone(),
+                    source: TransportError::Other {
+                        category: crate::classify::ErrorCategory::Permanent,
+                        kind: "unsupported",
+                        message: "this build has no Kafka support (cargo feature `kafka`)".into(),
+                    },
+                });
+            }
         }
     }
     Ok(Transports { all, producers, embedded })
@@ -153,7 +184,7 @@ impl Runtime {
         let metrics = Metrics::new();
         let health = Health::new();
 
-        let Transports { all: transports, producers, embedded } = open_transports(cfg)?;
+        let Transports { all: transports, producers, embedded } = open_transports(cfg).await?;
 
         // HTTP first, so /healthz answers while workers start
         let listener = TcpListener::bind(cfg.service.http.listen)

@@ -202,6 +202,44 @@ fn validate(c: &Config, cx: &mut Cx) -> Vec<ConfigWarning> {
                     cx.error(&owned(&["transports", name, "capacity"]), "must be at least 1");
                 }
             }
+            TransportConfig::Kafka(k) => {
+                if k.bootstrap_servers.trim().is_empty() {
+                    cx.error(&owned(&["transports", name, "bootstrap_servers"]), "must not be empty");
+                }
+                if !cfg!(feature = "kafka") {
+                    cx.error(
+                        &owned(&["transports", name, "type"]),
+                        "this build has no Kafka support (cargo feature `kafka`)",
+                    );
+                }
+                for reserved in ["enable.auto.offset.store", "group.id", "bootstrap.servers"] {
+                    if k.properties.contains_key(reserved) {
+                        cx.error(
+                            &owned(&["transports", name, "properties", reserved]),
+                            "is set by Conveyor (offsets are stored only after outputs are acknowledged; group and servers come from the config)",
+                        );
+                    }
+                }
+                let sec = &k.security;
+                if sec.protocol.is_sasl() {
+                    match sec.mechanism {
+                        None => {
+                            cx.error(&owned(&["transports", name, "security"]), "a sasl_* protocol needs `mechanism`")
+                        }
+                        Some(SaslMechanism::OauthBearer) => {}
+                        Some(_) if sec.username.is_none() || sec.password.is_none() => cx.error(
+                            &owned(&["transports", name, "security"]),
+                            "PLAIN and SCRAM need `username` and `password`",
+                        ),
+                        Some(_) => {}
+                    }
+                } else if sec.mechanism.is_some() {
+                    cx.error(
+                        &owned(&["transports", name, "security", "mechanism"]),
+                        "only applies to sasl_plaintext and sasl_ssl",
+                    );
+                }
+            }
         }
     }
     for (name, s) in &c.sources {

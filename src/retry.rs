@@ -162,6 +162,7 @@ impl Scheduler {
                         lanes.spawn(async move { me.lane(reader, token).await });
                         health.set(TaskState::Ready);
                     }
+                    Ok(Assignment::Health(_)) => {}
                     Ok(Assignment::Revoked { partition, done }) => {
                         if let Some(t) = stops.remove(&partition) {
                             t.cancel();

@@ -17,6 +17,8 @@
 //!   finish and commit the partition's in-flight batch.
 
 pub mod embedded;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 
 use crate::classify::ErrorCategory;
 use async_trait::async_trait;
@@ -172,6 +174,9 @@ pub enum Assignment {
     /// Stop reading `partition`: finish and commit in-flight work, then drop
     /// the reader and send on `done`.
     Revoked { partition: u32, done: oneshot::Sender<()> },
+    /// The connection is degraded (`Some`: brokers down, auth failing; the
+    /// worker turns unready and shows the error) or healthy again (`None`).
+    Health(Option<TransportError>),
 }
 
 /// A consumer-group membership on one entity.

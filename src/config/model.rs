@@ -134,6 +134,141 @@ pub enum TransportConfig {
         #[serde(default = "default_capacity")]
         capacity: usize,
     },
+    /// Apache Kafka (and Event Hubs' Kafka endpoint) through librdkafka.
+    Kafka(KafkaConfig),
+}
+
+/// `transports.<name>: { type: kafka, ... }`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]`.
+    pub bootstrap_servers: String,
+    /// How to connect and authenticate. Default: plaintext.
+    #[serde(default)]
+    pub security: KafkaSecurity,
+    /// librdkafka properties passed unchanged (`linger.ms`,
+    /// `partition.assignment.strategy: cooperative-sticky`,
+    /// `queue.buffering.max.kbytes`, ...). Conveyor sets
+    /// `enable.auto.offset.store=false` itself and refuses to change it.
+    #[serde(default)]
+    pub properties: BTreeMap<String, Secret>,
+    /// Create missing topics at start with the entity's partition count
+    /// (replication factor 1; for development).
+    #[serde(default)]
+    pub create_topics: bool,
+    /// How often stored offsets are committed (`auto.commit.interval.ms`).
+    /// Offsets are also committed on partition revoke and on shutdown.
+    /// Default `1s`.
+    #[serde(default = "default_commit_interval")]
+    pub commit_interval: Dur,
+}
+
+fn default_commit_interval() -> Dur {
+    Dur::secs(1)
+}
+
+/// `security:` of a Kafka transport.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSecurity {
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[serde(default)]
+    pub protocol: KafkaProtocol,
+    /// SASL mechanism: `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` or
+    /// `OAUTHBEARER`.
+    #[serde(default)]
+    pub mechanism: Option<SaslMechanism>,
+    /// SASL user name (`$ConnectionString` for Event Hubs' Kafka endpoint).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// SASL password (the connection string for Event Hubs). Write
+    /// `${VAR}`; never logged.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// CA bundle for TLS (`ssl.ca.location`); default: the system's.
+    #[serde(default)]
+    pub ca_location: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaProtocol {
+    #[default]
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl KafkaProtocol {
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            KafkaProtocol::Plaintext => "plaintext",
+            KafkaProtocol::Ssl => "ssl",
+            KafkaProtocol::SaslPlaintext => "sasl_plaintext",
+            KafkaProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+    pub fn is_sasl(self) -> bool {
+        matches!(self, KafkaProtocol::SaslPlaintext | KafkaProtocol::SaslSsl)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+    #[serde(rename = "OAUTHBEARER")]
+    OauthBearer,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::OauthBearer => "OAUTHBEARER",
+        }
+    }
+}
+
+/// A string that never prints: `Debug`, `Display` and serialization show
+/// `***`. Use [`Secret::expose`] where the value is really needed.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
 }
 
 fn default_capacity() -> usize {
@@ -144,6 +279,7 @@ impl TransportConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             TransportConfig::Embedded { .. } => "embedded",
+            TransportConfig::Kafka(_) => "kafka",
         }
     }
 }

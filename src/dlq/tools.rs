@@ -86,8 +86,10 @@ async fn read_to_end(
     let ends: BTreeMap<u32, i64> =
         t.partitions(physical).await.map_err(terr)?.into_iter().map(|p| (p.partition, p.next)).collect();
     let mut sub = t.subscribe(physical, group, StartPosition::Earliest).await.map_err(terr)?;
-    for _ in 0..ends.len() {
+    let mut seen = 0;
+    while seen < ends.len() {
         let Assignment::Assigned(mut r) = sub.next().await.map_err(terr)? else { continue };
+        seen += 1;
         let end = ends.get(&r.partition()).copied().unwrap_or(0);
         loop {
             let mut batch = Vec::new();
@@ -115,7 +117,7 @@ fn entry(m: PipelineMessage) -> Entry {
 
 /// `conveyor dlq inspect`: the first `limit` envelopes (table or JSON lines).
 pub async fn inspect(cfg: &Config, entity: &str, limit: usize, json: bool) -> Result<usize, ToolError> {
-    let ts = open_transports(cfg)?;
+    let ts = open_transports(cfg).await?;
     let (t, physical) = ts.entity(cfg, entity).ok_or_else(|| ToolError::UnknownEntity(entity.to_string()))?;
     let mut shown = 0usize;
     if !json {
@@ -190,7 +192,7 @@ pub struct RedriveOptions {
 
 /// `conveyor dlq redrive`.
 pub async fn redrive(cfg: &Config, o: &RedriveOptions) -> Result<RedriveReport, ToolError> {
-    let ts = open_transports(cfg)?;
+    let ts = open_transports(cfg).await?;
     let r = redrive_with(cfg, &ts, o).await;
     ts.close().await;
     r

@@ -135,3 +135,120 @@ pub fn ids(msgs: &[PipelineMessage]) -> Vec<String> {
         })
         .collect()
 }
+
+/// A real Apache Kafka broker for a test: the shared one named by
+/// `CONVEYOR_TEST_KAFKA` (bootstrap address; `scripts/test.sh` starts it), or
+/// a private one started with `scripts/kafka/start.sh` (always private when
+/// `own` is set, e.g. to restart it). Stopped on drop when private.
+pub struct KafkaBroker {
+    pub bootstrap: String,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl KafkaBroker {
+    pub fn get(own: bool) -> KafkaBroker {
+        if !own {
+            if let Ok(b) = std::env::var("CONVEYOR_TEST_KAFKA") {
+                return KafkaBroker { bootstrap: b, dir: None };
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let bootstrap = Self::start_in(dir.path(), "0");
+        KafkaBroker { bootstrap, dir: Some(dir) }
+    }
+
+    fn script(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka").join(name)
+    }
+
+    fn start_in(dir: &Path, port: &str) -> String {
+        let out = std::process::Command::new(Self::script("start.sh"))
+            .args([port, &dir.display().to_string()])
+            .env("KAFKA_OVERRIDES", "broker.session.timeout.ms=3000\nbroker.heartbeat.interval.ms=500")
+            .output()
+            .expect("run scripts/kafka/start.sh");
+        assert!(out.status.success(), "kafka did not start: {}", String::from_utf8_lossy(&out.stderr));
+        let line = String::from_utf8_lossy(&out.stdout).to_string();
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("bootstrap="))
+            .expect("bootstrap in start.sh output")
+            .to_string()
+    }
+
+    /// Stops a private broker (data kept).
+    pub fn stop(&self) {
+        let dir = self.dir.as_ref().expect("only a private broker can be stopped");
+        let ok = std::process::Command::new(Self::script("stop.sh")).arg(dir.path()).status().unwrap().success();
+        assert!(ok, "stop.sh failed");
+    }
+
+    /// Starts a stopped private broker again on the same port and data.
+    pub fn restart(&self) {
+        let dir = self.dir.as_ref().expect("only a private broker can be restarted");
+        let port = self.bootstrap.rsplit(':').next().unwrap().to_string();
+        let b = Self::start_in(dir.path(), &port);
+        assert_eq!(b, self.bootstrap);
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::process::Command::new(Self::script("stop.sh")).arg(dir.path()).status();
+        }
+    }
+}
+
+/// A unique topic name.
+pub fn topic(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", fastrand::u32(..))
+}
+
+/// Produces `key|value` lines with kcat (an independent client).
+pub fn kcat_produce(bootstrap: &str, topic: &str, pairs: impl IntoIterator<Item = (String, String)>) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("kcat")
+        .args(["-P", "-b", bootstrap, "-t", topic, "-K", "|", "-z", "lz4"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("kcat (apt install kcat)");
+    {
+        let mut stdin = std::io::BufWriter::new(child.stdin.take().unwrap());
+        for (k, v) in pairs {
+            writeln!(stdin, "{k}|{v}").unwrap();
+        }
+    }
+    assert!(child.wait().unwrap().success(), "kcat produce failed");
+}
+
+/// Every key in `topic`, read with kcat from the beginning to the end.
+pub fn kcat_keys(bootstrap: &str, topic: &str) -> Vec<String> {
+    let out = std::process::Command::new("kcat")
+        .args(["-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%k\\n"])
+        .output()
+        .expect("kcat");
+    assert!(out.status.success(), "kcat consume failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect()
+}
+
+/// Creates a topic with kcat's admin-less way: produce nothing, rely on
+/// Conveyor's `create_topics`. (Kept for symmetry.)
+pub fn kafka_yaml(bootstrap: &str, input: &str, output: &str, partitions: u32, extra_worker: &str) -> String {
+    format!(
+        r#"
+service: {{ http: {{ listen: "127.0.0.1:0" }}, shutdown_grace: 30s }}
+transports:
+  kafka: {{ type: kafka, bootstrap_servers: "{bootstrap}", create_topics: true,
+           properties: {{ "session.timeout.ms": "6000", "heartbeat.interval.ms": "500" }} }}
+entities:
+  in:  {{ transport: kafka, partitions: {partitions}, name: {input} }}
+  out: {{ transport: kafka, partitions: {partitions}, name: {output} }}
+workers:
+  copy:
+    input: in
+    outputs: {{ default: out }}
+    batch_size: 200
+{extra_worker}
+"#
+    )
+}

@@ -1,0 +1,648 @@
+//! `type: kafka` — Apache Kafka through librdkafka (`rdkafka`).
+//!
+//! **Consumer.** One librdkafka consumer per subscription (worker × input),
+//! in its consumer group. `enable.auto.offset.store=false`: an offset is
+//! stored only when the worker commits a message, which it does only after
+//! every output and DLQ/retry write is acknowledged; librdkafka commits the
+//! stored offsets every `commit_interval`, and Conveyor commits them
+//! synchronously on partition revoke and on shutdown. Each assigned
+//! partition gets its own queue (`split_partition_queue`), so each lane reads
+//! its partition in order while partitions run in parallel.
+//!
+//! Rebalance callbacks run on a dedicated poller thread and never `.await`:
+//! on revoke they hand the partitions to the async worker over a channel and
+//! wait (bounded by `REVOKE_TIMEOUT`) until its lanes finished and committed
+//! the batches in hand, then commit synchronously before librdkafka takes the
+//! partitions away. Cooperative-sticky assignment works the same way
+//! (`partition.assignment.strategy: cooperative-sticky` in `properties`).
+//!
+//! **Producer.** One idempotent producer per transport, shared by every
+//! worker. A send waits for every delivery report; `QueueFull` waits
+//! (backpressure) and never drops. Memory is bounded by librdkafka's
+//! `queue.buffering.max.messages` / `queue.buffering.max.kbytes` (producer)
+//! and `queued.max.messages.kbytes` (consumer, per partition queue).
+//!
+//! **Errors** map through `classify::kafka_error`. Brokers down and
+//! authentication failures reach the worker as `Assignment::Health`, turning
+//! it unready until they clear. Secrets (`security.password` and every
+//! `properties` value) are `Secret`s: never printed in logs or errors.
+
+use super::{
+    Assignment, Headers, OutboundMessage, PartitionInfo, PartitionReader, PipelineMessage, ProduceResult, Producer,
+    StartPosition, Subscription, Transport, TransportError,
+};
+use crate::classify::{self, ErrorCategory};
+use crate::config::KafkaConfig;
+use async_trait::async_trait;
+use bytes::Bytes;
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::statistics::Statistics;
+use rdkafka::util::Timeout;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// Longest a revoke waits for the worker to finish the partition's batch.
+pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An entity on this transport.
+#[derive(Debug, Clone)]
+pub struct KafkaEntity {
+    /// Config key (messages are labelled with it).
+    pub key: String,
+    /// Topic name.
+    pub topic: String,
+    pub partitions: u32,
+}
+
+/// The Kafka transport. Cheap to clone.
+#[derive(Clone)]
+pub struct KafkaTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    cfg: KafkaConfig,
+    producer: FutureProducer,
+    /// By topic.
+    entities: HashMap<String, KafkaEntity>,
+    pollers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+/// The librdkafka settings shared by producer and consumers.
+fn base_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.bootstrap_servers);
+    c.set("client.id", "conveyor");
+    c.set("security.protocol", cfg.security.protocol.as_librdkafka());
+    if let Some(m) = cfg.security.mechanism {
+        c.set("sasl.mechanism", m.as_str());
+    }
+    if let Some(u) = &cfg.security.username {
+        c.set("sasl.username", u);
+    }
+    if let Some(p) = &cfg.security.password {
+        c.set("sasl.password", p.expose());
+    }
+    if let Some(ca) = &cfg.security.ca_location {
+        c.set("ssl.ca.location", ca.display().to_string());
+    }
+    c
+}
+
+fn apply_properties(c: &mut ClientConfig, cfg: &KafkaConfig) {
+    for (k, v) in &cfg.properties {
+        c.set(k, v.expose());
+    }
+}
+
+/// A transport error from a librdkafka error, classified.
+pub fn map_err(transport: &str, e: &KafkaError) -> TransportError {
+    let code = e.rdkafka_error_code();
+    let (category, kind) = match code {
+        Some(c) => (classify::kafka_error(&format!("{c:?}")), kind_name(c)),
+        None => match e {
+            KafkaError::ClientConfig(..) | KafkaError::ClientCreation(..) => (ErrorCategory::Permanent, "kafka_config"),
+            KafkaError::Canceled => (ErrorCategory::Transient, "kafka_canceled"),
+            _ => (ErrorCategory::Transient, "kafka"),
+        },
+    };
+    TransportError::Other { category, kind, message: format!("kafka transport {transport:?}: {e}") }
+}
+
+fn kind_name(c: RDKafkaErrorCode) -> &'static str {
+    // a few stable names for envelopes and metrics; the message has the rest
+    match c {
+        RDKafkaErrorCode::MessageSizeTooLarge => "kafka_message_too_large",
+        RDKafkaErrorCode::TopicAuthorizationFailed
+        | RDKafkaErrorCode::GroupAuthorizationFailed
+        | RDKafkaErrorCode::ClusterAuthorizationFailed => "kafka_authorization",
+        RDKafkaErrorCode::SaslAuthenticationFailed | RDKafkaErrorCode::Authentication => "kafka_authentication",
+        RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure => "kafka_broker_down",
+        RDKafkaErrorCode::QueueFull => "kafka_queue_full",
+        RDKafkaErrorCode::MessageTimedOut => "kafka_message_timed_out",
+        RDKafkaErrorCode::UnknownTopicOrPartition => "kafka_unknown_topic",
+        _ => "kafka",
+    }
+}
+
+impl KafkaTransport {
+    /// Creates the shared producer; optionally creates missing topics.
+    pub async fn open(
+        name: &str,
+        cfg: &KafkaConfig,
+        entities: Vec<KafkaEntity>,
+    ) -> Result<KafkaTransport, TransportError> {
+        let mut pc = base_config(cfg);
+        pc.set("enable.idempotence", "true");
+        pc.set("linger.ms", "5");
+        pc.set("message.timeout.ms", "300000");
+        apply_properties(&mut pc, cfg);
+        let producer: FutureProducer = pc.create().map_err(|e| map_err(name, &e))?;
+        let t = KafkaTransport {
+            inner: Arc::new(Inner {
+                name: name.to_string(),
+                cfg: cfg.clone(),
+                producer,
+                entities: entities.into_iter().map(|e| (e.topic.clone(), e)).collect(),
+                pollers: Mutex::new(Vec::new()),
+            }),
+        };
+        if cfg.create_topics {
+            t.create_topics().await?;
+        }
+        Ok(t)
+    }
+
+    async fn create_topics(&self) -> Result<(), TransportError> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let mut ac = base_config(&self.inner.cfg);
+        apply_properties(&mut ac, &self.inner.cfg);
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            ac.create().map_err(|e| map_err(&self.inner.name, &e))?;
+        let topics: Vec<NewTopic> = self
+            .inner
+            .entities
+            .values()
+            .map(|e| NewTopic::new(&e.topic, e.partitions as i32, TopicReplication::Fixed(1)))
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin.create_topics(topics.iter(), &opts).await.map_err(|e| map_err(&self.inner.name, &e))?;
+        for r in results {
+            match r {
+                Ok(t) => tracing::info!(transport = %self.inner.name, topic = %t, "topic created"),
+                Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => tracing::debug!(topic = %t, "topic exists"),
+                Err((t, code)) => {
+                    return Err(TransportError::Other {
+                        category: classify::kafka_error(&format!("{code:?}")),
+                        kind: "kafka_create_topic",
+                        message: format!("cannot create topic {t:?}: {code}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn entity(&self, topic: &str) -> Result<&KafkaEntity, TransportError> {
+        self.inner.entities.get(topic).ok_or_else(|| TransportError::UnknownEntity {
+            transport: self.inner.name.clone(),
+            entity: topic.to_string(),
+        })
+    }
+
+    /// Partition counts on the broker, by topic (for `conveyor check`).
+    pub fn broker_partitions(
+        cfg: &KafkaConfig,
+        topics: &[String],
+        timeout: Duration,
+    ) -> Result<HashMap<String, Option<u32>>, String> {
+        let mut c = base_config(cfg);
+        apply_properties(&mut c, cfg);
+        let consumer: BaseConsumer = c.create().map_err(|e| e.to_string())?;
+        let md = consumer.fetch_metadata(None, timeout).map_err(|e| e.to_string())?;
+        Ok(topics
+            .iter()
+            .map(|t| {
+                let n = md
+                    .topics()
+                    .iter()
+                    .find(|m| m.name() == t && m.error().is_none())
+                    .map(|m| m.partitions().len() as u32);
+                (t.clone(), n)
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Producer for KafkaTransport {
+    async fn send(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, TransportError> {
+        let e = self.entity(entity)?;
+        let label: Arc<str> = e.key.as_str().into();
+        let mut pending = Vec::with_capacity(batch.len());
+        for m in &batch {
+            let headers = (!m.headers.is_empty()).then(|| {
+                m.headers.iter().fold(OwnedHeaders::new_with_capacity(m.headers.0.len()), |h, (k, v)| {
+                    h.insert(Header { key: k, value: Some(&v[..]) })
+                })
+            });
+            loop {
+                let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&e.topic).payload(&m.payload[..]);
+                if let Some(k) = &m.key {
+                    rec = rec.key(&k[..]);
+                }
+                if let Some(p) = m.partition {
+                    rec = rec.partition(p as i32);
+                }
+                if let Some(ts) = m.timestamp_ms {
+                    rec = rec.timestamp(ts);
+                }
+                if let Some(h) = &headers {
+                    rec = rec.headers(h.clone());
+                }
+                match self.inner.producer.send_result(rec) {
+                    Ok(f) => {
+                        pending.push(f);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        // backpressure: wait for librdkafka's queue to drain
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((err, _)) => return Err(map_err(&self.inner.name, &err)),
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for f in futures::future::join_all(pending).await {
+            match f {
+                Ok(Ok(d)) => {
+                    out.push(ProduceResult { entity: label.clone(), partition: d.partition as u32, position: d.offset })
+                }
+                Ok(Err((err, _))) => return Err(map_err(&self.inner.name, &err)),
+                Err(_) => return Err(TransportError::Closed { transport: self.inner.name.clone() }),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Transport for KafkaTransport {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn producer(&self) -> Arc<dyn Producer> {
+        Arc::new(self.clone())
+    }
+
+    async fn subscribe(
+        &self,
+        entity: &str,
+        group: &str,
+        start: StartPosition,
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        let e = self.entity(entity)?.clone();
+        let name = self.inner.name.clone();
+        let mut c = base_config(&self.inner.cfg);
+        c.set("group.id", group);
+        c.set("enable.auto.commit", "true");
+        c.set("enable.auto.offset.store", "false");
+        c.set("auto.commit.interval.ms", self.inner.cfg.commit_interval.get().as_millis().to_string());
+        c.set(
+            "auto.offset.reset",
+            match start {
+                StartPosition::Earliest => "earliest",
+                StartPosition::Latest => "latest",
+            },
+        );
+        c.set("statistics.interval.ms", "1000");
+        c.set("queued.max.messages.kbytes", "16384");
+        for (k, v) in &self.inner.cfg.properties {
+            c.set(k, v.expose());
+        }
+        c.set("enable.auto.offset.store", "false");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ctx = Ctx {
+            transport: name.clone(),
+            topic: e.topic.clone(),
+            label: e.key.as_str().into(),
+            events: tx,
+            me: OnceLock::new(),
+            lags: Arc::new(Mutex::new(HashMap::new())),
+            strays: Arc::new(Mutex::new(HashMap::new())),
+            degraded: AtomicBool::new(false),
+        };
+        let consumer: Arc<BaseConsumer<Ctx>> =
+            Arc::new(c.create_with_context(ctx).map_err(|err| map_err(&name, &err))?);
+        let _ = consumer.context().me.set(Arc::downgrade(&consumer));
+        consumer.subscribe(&[&e.topic]).map_err(|err| map_err(&name, &err))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c2, s2) = (consumer.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("kafka-poll-{group}"))
+            .spawn(move || poll_loop(c2, s2))
+            .map_err(|err| TransportError::Other {
+            category: ErrorCategory::Transient,
+            kind: "thread",
+            message: err.to_string(),
+        })?;
+        self.inner.pollers.lock().unwrap().push(handle);
+        Ok(Box::new(KafkaSubscription { rx, stop }))
+    }
+
+    async fn partitions(&self, entity: &str) -> Result<Vec<PartitionInfo>, TransportError> {
+        let e = self.entity(entity)?.clone();
+        let mut c = base_config(&self.inner.cfg);
+        apply_properties(&mut c, &self.inner.cfg);
+        let name = self.inner.name.clone();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = c.create().map_err(|err| map_err(&name, &err))?;
+            let md =
+                consumer.fetch_metadata(Some(&e.topic), Duration::from_secs(10)).map_err(|err| map_err(&name, &err))?;
+            let n = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+            let mut out = Vec::new();
+            for p in 0..n as i32 {
+                let (lo, hi) = consumer
+                    .fetch_watermarks(&e.topic, p, Duration::from_secs(10))
+                    .map_err(|err| map_err(&name, &err))?;
+                out.push(PartitionInfo { entity: e.key.as_str().into(), partition: p as u32, earliest: lo, next: hi });
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|err| TransportError::Other {
+            category: ErrorCategory::Transient,
+            kind: "join",
+            message: err.to_string(),
+        })?
+    }
+
+    async fn close(&self) {
+        let _ = self.inner.producer.flush(Timeout::After(Duration::from_secs(10)));
+        let handles: Vec<_> = self.inner.pollers.lock().unwrap().drain(..).collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for h in handles {
+                let _ = h.join();
+            }
+        })
+        .await;
+    }
+}
+
+type Event = Result<Assignment, TransportError>;
+
+struct Ctx {
+    transport: String,
+    topic: String,
+    label: Arc<str>,
+    events: mpsc::UnboundedSender<Event>,
+    me: OnceLock<Weak<BaseConsumer<Ctx>>>,
+    lags: Arc<Mutex<HashMap<u32, i64>>>,
+    /// Messages that reached the main queue before their partition queue
+    /// was split off; the lane reads them first.
+    strays: Arc<Mutex<HashMap<u32, VecDeque<OwnedMessage>>>>,
+    degraded: AtomicBool,
+}
+
+impl ClientContext for Ctx {
+    fn stats(&self, s: Statistics) {
+        if let Some(t) = s.topics.get(&self.topic) {
+            let mut lags = self.lags.lock().unwrap();
+            for (p, info) in &t.partitions {
+                if *p >= 0 && info.consumer_lag >= 0 {
+                    lags.insert(*p as u32, info.consumer_lag);
+                }
+            }
+        }
+        let up = s.brokers.values().any(|b| b.state == "UP");
+        if up && self.degraded.swap(false, Ordering::Relaxed) {
+            let _ = self.events.send(Ok(Assignment::Health(None)));
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let e = map_err(&self.transport, &error);
+        let serious = matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown))
+            || e.category() == ErrorCategory::Auth;
+        tracing::warn!(transport = %self.transport, topic = %self.topic, error = %error, reason, "kafka client error");
+        if serious {
+            self.degraded.store(true, Ordering::Relaxed);
+            let _ = self.events.send(Ok(Assignment::Health(Some(e))));
+        }
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else { return };
+        // hand the revoked partitions to the worker; wait (bounded) until
+        // their lanes finished and committed what they hold
+        let mut waits = Vec::new();
+        for el in tpl.elements() {
+            let (done, rx) = oneshot::channel();
+            let partition = el.partition() as u32;
+            if self.events.send(Ok(Assignment::Revoked { partition, done })).is_ok() {
+                waits.push((partition, rx));
+            }
+            self.strays.lock().unwrap().remove(&partition);
+        }
+        let deadline = Instant::now() + REVOKE_TIMEOUT;
+        for (p, mut rx) in waits {
+            loop {
+                match rx.try_recv() {
+                    Ok(()) | Err(oneshot::error::TryRecvError::Closed) => break,
+                    Err(oneshot::error::TryRecvError::Empty) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(_) => {
+                        tracing::error!(topic = %self.topic, partition = p, "revoked partition did not drain in time; its uncommitted messages will be redelivered");
+                        break;
+                    }
+                }
+            }
+        }
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            if !matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::NoOffset)) {
+                tracing::warn!(topic = %self.topic, error = %e, "commit on revoke failed; the next owner may see duplicates");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(tpl) = rebalance else { return };
+        let Some(me) = self.me.get().and_then(Weak::upgrade) else { return };
+        for el in tpl.elements() {
+            let p = el.partition();
+            let Some(mut queue) = me.split_partition_queue(el.topic(), p) else {
+                tracing::error!(topic = %self.topic, partition = p, "cannot split the partition queue");
+                continue;
+            };
+            let notify = Arc::new(Notify::new());
+            let n2 = notify.clone();
+            queue.set_nonempty_callback(move || n2.notify_one());
+            let reader = KafkaReader {
+                transport: self.transport.clone(),
+                topic: self.topic.clone(),
+                label: self.label.clone(),
+                partition: p as u32,
+                consumer: me.clone(),
+                queue,
+                notify,
+                lags: self.lags.clone(),
+                strays: self.strays.clone(),
+            };
+            let _ = self.events.send(Ok(Assignment::Assigned(Box::new(reader))));
+        }
+    }
+}
+
+/// Serves the consumer's main queue (rebalances, errors, statistics) on its
+/// own thread, where the rebalance callbacks may block.
+fn poll_loop(consumer: Arc<BaseConsumer<Ctx>>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let owned = m.detach();
+                let p = owned.partition() as u32;
+                consumer.context().strays.lock().unwrap().entry(p).or_default().push_back(owned);
+            }
+            Some(Err(e)) => {
+                let te = map_err(&consumer.context().transport, &e);
+                tracing::warn!(topic = %consumer.context().topic, error = %e, category = %te.category(), "kafka consumer error");
+                if te.category() == ErrorCategory::Auth {
+                    consumer.context().degraded.store(true, Ordering::Relaxed);
+                    let _ = consumer.context().events.send(Ok(Assignment::Health(Some(te))));
+                }
+            }
+            None => {}
+        }
+    }
+    // shutdown: the worker's lanes are done; commit what they stored, leave
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        if !matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::NoOffset)) {
+            tracing::warn!(topic = %consumer.context().topic, error = %e, "final commit failed; uncommitted messages will be redelivered");
+        }
+    }
+    consumer.unsubscribe();
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end && !consumer.assignment().map(|a| a.count() == 0).unwrap_or(true) {
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
+}
+
+struct KafkaSubscription {
+    rx: mpsc::UnboundedReceiver<Event>,
+    stop: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Subscription for KafkaSubscription {
+    async fn next(&mut self) -> Result<Assignment, TransportError> {
+        match self.rx.recv().await {
+            Some(e) => e,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for KafkaSubscription {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // revokes during the final unsubscribe find no worker: they pass at once
+        self.rx.close();
+    }
+}
+
+struct KafkaReader {
+    transport: String,
+    topic: String,
+    label: Arc<str>,
+    partition: u32,
+    consumer: Arc<BaseConsumer<Ctx>>,
+    queue: rdkafka::consumer::base_consumer::PartitionQueue<Ctx>,
+    notify: Arc<Notify>,
+    lags: Arc<Mutex<HashMap<u32, i64>>>,
+    strays: Arc<Mutex<HashMap<u32, VecDeque<OwnedMessage>>>>,
+}
+
+fn to_message<M: Message>(m: &M, label: &Arc<str>) -> PipelineMessage {
+    let headers = match m.headers() {
+        Some(h) => Headers(
+            h.iter().map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice).unwrap_or_default())).collect(),
+        ),
+        None => Headers::default(),
+    };
+    PipelineMessage {
+        entity: label.clone(),
+        partition: m.partition() as u32,
+        position: m.offset(),
+        key: m.key().map(Bytes::copy_from_slice),
+        headers,
+        payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+        timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+    }
+}
+
+impl KafkaReader {
+    fn drain_strays(&self, max: usize, out: &mut Vec<PipelineMessage>) {
+        let mut strays = self.strays.lock().unwrap();
+        if let Some(q) = strays.get_mut(&self.partition) {
+            while out.len() < max {
+                match q.pop_front() {
+                    Some(m) => out.push(to_message(&m, &self.label)),
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// Polls without blocking; `Err` only when nothing was read.
+    fn poll_some(&self, max: usize, out: &mut Vec<PipelineMessage>) -> Result<(), TransportError> {
+        while out.len() < max {
+            match self.queue.poll(Duration::ZERO) {
+                Some(Ok(m)) => push(&m, &self.label, out),
+                Some(Err(e)) => {
+                    if out.is_empty() {
+                        return Err(map_err(&self.transport, &e));
+                    }
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn push(m: &BorrowedMessage<'_>, label: &Arc<str>, out: &mut Vec<PipelineMessage>) {
+    out.push(to_message(m, label));
+}
+
+#[async_trait]
+impl PartitionReader for KafkaReader {
+    fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    async fn fetch(&mut self, max: usize, out: &mut Vec<PipelineMessage>) -> Result<(), TransportError> {
+        let max = max.max(1);
+        loop {
+            self.drain_strays(max, out);
+            self.poll_some(max, out)?;
+            if !out.is_empty() {
+                return Ok(());
+            }
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.poll_some(max, out)?;
+            if !out.is_empty() {
+                return Ok(());
+            }
+            // the callback fires on empty → non-empty; poll again at least
+            // every 100 ms in case librdkafka queued an event without data
+            let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+        }
+    }
+
+    async fn commit(&mut self, last: &PipelineMessage) -> Result<(), TransportError> {
+        self.consumer
+            .store_offset(&self.topic, self.partition as i32, last.position + 1)
+            .map_err(|e| map_err(&self.transport, &e))
+    }
+
+    fn lag(&self) -> Option<u64> {
+        self.lags.lock().unwrap().get(&self.partition).map(|l| (*l).max(0) as u64)
+    }
+}
