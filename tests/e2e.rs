@@ -3,78 +3,10 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_conveyor");
-
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    logs: mpsc::Receiver<String>,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start conveyor");
-        let (tx, logs) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let addr = loop {
-            let line =
-                logs.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("daemon logs its address");
-            if line.contains("HTTP endpoints up") {
-                let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-                break v["listen"].as_str().unwrap().parse().unwrap();
-            }
-        };
-        Daemon { child, addr, logs }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
-        assert!(ok, "kill {sig}");
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let end = Instant::now() + within;
-        while Instant::now() < end {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return Some(s.code().unwrap_or(-1));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    fn metrics(&self) -> String {
-        get_blocking(self.addr, "/metrics").unwrap().1
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
     let p = dir.join("config.yaml");

@@ -85,3 +85,190 @@ workers:
     assert_eq!(wait_keys(&broker.bootstrap, &tout, want.len(), Duration::from_secs(60)).await, want);
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_run_goes_unready_then_ready_and_loses_nothing() {
+    let broker = KafkaBroker::get(true);
+    let (tin, tout) = (topic("br-in"), topic("br-out"));
+    let cfg = config(&kafka_yaml(&broker.bootstrap, &tin, &tout, 3, ""));
+    let rt = Runtime::start(&cfg, 0, Options::default()).await.unwrap();
+    let addr = rt.http_addr;
+    let first = ids(2000, "a");
+    let b = broker.bootstrap.clone();
+    let t2 = tin.clone();
+    tokio::task::spawn_blocking(move || kcat_produce(&b, &t2, first)).await.unwrap();
+    assert_eq!(wait_keys(&broker.bootstrap, &tout, 2000, Duration::from_secs(60)).await.len(), 2000);
+    assert_eq!(get(addr, "/readyz").await.unwrap().0, 200);
+
+    broker.stop();
+    assert!(
+        eventually(Duration::from_secs(30), async || get(addr, "/readyz").await.unwrap().0 == 503).await,
+        "unready while the broker is down"
+    );
+    let (_, body) = get(addr, "/readyz").await.unwrap();
+    assert!(body.contains("transient"), "{body}");
+    broker.restart();
+    assert!(
+        eventually(Duration::from_secs(60), async || get(addr, "/readyz").await.unwrap().0 == 200).await,
+        "ready again: {}",
+        get(addr, "/readyz").await.unwrap().1
+    );
+    let second = ids(2000, "b");
+    let b = broker.bootstrap.clone();
+    tokio::task::spawn_blocking(move || kcat_produce(&b, &tin, second)).await.unwrap();
+    let mut want: BTreeSet<String> = ids(2000, "a").into_iter().map(|(k, _)| k).collect();
+    want.extend(ids(2000, "b").into_iter().map(|(k, _)| k));
+    assert_eq!(wait_keys(&broker.bootstrap, &tout, 4000, Duration::from_secs(60)).await, want);
+    rt.shutdown().await.unwrap();
+}
+
+fn daemon_config(dir: &std::path::Path, bootstrap: &str, tin: &str, tout: &str) -> std::path::PathBuf {
+    let p = dir.join("kafka.yaml");
+    std::fs::write(&p, kafka_yaml(bootstrap, tin, tout, 6, "    concurrency: 1")).unwrap();
+    p
+}
+
+#[test]
+fn kill_9_and_restart_commits_only_after_ack_and_loses_nothing() {
+    let broker = KafkaBroker::get(false);
+    let (tin, tout) = (topic("kill-in"), topic("kill-out"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(dir.path(), &broker.bootstrap, &tin, &tout);
+    let n = 30_000;
+    {
+        let d = Daemon::start(&cfg); // creates the topics
+        kcat_produce(&broker.bootstrap, &tin, ids(n, "x"));
+        let t0 = std::time::Instant::now();
+        while metric_sum(&d.metrics(), "conveyor_messages_produced_total", "worker=\"copy\"") < 3000.0 {
+            assert!(t0.elapsed() < Duration::from_secs(60), "no progress");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        d.signal("-KILL");
+    }
+    let mut d = Daemon::start(&cfg);
+    let want: BTreeSet<String> = ids(n, "x").into_iter().map(|(k, _)| k).collect();
+    let t0 = std::time::Instant::now();
+    let keys = loop {
+        let keys = kcat_keys(&broker.bootstrap, &tout);
+        let distinct: BTreeSet<String> = keys.iter().cloned().collect();
+        if distinct.len() >= n || t0.elapsed() > Duration::from_secs(90) {
+            break keys;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    d.signal("-TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0));
+    let distinct: BTreeSet<String> = keys.iter().cloned().collect();
+    assert_eq!(distinct, want, "no id missing");
+    eprintln!("kill -9 test: {} duplicates of {n}", keys.len() - n);
+}
+
+#[test]
+fn rebalance_across_three_processes_with_one_killed_loses_nothing() {
+    let broker = KafkaBroker::get(false);
+    let (tin, tout) = (topic("rb-in"), topic("rb-out"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(dir.path(), &broker.bootstrap, &tin, &tout);
+    let n = 30_000;
+    let mut ds: Vec<Daemon> = (0..3).map(|_| Daemon::start(&cfg)).collect();
+    // produce while the group forms and rebalances
+    let (b, t) = (broker.bootstrap.clone(), tin.clone());
+    let producer = std::thread::spawn(move || {
+        for chunk in 0..10 {
+            kcat_produce(&b, &t, (chunk * 3000..(chunk + 1) * 3000).map(|i| (format!("r{i}"), format!("{{\"id\":\"r{i}\"}}"))));
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let victim = ds.remove(1);
+    victim.signal("-KILL");
+    drop(victim);
+    producer.join().unwrap();
+    let want: BTreeSet<String> = (0..n).map(|i| format!("r{i}")).collect();
+    let t0 = std::time::Instant::now();
+    let keys = loop {
+        let keys = kcat_keys(&broker.bootstrap, &tout);
+        let distinct: BTreeSet<String> = keys.iter().cloned().collect();
+        if distinct.len() >= n || t0.elapsed() > Duration::from_secs(120) {
+            break keys;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let distinct: BTreeSet<String> = keys.iter().cloned().collect();
+    assert_eq!(distinct.len(), want.len(), "missing: {:?}", want.difference(&distinct).take(5).collect::<Vec<_>>());
+    for mut d in ds {
+        d.signal("-TERM");
+        assert_eq!(d.wait_exit(Duration::from_secs(40)), Some(0));
+    }
+    eprintln!("rebalance test: {} duplicates of {n}", keys.len() - n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_cluster_produce_errors_are_classified_retried_and_auth_pauses_without_dlq() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("m-out", 2, 1).unwrap();
+    mock.create_topic("m-dlq", 1, 1).unwrap();
+    // input on the embedded transport, outputs on the mock cluster: only
+    // the worker's writes meet the injected produce errors
+    let text = format!(
+        r#"
+service: {{ http: {{ listen: "127.0.0.1:0" }} }}
+transports:
+  local: {{ type: embedded }}
+  kafka: {{ type: kafka, bootstrap_servers: "{}", properties: {{ "retry.backoff.ms": "20" }} }}
+entities:
+  in:  {{ transport: local, partitions: 2 }}
+  out: {{ transport: kafka, partitions: 2, name: m-out }}
+  dlq: {{ transport: kafka, partitions: 1, name: m-dlq }}
+workers:
+  copy: {{ input: in, outputs: {{ default: out }}, dead_letter: dlq }}
+"#,
+        mock.bootstrap_servers()
+    );
+    let opts = Options {
+        backoff: Some(conveyor::supervisor::Backoff { base: Duration::from_millis(100), max: Duration::from_millis(400) }),
+        ..Default::default()
+    };
+    let rt = Runtime::start(&config(&text), 0, opts).await.unwrap();
+    let addr = rt.http_addr;
+    let local = rt.transports["local"].clone();
+    let out_count = || metric_sum(&rt.metrics.encode(), "conveyor_messages_produced_total", "entity=\"out\"");
+
+    // transient produce errors: retried (inside librdkafka, idempotent), delivered once
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT],
+    );
+    produce_ids(&*local, "in", (0..200).map(|i| format!("t{i}"))).await;
+    assert!(eventually(Duration::from_secs(30), async || out_count() >= 200.0).await);
+    assert_eq!(out_count(), 200.0);
+
+    // the classification of an authorization failure
+    let kafka = rt.transports["kafka"].producer();
+    mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED]);
+    let one = conveyor::transport::OutboundMessage { payload: "x".into(), partition: Some(0), ..Default::default() };
+    let err = kafka.send("m-out", vec![one]).await.expect_err("refused while authorization fails");
+    assert_eq!(err.category(), conveyor::classify::ErrorCategory::Auth, "{err}");
+
+    // the worker meets it: unready with category auth, nothing dead-lettered, recovers by itself
+    mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 16]);
+    produce_ids(&*local, "in", (0..200).map(|i| format!("a{i}"))).await;
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            let (code, body) = get(addr, "/readyz").await.unwrap();
+            code == 503 && body.contains("\"last_error_category\": \"auth\"")
+        })
+        .await,
+        "{}",
+        get(addr, "/readyz").await.unwrap().1
+    );
+    assert!(eventually(Duration::from_secs(60), async || get(addr, "/readyz").await.unwrap().0 == 200).await, "recovers");
+    assert!(eventually(Duration::from_secs(30), async || out_count() >= 400.0).await);
+    let m = rt.metrics.encode();
+    assert_eq!(metric_sum(&m, "conveyor_dead_lettered_total", ""), 0.0, "auth failures are never dead-lettered");
+    assert_eq!(metric_sum(&m, "conveyor_messages_produced_total", "entity=\"dlq\""), 0.0);
+    assert!(metric_sum(&m, "conveyor_worker_restarts_total", "worker=\"copy\"") >= 1.0);
+    rt.shutdown().await.unwrap();
+}

@@ -7,6 +7,7 @@ use conveyor::transport::{Assignment, OutboundMessage, PipelineMessage, Transpor
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
+use std::io::BufRead;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Parses and validates a config text (panics with the errors).
@@ -252,3 +253,70 @@ workers:
 "#
     )
 }
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_conveyor");
+
+/// The `conveyor` binary running `run --config FILE`; killed on drop.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub logs: std::sync::mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    pub fn start(config: &Path) -> Daemon {
+        let mut child = std::process::Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start conveyor");
+        let (tx, logs) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let addr = loop {
+            let line =
+                logs.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())).expect("daemon logs its address");
+            if line.contains("HTTP endpoints up") {
+                let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+                break v["listen"].as_str().unwrap().parse().unwrap();
+            }
+        };
+        Daemon { child, addr, logs }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill {sig}");
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let end = std::time::Instant::now() + within;
+        while std::time::Instant::now() < end {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn metrics(&self) -> String {
+        get_blocking(self.addr, "/metrics").unwrap().1
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
