@@ -22,8 +22,23 @@ if ! command -v promtool >/dev/null; then
     $SUDO install -m 0755 "$d/promtool" /usr/local/bin/promtool
     rm -rf "$d"
 fi
-if ! command -v curl >/dev/null; then
+# curl (live /metrics scrape), kcat (independent Kafka client), the C
+# toolchain pieces librdkafka's build needs, Java + Maven (Apache Kafka broker)
+pkgs=()
+command -v curl >/dev/null || pkgs+=(curl)
+command -v kcat >/dev/null || pkgs+=(kcat)
+command -v make >/dev/null || pkgs+=(make)
+command -v gcc >/dev/null || pkgs+=(gcc g++)
+command -v pkg-config >/dev/null || pkgs+=(pkg-config)
+command -v java >/dev/null || pkgs+=(default-jre-headless)
+command -v mvn >/dev/null || pkgs+=(maven)
+command -v flock >/dev/null || pkgs+=(util-linux)
+dpkg -s libssl-dev >/dev/null 2>&1 || pkgs+=(libssl-dev)
+dpkg -s zlib1g-dev >/dev/null 2>&1 || pkgs+=(zlib1g-dev)
+if [[ ${#pkgs[@]} -gt 0 ]]; then
     apt_update
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl >/dev/null
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 fi
-echo "setup: systemd-analyze $(systemd-analyze --version | head -1 | cut -d' ' -f2), $(promtool --version 2>&1 | head -1)"
+# Apache Kafka broker jars from Maven Central (cached in .cache/kafka and ~/.m2)
+"$(dirname "${BASH_SOURCE[0]}")/kafka/fetch.sh" >&2
+echo "setup: kcat $(kcat -V 2>&1 | head -1 | awk '{print $2}'), java $(java -version 2>&1 | head -1 | awk -F'"' '{print $2}'), systemd-analyze $(systemd-analyze --version | head -1 | cut -d' ' -f2), $(promtool --version 2>&1 | head -1)"

@@ -9,8 +9,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/setup.sh
 
+# one real Apache Kafka broker shared by the Kafka tests (tests that restart
+# a broker start their own)
+kafka_dir=$(mktemp -d)
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+cleanup() { scripts/kafka/stop.sh "$kafka_dir" >/dev/null 2>&1 || true; rm -rf "$kafka_dir" "$log"; }
+trap cleanup EXIT
+kafka_out=$(scripts/kafka/start.sh 0 "$kafka_dir")
+export CONVEYOR_TEST_KAFKA=$(sed -n 's/.*bootstrap=\([^ ]*\).*/\1/p' <<<"$kafka_out")
+echo "test Kafka broker at $CONVEYOR_TEST_KAFKA"
 set +e
 cargo test --locked --all-targets 2>&1 | tee "$log"
 cargo_rc=${PIPESTATUS[0]}
@@ -48,7 +55,10 @@ live_metrics() {
     [[ $ok -eq 1 ]]
 }
 
+no_kafka_build() { cargo check --locked --no-default-features --quiet && ! cargo tree --no-default-features -e normal -i rdkafka >/dev/null 2>&1; }
+
 check systemd-unit verify_systemd
+check builds-without-kafka no_kafka_build
 check promtool-metrics live_metrics
 
 echo

@@ -175,7 +175,11 @@ fn rebalance_across_three_processes_with_one_killed_loses_nothing() {
     let (b, t) = (broker.bootstrap.clone(), tin.clone());
     let producer = std::thread::spawn(move || {
         for chunk in 0..10 {
-            kcat_produce(&b, &t, (chunk * 3000..(chunk + 1) * 3000).map(|i| (format!("r{i}"), format!("{{\"id\":\"r{i}\"}}"))));
+            kcat_produce(
+                &b,
+                &t,
+                (chunk * 3000..(chunk + 1) * 3000).map(|i| (format!("r{i}"), format!("{{\"id\":\"r{i}\"}}"))),
+            );
             std::thread::sleep(Duration::from_millis(300));
         }
     });
@@ -228,7 +232,10 @@ workers:
         mock.bootstrap_servers()
     );
     let opts = Options {
-        backoff: Some(conveyor::supervisor::Backoff { base: Duration::from_millis(100), max: Duration::from_millis(400) }),
+        backoff: Some(conveyor::supervisor::Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(400),
+        }),
         ..Default::default()
     };
     let rt = Runtime::start(&config(&text), 0, opts).await.unwrap();
@@ -239,7 +246,10 @@ workers:
     // transient produce errors: retried (inside librdkafka, idempotent), delivered once
     mock.request_errors(
         RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT],
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        ],
     );
     produce_ids(&*local, "in", (0..200).map(|i| format!("t{i}"))).await;
     assert!(eventually(Duration::from_secs(30), async || out_count() >= 200.0).await);
@@ -264,7 +274,10 @@ workers:
         "{}",
         get(addr, "/readyz").await.unwrap().1
     );
-    assert!(eventually(Duration::from_secs(60), async || get(addr, "/readyz").await.unwrap().0 == 200).await, "recovers");
+    assert!(
+        eventually(Duration::from_secs(60), async || get(addr, "/readyz").await.unwrap().0 == 200).await,
+        "recovers"
+    );
     assert!(eventually(Duration::from_secs(30), async || out_count() >= 400.0).await);
     let m = rt.metrics.encode();
     assert_eq!(metric_sum(&m, "conveyor_dead_lettered_total", ""), 0.0, "auth failures are never dead-lettered");

@@ -4,10 +4,10 @@
 use conveyor::config::{self, Config, StartPosition};
 use conveyor::transport::embedded::{Embedded, EmbeddedOptions, EntitySpec};
 use conveyor::transport::{Assignment, OutboundMessage, PipelineMessage, Transport};
+use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
-use std::io::BufRead;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Parses and validates a config text (panics with the errors).
@@ -282,8 +282,9 @@ impl Daemon {
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let addr = loop {
-            let line =
-                logs.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())).expect("daemon logs its address");
+            let line = logs
+                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                .expect("daemon logs its address");
             if line.contains("HTTP endpoints up") {
                 let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
                 break v["listen"].as_str().unwrap().parse().unwrap();
@@ -293,7 +294,8 @@ impl Daemon {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
+        let ok =
+            std::process::Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
         assert!(ok, "kill {sig}");
     }
 
@@ -319,4 +321,3 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
-

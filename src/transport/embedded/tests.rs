@@ -28,7 +28,7 @@ async fn readers(t: &Embedded, group: &str) -> (Box<dyn Subscription>, Vec<Box<d
     for _ in 0..n {
         match sub.next().await.unwrap() {
             Assignment::Assigned(r) => rs.push(r),
-            Assignment::Revoked { .. } => panic!("unexpected revoke"),
+            Assignment::Revoked { .. } | Assignment::Health(_) => panic!("unexpected event"),
         }
     }
     (sub, rs)
