@@ -427,3 +427,44 @@ pub async fn run(cfg: &Config, hash: u64) -> Result<(), AppError> {
     signals.handle().close();
     rt.shutdown().await
 }
+
+/// Checks a config against the brokers it names (for `conveyor check`):
+/// warnings where a Kafka topic is missing or its partition count differs
+/// from the entity's, or a broker cannot be reached. Blocking; a few seconds
+/// at most per transport.
+pub fn check_brokers(cfg: &Config) -> Vec<String> {
+    #[allow(unused_mut)]
+    let mut warnings = Vec::new();
+    #[cfg(feature = "kafka")]
+    for (tname, t) in &cfg.transports {
+        let TransportConfig::Kafka(k) = t else { continue };
+        let ents: Vec<(&String, &crate::config::EntityConfig)> =
+            cfg.entities.iter().filter(|(_, e)| &e.transport == tname).collect();
+        let topics: Vec<String> = ents.iter().map(|(key, e)| e.physical_name(key).to_string()).collect();
+        match crate::transport::kafka::KafkaTransport::broker_partitions(k, &topics, Duration::from_secs(5)) {
+            Err(e) => warnings.push(format!(
+                "transports.{tname}: cannot reach {} to compare partition counts: {e}",
+                k.bootstrap_servers
+            )),
+            Ok(found) => {
+                for (key, e) in ents {
+                    let topic = e.physical_name(key);
+                    match found.get(topic).copied().flatten() {
+                        None if k.create_topics => {}
+                        None => warnings.push(format!(
+                            "entities.{key}: topic {topic:?} does not exist on {tname} (create it, or set create_topics: true for development)"
+                        )),
+                        Some(n) if n != e.partitions => warnings.push(format!(
+                            "entities.{key}: topic {topic:?} has {n} partitions on the broker, the config says {}",
+                            e.partitions
+                        )),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(feature = "kafka"))]
+    let _ = cfg;
+    warnings
+}

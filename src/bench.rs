@@ -1,4 +1,6 @@
-//! `conveyor bench`: embedded single-hop pass-through throughput.
+//! `conveyor bench`: embedded single-hop pass-through throughput (and, as
+//! `conveyor bench kafka-naive`, the naive Kafka copy loop used by
+//! `bench/kafka_passthrough.sh`).
 //!
 //! For each mode (memory, durable) it runs, in this one process and on the
 //! same fresh transport setup:
@@ -28,8 +30,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "kafka")]
+pub mod kafka_naive;
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchCommand {
+    /// The naive rdkafka copy loop (baseline of bench/kafka_passthrough.sh).
+    #[cfg(feature = "kafka")]
+    KafkaNaive(kafka_naive::NaiveArgs),
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
     /// Messages per run.
     #[arg(long, default_value_t = 2_000_000)]
     pub messages: u64,
@@ -59,6 +73,10 @@ struct Sample {
 
 pub fn main(args: BenchArgs) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    #[cfg(feature = "kafka")]
+    if let Some(BenchCommand::KafkaNaive(a)) = args.command.clone() {
+        return rt.block_on(kafka_naive::run(a));
+    }
     let modes: Vec<bool> = match args.mode.as_str() {
         "memory" => vec![false],
         "durable" => vec![true],

@@ -22,6 +22,9 @@ fn main() -> ExitCode {
                 for w in &l.warnings {
                     eprintln!("warning: {w}");
                 }
+                for w in conveyor::app::check_brokers(&l.config) {
+                    eprintln!("warning: {w}");
+                }
                 let c = &l.config;
                 println!(
                     "{}: ok ({} transports, {} entities, {} sources, {} workers)",

@@ -285,3 +285,82 @@ workers:
     assert!(metric_sum(&m, "conveyor_worker_restarts_total", "worker=\"copy\"") >= 1.0);
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_warns_when_partition_counts_differ_from_the_broker() {
+    let broker = KafkaBroker::get(false);
+    let (tin, tout) = (topic("chk-in"), topic("chk-out"));
+    // create both topics with 3 partitions
+    let rt = Runtime::start(&config(&kafka_yaml(&broker.bootstrap, &tin, &tout, 3, "")), 0, Options::default())
+        .await
+        .unwrap();
+    rt.shutdown().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = kafka_yaml(&broker.bootstrap, &tin, &topic("missing"), 5, "")
+        .replace("create_topics: true", "create_topics: false");
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "warnings do not fail check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("entities.in: topic \"{tin}\" has 3 partitions on the broker, the config says 5")),
+        "{err}"
+    );
+    assert!(err.contains("entities.out: topic \"missing-") && err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn sasl_password_never_appears_in_logs_readyz_or_metrics() {
+    let broker = KafkaBroker::get(false);
+    let secret = "s3cr3t-PASSWORD-do-not-print";
+    let dir = tempfile::tempdir().unwrap();
+    let text = kafka_yaml(&broker.bootstrap, &topic("sec-in"), &topic("sec-out"), 1, "")
+        .replace(
+            "create_topics: true,",
+            "security: { protocol: sasl_plaintext, mechanism: PLAIN, username: bob, password: \"${KAFKA_PASSWORD}\" },",
+        )
+        .replace(r#"listen: "127.0.0.1:0" }"#, r#"listen: "127.0.0.1:0" }, log: { level: debug }"#);
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, text).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("KAFKA_PASSWORD", secret)
+        .env("RUST_LOG", "debug")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut logs = Vec::new();
+    let t0 = std::time::Instant::now();
+    let mut addr = None;
+    while t0.elapsed() < Duration::from_secs(8) {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            if addr.is_none() && l.contains("HTTP endpoints up") {
+                let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+                addr = v["listen"].as_str().map(|a| a.parse::<std::net::SocketAddr>().unwrap());
+            }
+            logs.push(l);
+        }
+    }
+    let addr = addr.expect("daemon started");
+    let (code, ready) = get_blocking(addr, "/readyz").unwrap();
+    let (_, metrics) = get_blocking(addr, "/metrics").unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    logs.extend(rx.try_iter());
+    assert_eq!(code, 503, "SASL against a plaintext listener cannot work: {ready}");
+    assert!(logs.len() > 5, "the daemon logged: {logs:?}");
+    assert!(logs.iter().any(|l| l.to_lowercase().contains("kafka")), "errors were logged");
+    for (what, text) in [("logs", logs.join("\n")), ("readyz", ready), ("metrics", metrics)] {
+        assert!(!text.contains(secret), "the SASL password leaked into {what}");
+    }
+}
