@@ -85,6 +85,7 @@ say "producing $N x $SIZE B into bench-in"
 "$PY" "$tools" produce "$bootstrap" bench-in "$N" "$SIZE"
 in_count=$("$PY" "$tools" count "$bootstrap" bench-in)
 [[ $in_count == "$N" ]] || die "bench-in holds $in_count messages, expected $N"
+"$PY" "$tools" warmup "$bootstrap" bench-in   # group coordinator up before stage (a) starts its clock
 
 cfg=$work/conveyor.yaml
 cat > "$cfg" <<EOF
@@ -100,15 +101,15 @@ EOF
 
 results=$work/results.jsonl
 : > "$results"
-stage() {  # stage ID NAME OUT [--sigterm] -- CMD...
-    local id=$1 name=$2 out=$3; shift 3
+stage() {  # stage ID NAME OUT GROUP [--sigterm] -- CMD...
+    local id=$1 name=$2 out=$3 group=$4; shift 4
     local extra=()
     [[ $1 == --sigterm ]] && { extra=(--sigterm); shift; }
     [[ $1 == -- ]] && shift
     say "stage ($id) $name -> $out"
     sync; sleep 2   # let the broker settle (log flushes) between stages
     "$PY" "$tools" stage --id "$id" --name "($id) $name" --bootstrap "$bootstrap" --out "$out" \
-        --count "$N" "${extra[@]}" --log "$work/stage-$id.log" --json "$results" -- "$@" &
+        --group "$group" --count "$N" "${extra[@]}" --log "$work/stage-$id.log" --json "$results" -- "$@" &
     stage_pid=$!
     wait "$stage_pid" || true
     stage_pid=
@@ -120,11 +121,11 @@ stage() {  # stage ID NAME OUT [--sigterm] -- CMD...
 
 for s in $STAGES; do
     case $s in
-        a) stage a conveyor bench-out-conveyor --sigterm -- "$conveyor" run --config "$cfg" ;;
-        b) stage b aiokafka bench-out-aiokafka -- "$PY" "$here/aiokafka_passthrough.py" \
+        a) stage a conveyor bench-out-conveyor bench-conveyor --sigterm -- "$conveyor" run --config "$cfg" ;;
+        b) stage b aiokafka bench-out-aiokafka bench-aiokafka -- "$PY" "$here/aiokafka_passthrough.py" \
                --bootstrap "$bootstrap" --from bench-in --to bench-out-aiokafka \
                --group bench-aiokafka --count "$N" ;;
-        c) stage c rdkafka-naive bench-out-naive -- "$conveyor" bench kafka-naive \
+        c) stage c rdkafka-naive bench-out-naive bench-naive -- "$conveyor" bench kafka-naive \
                --bootstrap "$bootstrap" --from bench-in --to bench-out-naive \
                --group bench-naive --count "$N" ;;
         *) die "unknown stage '$s' (a, b or c)" ;;

@@ -1,35 +1,53 @@
-//! Building the runtime from a validated config and running it until a
-//! signal.
+//! Building the runtime from a validated config, changing it live, and
+//! running it until a signal.
 //!
-//! [`Runtime::start`] opens the transports, registers the consumer groups,
-//! starts the HTTP server, then spawns every source and worker under the
-//! supervisor. [`Runtime::shutdown`] drains: readiness turns `503`, systemd is
-//! told `STOPPING=1`, workers finish and commit what they hold, transports
-//! flush, and the HTTP server stops last.
+//! [`Runtime::start`] starts the HTTP server, then applies the config: opens
+//! the transports, registers the consumer groups and spawns every source,
+//! worker and retry scheduler under the supervisor.
+//!
+//! [`Runtime::reload`] applies a new, already validated config: each task has
+//! a fingerprint (its own section, every entity it touches and their
+//! transports — see `plan`); tasks whose fingerprint is unchanged keep
+//! running untouched. Changed and removed tasks are drained (they finish and
+//! commit what they hold) and stopped; a consumer of an entity that moves to
+//! another transport is first allowed to empty the old entity (its upstream
+//! writers were already switched), so nothing is stranded there. Then
+//! changed transports are reopened, new entities added, and the new tasks
+//! started. An invalid config never reaches this point: the caller keeps the
+//! running topology and reports the failure (see [`run`]).
+//!
+//! [`Runtime::shutdown`] drains: readiness turns `503`, systemd is told
+//! `STOPPING=1`, workers finish and commit what they hold, transports flush,
+//! and the HTTP server stops last.
 
-use crate::config::{Config, Dur, SourceConfig, TransportConfig};
+mod plan;
+
+pub use plan::{TaskKind, TaskPlan, plan};
+
+use crate::config::{self, Config, Dur, SourceConfig, TransportConfig};
 use crate::health::Health;
-use crate::http::{self, HttpState};
-use crate::metrics::EntityLabel;
-use crate::metrics::Metrics;
+use crate::http::{self, HttpState, ReloadRequest};
+use crate::metrics::{EntityLabel, Metrics};
 use crate::notify;
 use crate::retry::{Scheduler, Target as RetryTarget};
 use crate::sources::Simulator;
 use crate::stages::{self, Outputs, Stage};
-use crate::supervisor::{Backoff, Exit, Supervisor};
+use crate::supervisor::{Backoff, Exit, Supervisor, TaskHandle};
 use crate::transport::embedded::{Embedded, EmbeddedOptions, EntitySpec};
-use crate::transport::{Producer, Transport, TransportError};
+use crate::transport::{Producer, StartPosition, Transport, TransportError};
 use crate::worker::{self, Breaker, OutputTarget, RetrySpec, WorkerSpec};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Why the runtime could not start or stop cleanly.
+/// Why the runtime could not start, change or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("transport {name:?}: {source}")]
@@ -44,6 +62,10 @@ pub enum AppError {
     GraceExceeded(Dur),
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error("reload refused: {0}")]
+    Reload(String),
 }
 
 /// Knobs for embedding the runtime (tests, benchmarks).
@@ -57,110 +79,180 @@ pub struct Options {
     pub retry_backoff: Option<(Duration, Duration)>,
 }
 
+/// An opened transport.
+#[derive(Clone)]
+pub struct LiveTransport {
+    pub fingerprint: u64,
+    pub transport: Arc<dyn Transport>,
+    pub producer: Arc<dyn Producer>,
+    pub embedded: Option<Embedded>,
+    #[cfg(feature = "kafka")]
+    pub kafka: Option<crate::transport::kafka::KafkaTransport>,
+}
+
 /// The transports of a config, opened.
 pub struct Transports {
-    pub all: HashMap<String, Arc<dyn Transport>>,
-    /// The shared producer of each transport.
-    pub producers: HashMap<String, Arc<dyn Producer>>,
-    pub embedded: HashMap<String, Embedded>,
+    pub all: BTreeMap<String, LiveTransport>,
 }
 
 impl Transports {
     /// The transport and physical name of entity `key`.
     pub fn entity(&self, cfg: &Config, key: &str) -> Option<(Arc<dyn Transport>, String)> {
         let e = cfg.entities.get(key)?;
-        Some((self.all[&e.transport].clone(), e.physical_name(key).to_string()))
+        Some((self.all.get(&e.transport)?.transport.clone(), e.physical_name(key).to_string()))
     }
 
     /// Flushes and closes every transport.
     pub async fn close(&self) {
         for t in self.all.values() {
-            t.close().await;
+            t.transport.close().await;
         }
     }
 }
 
-/// Opens every transport of `cfg` with its entities, registering the
-/// consumer groups the topology uses (workers and retry schedulers).
+/// Opens every transport of `cfg` (for tools such as `conveyor dlq`).
 pub async fn open_transports(cfg: &Config) -> Result<Transports, AppError> {
-    let mut all: HashMap<String, Arc<dyn Transport>> = HashMap::new();
-    let mut embedded = HashMap::new();
-    let mut producers: HashMap<String, Arc<dyn Producer>> = HashMap::new();
+    let mut all = BTreeMap::new();
+    for name in cfg.transports.keys() {
+        all.insert(name.clone(), open_transport(cfg, name).await?);
+    }
+    Ok(Transports { all })
+}
+
+/// The consumer groups `cfg` uses on transport `tname`: workers' and the
+/// retry schedulers'.
+fn groups_on(cfg: &Config, tname: &str) -> Vec<(String, String, StartPosition)> {
+    let on_this = |key: &str| cfg.entities[key].transport == tname;
     let physical = |key: &str| cfg.entities[key].physical_name(key).to_string();
-    for (tname, tcfg) in &cfg.transports {
-        let on_this = |key: &str| cfg.entities[key].transport == *tname;
-        let mut groups: Vec<(String, String, crate::config::StartPosition)> = cfg
-            .workers
-            .iter()
-            .filter(|(_, w)| on_this(&w.input))
-            .map(|(n, w)| (physical(&w.input), w.group(n).to_string(), w.start_position))
-            .collect();
-        for w in cfg.workers.values() {
-            if let Some(r) = w.retry.as_ref().filter(|r| on_this(&r.via)) {
-                groups.push((
-                    physical(&r.via),
-                    crate::retry::GROUP.to_string(),
-                    crate::config::StartPosition::Earliest,
-                ));
-            }
-        }
-        match tcfg {
-            TransportConfig::Embedded { path, capacity } => {
-                let entities: Vec<EntitySpec> = cfg
-                    .entities
-                    .iter()
-                    .filter(|(k, _)| on_this(k))
-                    .map(|(k, e)| EntitySpec {
-                        name: e.physical_name(k).to_string(),
-                        key: k.clone(),
-                        partitions: e.partitions,
-                    })
-                    .collect();
-                let opts = EmbeddedOptions { name: tname.clone(), path: path.clone(), capacity: *capacity };
-                let t = Embedded::open(opts, &entities, &groups)
-                    .map_err(|source| AppError::Transport { name: tname.clone(), source })?;
-                tracing::info!(
-                    transport = %tname, kind = "embedded", durable = t.is_durable(),
-                    entities = entities.len(), "transport opened"
-                );
-                producers.insert(tname.clone(), t.producer());
-                all.insert(tname.clone(), Arc::new(t.clone()));
-                embedded.insert(tname.clone(), t);
-            }
-            #[cfg(feature = "kafka")]
-            TransportConfig::Kafka(k) => {
-                use crate::transport::kafka::{KafkaEntity, KafkaTransport};
-                let entities: Vec<KafkaEntity> = cfg
-                    .entities
-                    .iter()
-                    .filter(|(key, _)| on_this(key))
-                    .map(|(key, e)| KafkaEntity {
-                        key: key.clone(),
-                        topic: e.physical_name(key).to_string(),
-                        partitions: e.partitions,
-                    })
-                    .collect();
-                let t = KafkaTransport::open(tname, k, entities)
-                    .await
-                    .map_err(|source| AppError::Transport { name: tname.clone(), source })?;
-                tracing::info!(transport = %tname, kind = "kafka", "transport opened");
-                producers.insert(tname.clone(), t.producer());
-                all.insert(tname.clone(), Arc::new(t));
-            }
-            #[cfg(not(feature = "kafka"))]
-            TransportConfig::Kafka(_) => {
-                return Err(AppError::Transport {
-                    name: tname.clone(),
-                    source: TransportError::Other {
-                        category: crate::classify::ErrorCategory::Permanent,
-                        kind: "unsupported",
-                        message: "this build has no Kafka support (cargo feature `kafka`)".into(),
-                    },
-                });
-            }
+    let mut groups: Vec<_> = cfg
+        .workers
+        .iter()
+        .filter(|(_, w)| on_this(&w.input))
+        .map(|(n, w)| (physical(&w.input), w.group(n).to_string(), w.start_position))
+        .collect();
+    for w in cfg.workers.values() {
+        if let Some(r) = w.retry.as_ref().filter(|r| on_this(&r.via)) {
+            groups.push((physical(&r.via), crate::retry::GROUP.to_string(), StartPosition::Earliest));
         }
     }
-    Ok(Transports { all, producers, embedded })
+    groups
+}
+
+fn embedded_entities(cfg: &Config, tname: &str) -> Vec<EntitySpec> {
+    cfg.entities
+        .iter()
+        .filter(|(_, e)| e.transport == tname)
+        .map(|(k, e)| EntitySpec { name: e.physical_name(k).to_string(), key: k.clone(), partitions: e.partitions })
+        .collect()
+}
+
+#[cfg(feature = "kafka")]
+fn kafka_entities(cfg: &Config, tname: &str) -> Vec<crate::transport::kafka::KafkaEntity> {
+    cfg.entities
+        .iter()
+        .filter(|(_, e)| e.transport == tname)
+        .map(|(k, e)| crate::transport::kafka::KafkaEntity {
+            key: k.clone(),
+            topic: e.physical_name(k).to_string(),
+            partitions: e.partitions,
+        })
+        .collect()
+}
+
+/// Opens transport `tname` of `cfg` with its entities and groups.
+async fn open_transport(cfg: &Config, tname: &str) -> Result<LiveTransport, AppError> {
+    let fingerprint = plan::transport_fp(cfg, tname);
+    match &cfg.transports[tname] {
+        TransportConfig::Embedded { path, capacity } => {
+            let entities = embedded_entities(cfg, tname);
+            let opts = EmbeddedOptions { name: tname.to_string(), path: path.clone(), capacity: *capacity };
+            let t = Embedded::open(opts, &entities, &groups_on(cfg, tname))
+                .map_err(|source| AppError::Transport { name: tname.to_string(), source })?;
+            tracing::info!(
+                transport = %tname, kind = "embedded", durable = t.is_durable(), entities = entities.len(), "transport opened"
+            );
+            Ok(LiveTransport {
+                fingerprint,
+                producer: t.producer(),
+                transport: Arc::new(t.clone()),
+                embedded: Some(t),
+                #[cfg(feature = "kafka")]
+                kafka: None,
+            })
+        }
+        #[cfg(feature = "kafka")]
+        TransportConfig::Kafka(k) => {
+            let t = crate::transport::kafka::KafkaTransport::open(tname, k, kafka_entities(cfg, tname))
+                .await
+                .map_err(|source| AppError::Transport { name: tname.to_string(), source })?;
+            tracing::info!(transport = %tname, kind = "kafka", "transport opened");
+            Ok(LiveTransport {
+                fingerprint,
+                producer: t.producer(),
+                transport: Arc::new(t.clone()),
+                embedded: None,
+                kafka: Some(t),
+            })
+        }
+        #[cfg(not(feature = "kafka"))]
+        TransportConfig::Kafka(_) => Err(AppError::Transport {
+            name: tname.to_string(),
+            source: TransportError::Other {
+                category: crate::classify::ErrorCategory::Permanent,
+                kind: "unsupported",
+                message: "this build has no Kafka support (cargo feature `kafka`)".into(),
+            },
+        }),
+    }
+}
+
+/// Adds the entities and groups of `cfg` to an already open transport.
+async fn ensure_entities(cfg: &Config, tname: &str, lt: &LiveTransport) -> Result<(), AppError> {
+    let err = |source| AppError::Transport { name: tname.to_string(), source };
+    if let Some(e) = &lt.embedded {
+        e.ensure(&embedded_entities(cfg, tname), &groups_on(cfg, tname)).map_err(err)?;
+    }
+    #[cfg(feature = "kafka")]
+    if let Some(k) = &lt.kafka {
+        k.ensure(kafka_entities(cfg, tname)).await.map_err(err)?;
+    }
+    Ok(())
+}
+
+/// What the running process is built from.
+struct Live {
+    cfg: Option<Config>,
+    transports: BTreeMap<String, LiveTransport>,
+    tasks: BTreeMap<String, (TaskPlan, TaskHandle)>,
+}
+
+/// The config generation and the last reload's outcome (for `/readyz`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ConfigStatus {
+    pub generation: u64,
+    pub hash: String,
+    /// Errors of the last reload attempt, if it failed.
+    pub last_reload_error: Option<String>,
+    pub last_reload_at: Option<String>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadReport {
+    pub started: Vec<String>,
+    pub restarted: Vec<String>,
+    pub stopped: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub transports_reopened: Vec<String>,
+}
+
+struct Shared {
+    opts: Options,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    supervisor: Supervisor,
+    status: RwLock<ConfigStatus>,
+    handles: RwLock<BTreeMap<String, LiveTransport>>,
 }
 
 /// A started pipeline.
@@ -168,201 +260,403 @@ pub struct Runtime {
     pub http_addr: SocketAddr,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
-    /// Transports by name.
-    pub transports: HashMap<String, Arc<dyn Transport>>,
-    /// Embedded transports by name (for tools and tests).
-    pub embedded: HashMap<String, Embedded>,
-    supervisor: Supervisor,
+    shared: Arc<Shared>,
+    live: tokio::sync::Mutex<Live>,
     grace: Dur,
     draining: Arc<AtomicBool>,
     http_stop: CancellationToken,
     http_task: JoinHandle<std::io::Result<()>>,
+    reload_rx: tokio::sync::Mutex<Option<mpsc::Receiver<ReloadRequest>>>,
 }
 
 impl Runtime {
     pub async fn start(cfg: &Config, hash: u64, opts: Options) -> Result<Runtime, AppError> {
         let metrics = Metrics::new();
         let health = Health::new();
-
-        let Transports { all: transports, producers, embedded } = open_transports(cfg).await?;
-
         // HTTP first, so /healthz answers while workers start
         let listener = TcpListener::bind(cfg.service.http.listen)
             .await
             .map_err(|source| AppError::Bind { addr: cfg.service.http.listen, source })?;
         let http_addr =
             listener.local_addr().map_err(|source| AppError::Bind { addr: cfg.service.http.listen, source })?;
+        let shared = Arc::new(Shared {
+            supervisor: Supervisor::new(opts.backoff.unwrap_or_default()),
+            opts,
+            metrics: metrics.clone(),
+            health: health.clone(),
+            status: RwLock::new(ConfigStatus::default()),
+            handles: RwLock::new(BTreeMap::new()),
+        });
         let draining = Arc::new(AtomicBool::new(false));
         let http_stop = CancellationToken::new();
+        let (reload_tx, reload_rx) = mpsc::channel(4);
+        let s2 = shared.clone();
         let state = HttpState {
             service: cfg.service.name.clone(),
             health: health.clone(),
             metrics: metrics.clone(),
             draining: draining.clone(),
-            config_hash: format!("{hash:016x}"),
+            config: Arc::new(move || s2.status.read().unwrap().clone()),
+            reload: reload_tx,
         };
         let http_task = tokio::spawn(http::serve(listener, state, http_stop.clone()));
         tracing::info!(listen = %http_addr, "HTTP endpoints up: /healthz /readyz /metrics");
-
-        let supervisor = Supervisor::new(opts.backoff.unwrap_or_default());
-        let (retry_base, retry_max) =
-            opts.retry_backoff.unwrap_or((Duration::from_millis(100), Duration::from_secs(30)));
-        let target = |entity: &str, wm: &crate::metrics::WorkerMetrics| {
-            let e = &cfg.entities[entity];
-            OutputTarget {
-                entity: entity.to_string(),
-                physical: e.physical_name(entity).to_string(),
-                producer: producers[&e.transport].clone(),
-                produced: wm.produced(entity),
-            }
+        let rt = Runtime {
+            http_addr,
+            health,
+            metrics,
+            shared,
+            live: tokio::sync::Mutex::new(Live { cfg: None, transports: BTreeMap::new(), tasks: BTreeMap::new() }),
+            grace: cfg.service.shutdown_grace,
+            draining,
+            http_stop,
+            http_task,
+            reload_rx: tokio::sync::Mutex::new(Some(reload_rx)),
         };
+        rt.apply(cfg.clone(), hash).await?;
+        Ok(rt)
+    }
 
-        // workers
-        for (wname, w) in &cfg.workers {
-            let wm = metrics.worker(wname, &w.input);
-            let outputs = Outputs::new(w.outputs.keys().cloned());
-            let stage = match opts.stages.get(wname) {
-                Some(s) => s.clone(),
-                None => stages::build(&w.stage, &outputs)
-                    .map_err(|message| AppError::Stage { worker: wname.clone(), message })?,
-            };
-            let retry = w.retry.as_ref().map(|r| RetrySpec {
-                via: target(&r.via, &wm),
-                schedule: r.schedule.iter().map(|d| d.get()).collect(),
-                max_attempts: r.max_attempts,
-                scheduled: wm.retries_scheduled(&r.via),
-            });
-            let breaker = w.dead_letter_limit.clone().map(|l| std::sync::Mutex::new(Breaker::new(l)));
-            let input = &cfg.entities[&w.input];
-            let spec = Arc::new(WorkerSpec {
-                name: wname.clone(),
-                input: w.input.clone(),
-                input_physical: input.physical_name(&w.input).to_string(),
-                transport: transports[&input.transport].clone(),
-                group: w.group(wname).to_string(),
-                start: w.start_position,
-                stage,
-                outputs: outputs.names().iter().map(|o| target(&w.outputs[o], &wm)).collect(),
-                dead_letter: w.dead_letter.as_deref().map(|d| target(d, &wm)),
-                concurrency: w.concurrency,
-                batch_size: w.batch_size,
-                metrics: wm.clone(),
-                retry_base,
-                retry_max,
-                retry,
-                breaker,
-            });
-            let th = health.task(wname, "worker");
-            let h2 = th.clone();
-            supervisor.spawn(wname.clone(), th, wm.restarts.clone(), move |token| {
-                let (spec, health) = (spec.clone(), h2.clone());
-                async move {
-                    match worker::run(spec, health, token).await {
-                        Ok(()) => None,
-                        Err(e) => Some(Exit::Failed(e.category(), e.to_string())),
-                    }
-                }
-            });
-        }
+    /// Transport `name` as it runs now.
+    pub fn transport(&self, name: &str) -> Arc<dyn Transport> {
+        self.shared.handles.read().unwrap()[name].transport.clone()
+    }
 
-        // one retry scheduler per retry entity, re-delivering to the inputs
-        // of the workers that use it
-        let mut retry_entities: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for w in cfg.workers.values() {
-            if let Some(r) = &w.retry {
-                retry_entities.entry(r.via.as_str()).or_default().push(w.input.as_str());
+    /// Embedded transport `name` as it runs now.
+    pub fn embedded(&self, name: &str) -> Embedded {
+        self.shared.handles.read().unwrap()[name].embedded.clone().expect("an embedded transport")
+    }
+
+    /// The config generation and last reload outcome.
+    pub fn config_status(&self) -> ConfigStatus {
+        self.shared.status.read().unwrap().clone()
+    }
+
+    /// The root cancellation token (cancelled when a drain begins).
+    pub fn token(&self) -> &CancellationToken {
+        self.shared.supervisor.token()
+    }
+
+    /// Parses, validates and applies `text`. An invalid config changes
+    /// nothing; its errors are recorded for `/readyz` and counted.
+    pub async fn reload_text(&self, text: &str, file: &Path) -> Result<ReloadReport, AppError> {
+        match config::load_str(text, file, |v| std::env::var(v).ok()) {
+            Ok(l) => self.reload(l.config, l.hash).await,
+            Err(e) => {
+                self.reload_failed(&e.to_string());
+                Err(AppError::Config(e))
             }
         }
-        for (via, inputs) in retry_entities {
-            let e = &cfg.entities[via];
-            let label = EntityLabel { entity: via.to_string() };
-            let sched = Arc::new(Scheduler {
-                entity: via.to_string(),
-                physical: e.physical_name(via).to_string(),
-                transport: transports[&e.transport].clone(),
-                targets: inputs
-                    .into_iter()
+    }
+
+    /// Reads, validates and applies the config file at `path`.
+    pub async fn reload_file(&self, path: &Path) -> Result<ReloadReport, AppError> {
+        match config::load_file(path) {
+            Ok(l) => self.reload(l.config, l.hash).await,
+            Err(e) => {
+                self.reload_failed(&e.to_string());
+                Err(AppError::Config(e))
+            }
+        }
+    }
+
+    fn reload_failed(&self, why: &str) {
+        self.metrics.reloads.get_or_create(&crate::metrics::ResultLabel { result: "failure".into() }).inc();
+        self.metrics.reload_failures.inc();
+        let mut st = self.shared.status.write().unwrap();
+        st.last_reload_error = Some(why.trim().to_string());
+        st.last_reload_at = Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+        tracing::error!(errors = %why.trim(), "config reload failed; the running topology is kept");
+    }
+
+    /// Applies a validated config.
+    pub async fn reload(&self, cfg: Config, hash: u64) -> Result<ReloadReport, AppError> {
+        notify::reloading();
+        let r = self.apply(cfg, hash).await;
+        match &r {
+            Ok(rep) => {
+                self.metrics.reloads.get_or_create(&crate::metrics::ResultLabel { result: "success".into() }).inc();
+                tracing::info!(
+                    started = ?rep.started, restarted = ?rep.restarted, stopped = ?rep.stopped,
+                    unchanged = rep.unchanged.len(), "config reloaded"
+                );
+            }
+            Err(e) => self.reload_failed(&e.to_string()),
+        }
+        notify::ready();
+        r
+    }
+
+    async fn apply(&self, cfg: Config, hash: u64) -> Result<ReloadReport, AppError> {
+        let mut live = self.live.lock().await;
+        let new_plan = plan::plan(&cfg);
+        let mut report = ReloadReport::default();
+        let old_cfg = live.cfg.clone();
+
+        // 0. new transport names first: nothing changes if one cannot open
+        let mut fresh: BTreeMap<String, LiveTransport> = BTreeMap::new();
+        for name in cfg.transports.keys() {
+            if !live.transports.contains_key(name) {
+                fresh.insert(name.clone(), open_transport(&cfg, name).await?);
+            }
+        }
+        // transports whose config changed or that are gone
+        let replaced: BTreeSet<String> = live
+            .transports
+            .iter()
+            .filter(|(n, lt)| !cfg.transports.contains_key(*n) || plan::transport_fp(&cfg, n) != lt.fingerprint)
+            .map(|(n, _)| n.clone())
+            .collect();
+        // entities moving from one transport to another
+        let moved: BTreeSet<String> = match &old_cfg {
+            Some(old) => old
+                .entities
+                .iter()
+                .filter(|(k, e)| cfg.entities.get(*k).is_some_and(|n| n.transport != e.transport))
+                .map(|(k, _)| k.clone())
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        let to_stop: Vec<String> = live
+            .tasks
+            .iter()
+            .filter(|(n, (p, _))| new_plan.get(*n).is_none_or(|np| np.fingerprint != p.fingerprint))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let (drain_first, plain): (Vec<String>, Vec<String>) =
+            to_stop.into_iter().partition(|n| live.tasks[n].0.input.as_ref().is_some_and(|i| moved.contains(i)));
+
+        // 1. stop the changed tasks; writers to moved entities stop here
+        let mut stops = Vec::new();
+        for n in &plain {
+            let (_, h) = live.tasks.remove(n).expect("listed above");
+            stops.push(h.stop());
+        }
+        futures::future::join_all(stops).await;
+        // 2. consumers of moved entities empty the old entity first
+        for n in &drain_first {
+            self.wait_drained(n).await;
+            let (_, h) = live.tasks.remove(n).expect("listed above");
+            h.stop().await;
+        }
+        for n in plain.iter().chain(drain_first.iter()) {
+            if new_plan.contains_key(n) {
+                report.restarted.push(n.clone());
+            } else {
+                report.stopped.push(n.clone());
+                self.shared.health.remove(n);
+            }
+        }
+        // 3. reopen changed transports, drop removed ones
+        for n in &replaced {
+            if let Some(old) = live.transports.remove(n) {
+                self.shared.handles.write().unwrap().remove(n);
+                old.transport.close().await;
+                drop(old);
+            }
+            if cfg.transports.contains_key(n) {
+                let lt = open_transport(&cfg, n).await?;
+                report.transports_reopened.push(n.clone());
+                live.transports.insert(n.clone(), lt);
+            }
+        }
+        live.transports.extend(fresh);
+        // 4. new entities and groups on transports that kept running
+        for (n, lt) in &live.transports {
+            ensure_entities(&cfg, n, lt).await?;
+        }
+        *self.shared.handles.write().unwrap() = live.transports.clone();
+        // 5. start what is new or changed
+        for (n, p) in &new_plan {
+            if live.tasks.contains_key(n) {
+                report.unchanged.push(n.clone());
+                continue;
+            }
+            let h = self.spawn_task(&cfg, &live.transports, n, p)?;
+            if old_cfg.is_some() && report.restarted.contains(n) {
+                let th = self.shared.health.task(n, kind_name(&p.kind));
+                th.restarted();
+                if let TaskKind::Worker = p.kind {
+                    self.metrics.worker(n, p.input.as_deref().unwrap_or("")).restarts.inc();
+                }
+            } else if old_cfg.is_some() {
+                report.started.push(n.clone());
+            }
+            live.tasks.insert(n.clone(), (p.clone(), h));
+        }
+        live.cfg = Some(cfg);
+        let generation = {
+            let mut st = self.shared.status.write().unwrap();
+            st.generation += 1;
+            st.hash = format!("{hash:016x}");
+            st.last_reload_error = None;
+            st.last_reload_at = Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+            st.generation
+        };
+        self.metrics.config_generation.set(generation as i64);
+        self.metrics.set_config_hash(&format!("{hash:016x}"));
+        Ok(report)
+    }
+
+    /// Waits until task `name` has consumed everything of its input.
+    async fn wait_drained(&self, name: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        let mut quiet = 0;
+        while tokio::time::Instant::now() < deadline {
+            let text = self.metrics.encode();
+            let lag: f64 = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("conveyor_consumer_lag_messages{") && l.contains(&format!("worker=\"{name}\""))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            let in_flight: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("conveyor_in_flight_messages{") && l.contains(&format!("worker=\"{name}\"")))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            quiet = if lag == 0.0 && in_flight == 0.0 { quiet + 1 } else { 0 };
+            if quiet >= 3 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::error!(task = %name, "the old entity did not drain within 5 minutes; its rest stays on the old transport");
+    }
+
+    fn spawn_task(
+        &self,
+        cfg: &Config,
+        transports: &BTreeMap<String, LiveTransport>,
+        name: &str,
+        p: &TaskPlan,
+    ) -> Result<TaskHandle, AppError> {
+        let sh = &self.shared;
+        let metrics = &sh.metrics;
+        let producer_of = |entity: &str| transports[&cfg.entities[entity].transport].producer.clone();
+        let target = |entity: &str, wm: &crate::metrics::WorkerMetrics| OutputTarget {
+            entity: entity.to_string(),
+            physical: cfg.entities[entity].physical_name(entity).to_string(),
+            producer: producer_of(entity),
+            produced: wm.produced(entity),
+        };
+        let th = sh.health.task(name, kind_name(&p.kind));
+        Ok(match &p.kind {
+            TaskKind::Worker => {
+                let w = &cfg.workers[name];
+                let wm = metrics.worker(name, &w.input);
+                let outputs = Outputs::new(w.outputs.keys().cloned());
+                let stage = match sh.opts.stages.get(name) {
+                    Some(s) => s.clone(),
+                    None => stages::build(&w.stage, &outputs)
+                        .map_err(|message| AppError::Stage { worker: name.to_string(), message })?,
+                };
+                let (retry_base, retry_max) =
+                    sh.opts.retry_backoff.unwrap_or((Duration::from_millis(100), Duration::from_secs(30)));
+                let input = &cfg.entities[&w.input];
+                let spec = Arc::new(WorkerSpec {
+                    name: name.to_string(),
+                    input: w.input.clone(),
+                    input_physical: input.physical_name(&w.input).to_string(),
+                    transport: transports[&input.transport].transport.clone(),
+                    group: w.group(name).to_string(),
+                    start: w.start_position,
+                    stage,
+                    outputs: outputs.names().iter().map(|o| target(&w.outputs[o], &wm)).collect(),
+                    dead_letter: w.dead_letter.as_deref().map(|d| target(d, &wm)),
+                    concurrency: w.concurrency,
+                    batch_size: w.batch_size,
+                    metrics: wm.clone(),
+                    retry_base,
+                    retry_max,
+                    retry: w.retry.as_ref().map(|r| RetrySpec {
+                        via: target(&r.via, &wm),
+                        schedule: r.schedule.iter().map(|d| d.get()).collect(),
+                        max_attempts: r.max_attempts,
+                        scheduled: wm.retries_scheduled(&r.via),
+                    }),
+                    breaker: w.dead_letter_limit.clone().map(|l| std::sync::Mutex::new(Breaker::new(l))),
+                });
+                let h2 = th.clone();
+                sh.supervisor.spawn(name.to_string(), th, wm.restarts.clone(), move |token| {
+                    let (spec, health) = (spec.clone(), h2.clone());
+                    async move {
+                        match worker::run(spec, health, token).await {
+                            Ok(()) => None,
+                            Err(e) => Some(Exit::Failed(e.category(), e.to_string())),
+                        }
+                    }
+                })
+            }
+            TaskKind::Retry(via) => {
+                let e = &cfg.entities[via];
+                let label = EntityLabel { entity: via.to_string() };
+                let targets = p
+                    .entities
+                    .iter()
+                    .filter(|t| *t != via)
                     .map(|i| {
-                        let ie = &cfg.entities[i];
                         let t = RetryTarget {
-                            physical: ie.physical_name(i).to_string(),
-                            producer: producers[&ie.transport].clone(),
+                            physical: cfg.entities[i].physical_name(i).to_string(),
+                            producer: producer_of(i),
                         };
-                        (i.to_string(), t)
+                        (i.clone(), t)
                     })
-                    .collect(),
-                redelivered: metrics.retry_redelivered.get_or_create(&label).clone(),
-                invalid: metrics.retry_invalid.get_or_create(&label).clone(),
-                pending: metrics.retry_pending.get_or_create(&label).clone(),
-                lag: {
-                    let (m, task, entity) = (metrics.clone(), format!("retry:{via}"), via.to_string());
-                    Arc::new(move |p: u32| {
+                    .collect();
+                let (m, task, entity) = (metrics.clone(), name.to_string(), via.to_string());
+                let sched = Arc::new(Scheduler {
+                    entity: via.to_string(),
+                    physical: e.physical_name(via).to_string(),
+                    transport: transports[&e.transport].transport.clone(),
+                    targets,
+                    redelivered: metrics.retry_redelivered.get_or_create(&label).clone(),
+                    invalid: metrics.retry_invalid.get_or_create(&label).clone(),
+                    pending: metrics.retry_pending.get_or_create(&label).clone(),
+                    lag: Arc::new(move |p: u32| {
                         let l = crate::metrics::PartitionLabel {
                             worker: task.clone(),
                             entity: entity.clone(),
                             partition: p.to_string(),
                         };
                         m.lag.get_or_create(&l).clone()
-                    })
-                },
-            });
-            let name = format!("retry:{via}");
-            let th = health.task(&name, "retry-scheduler");
-            let h2 = th.clone();
-            supervisor.spawn(name, th, Default::default(), move |token| {
-                let (sched, health) = (sched.clone(), h2.clone());
-                async move {
-                    match sched.run(health, token).await {
-                        Ok(()) => None,
-                        Err(e) => Some(Exit::Failed(e.category(), e.to_string())),
+                    }),
+                });
+                let h2 = th.clone();
+                sh.supervisor.spawn(name.to_string(), th, Default::default(), move |token| {
+                    let (sched, health) = (sched.clone(), h2.clone());
+                    async move {
+                        match sched.run(health, token).await {
+                            Ok(()) => None,
+                            Err(e) => Some(Exit::Failed(e.category(), e.to_string())),
+                        }
                     }
-                }
-            });
-        }
-
-        // sources
-        for (sname, s) in &cfg.sources {
-            let SourceConfig::Simulator { entity, rate, count, malformed_ratio, pad_bytes } = s;
-            let e = &cfg.entities[entity];
-            let sim = Arc::new(Simulator {
-                name: sname.clone(),
-                entity: entity.clone(),
-                physical: e.physical_name(entity).to_string(),
-                rate: *rate,
-                count: *count,
-                malformed_ratio: *malformed_ratio,
-                pad_bytes: *pad_bytes,
-            });
-            let producer = producers[&e.transport].clone();
-            let counter = metrics
-                .source_events
-                .get_or_create(&crate::metrics::SourceLabel { source: sname.clone(), entity: entity.clone() })
-                .clone();
-            let th = health.task(sname, "source");
-            let h2 = th.clone();
-            supervisor.spawn(sname.clone(), th, Default::default(), move |token| {
-                let (sim, producer, counter, health) = (sim.clone(), producer.clone(), counter.clone(), h2.clone());
-                async move { sim.run(producer, counter, health, token).await }
-            });
-        }
-
-        Ok(Runtime {
-            http_addr,
-            health,
-            metrics,
-            transports,
-            embedded,
-            supervisor,
-            grace: cfg.service.shutdown_grace,
-            draining,
-            http_stop,
-            http_task,
+                })
+            }
+            TaskKind::Source => {
+                let SourceConfig::Simulator { entity, rate, count, malformed_ratio, pad_bytes } = &cfg.sources[name];
+                let e = &cfg.entities[entity];
+                let sim = Arc::new(Simulator {
+                    name: name.to_string(),
+                    entity: entity.clone(),
+                    physical: e.physical_name(entity).to_string(),
+                    rate: *rate,
+                    count: *count,
+                    malformed_ratio: *malformed_ratio,
+                    pad_bytes: *pad_bytes,
+                });
+                let producer = producer_of(entity);
+                let counter = metrics
+                    .source_events
+                    .get_or_create(&crate::metrics::SourceLabel { source: name.to_string(), entity: entity.clone() })
+                    .clone();
+                let h2 = th.clone();
+                sh.supervisor.spawn(name.to_string(), th, Default::default(), move |token| {
+                    let (sim, producer, counter, health) = (sim.clone(), producer.clone(), counter.clone(), h2.clone());
+                    async move { sim.run(producer, counter, health, token).await }
+                })
+            }
         })
-    }
-
-    /// The root cancellation token (cancelled when a drain begins).
-    pub fn token(&self) -> &CancellationToken {
-        self.supervisor.token()
     }
 
     /// Drains and stops. `Err(GraceExceeded)` when the grace period ran out.
@@ -370,10 +664,11 @@ impl Runtime {
         self.draining.store(true, Ordering::Relaxed);
         notify::stopping();
         tracing::info!(grace = %self.grace, "draining: finishing in-flight messages and committing positions");
-        let drained = self.supervisor.shutdown(self.grace.get()).await;
-        for (name, t) in &self.transports {
+        let drained = self.shared.supervisor.shutdown(self.grace.get()).await;
+        let live = self.live.lock().await;
+        for (name, t) in &live.transports {
             tracing::debug!(transport = %name, "closing transport");
-            t.close().await;
+            t.transport.close().await;
         }
         self.http_stop.cancel();
         let _ = self.http_task.await;
@@ -386,41 +681,45 @@ impl Runtime {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT, then drains.
-pub async fn run(cfg: &Config, hash: u64) -> Result<(), AppError> {
+fn kind_name(k: &TaskKind) -> &'static str {
+    match k {
+        TaskKind::Worker => "worker",
+        TaskKind::Retry(_) => "retry-scheduler",
+        TaskKind::Source => "source",
+    }
+}
+
+/// Runs the daemon on the config file `path` until SIGTERM or SIGINT, then
+/// drains. Reloads on SIGHUP, on a change of the file (debounced) and on
+/// `POST /-/reload`; an invalid file keeps the running topology.
+pub async fn run(path: &Path, cfg: &Config, hash: u64) -> Result<(), AppError> {
     use futures::StreamExt;
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(AppError::Signals)?;
     let rt = Runtime::start(cfg, hash, Options::default()).await?;
-    // READY=1 once every worker is consuming; STATUS= kept current
-    let health = rt.health.clone();
-    let watch_stop = rt.token().clone();
-    tokio::spawn(async move {
-        let mut told_ready = false;
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tokio::select! {
-                _ = watch_stop.cancelled() => break,
-                _ = tick.tick() => {}
+    crate::watchdog::spawn(rt.health.clone(), rt.token().clone(), cfg.service.watchdog_stall.get());
+    let mut file_changes = crate::watch::watch(path);
+    let mut http_reloads = rt.reload_rx.lock().await.take().expect("taken once");
+    loop {
+        tokio::select! {
+            sig = signals.next() => match sig {
+                Some(SIGHUP) => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    let _ = rt.reload_file(path).await;
+                }
+                Some(sig) => {
+                    tracing::info!(signal = sig, "shutdown requested");
+                    break;
+                }
+                None => break,
+            },
+            Some(()) = file_changes.recv() => {
+                tracing::info!(file = %path.display(), "config file changed: reloading");
+                let _ = rt.reload_file(path).await;
             }
-            let r = health.report();
-            let ready = r.workers.values().filter(|w| w.state == crate::health::TaskState::Ready).count();
-            if r.ready && !told_ready {
-                told_ready = true;
-                notify::ready();
-                tracing::info!(tasks = r.workers.len(), "all workers ready");
-            }
-            notify::status(&format!("{ready}/{} tasks ready", r.workers.len()));
-        }
-    });
-    while let Some(sig) = signals.next().await {
-        match sig {
-            SIGHUP => {
-                tracing::warn!("SIGHUP received: live reload is not supported yet; restart to apply a new config")
-            }
-            _ => {
-                tracing::info!(signal = sig, "shutdown requested");
-                break;
+            Some(req) = http_reloads.recv() => {
+                let r = rt.reload_file(path).await.map_err(|e| e.to_string());
+                let _ = req.reply.send(r.map(|rep| serde_json::to_value(rep).unwrap_or_default()));
             }
         }
     }

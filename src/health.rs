@@ -33,9 +33,20 @@ pub struct TaskHealth {
     state: Mutex<(TaskState, Option<String>)>,
     last_error: Mutex<Option<(ErrorCategory, String)>>,
     restarts: AtomicU64,
+    /// Partitions with a batch in progress, and since when.
+    lanes: Mutex<std::collections::HashMap<u32, std::time::Instant>>,
 }
 
 impl TaskHealth {
+    /// A lane started work on a batch (watchdog progress tracking).
+    pub fn lane_busy(&self, partition: u32) {
+        self.lanes.lock().unwrap().insert(partition, std::time::Instant::now());
+    }
+    /// A lane is waiting for messages or for a planned retry: healthy.
+    pub fn lane_idle(&self, partition: u32) {
+        self.lanes.lock().unwrap().remove(&partition);
+    }
+
     pub fn state(&self) -> TaskState {
         self.state.lock().unwrap().0
     }
@@ -101,9 +112,27 @@ impl Health {
                     state: Mutex::new((TaskState::Starting, None)),
                     last_error: Mutex::new(None),
                     restarts: AtomicU64::new(0),
+                    lanes: Mutex::new(std::collections::HashMap::new()),
                 })
             })
             .clone()
+    }
+
+    /// Forgets a task (removed by a config reload).
+    pub fn remove(&self, name: &str) {
+        self.tasks.write().unwrap().remove(name);
+    }
+
+    /// Tasks with a batch in progress for longer than `limit` (a stuck loop).
+    pub fn stalled(&self, limit: std::time::Duration) -> Vec<String> {
+        let now = std::time::Instant::now();
+        self.tasks
+            .read()
+            .unwrap()
+            .iter()
+            .filter(|(_, t)| t.lanes.lock().unwrap().values().any(|since| now.duration_since(*since) > limit))
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<TaskHealth>> {

@@ -7,19 +7,30 @@
 //! - `GET /metrics` — OpenMetrics when the `Accept` header asks for it,
 //!   else Prometheus text format 0.0.4 (see `metrics`).
 //!
+//! - `POST /-/reload` — re-read and apply the config file (only from
+//!   loopback addresses); `200` with what changed, `400` with the errors
+//!   (the running topology is kept).
+//!
 //! Nothing here prints configuration values, so no secret can leak through it.
 
 use crate::health::Health;
 use crate::metrics::Metrics;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+/// A reload asked for over HTTP; the daemon's loop answers it.
+pub struct ReloadRequest {
+    pub reply: oneshot::Sender<Result<serde_json::Value, String>>,
+}
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -27,7 +38,8 @@ pub struct HttpState {
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     pub draining: Arc<AtomicBool>,
-    pub config_hash: String,
+    pub config: Arc<dyn Fn() -> crate::app::ConfigStatus + Send + Sync>,
+    pub reload: mpsc::Sender<ReloadRequest>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -35,12 +47,15 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/-/reload", post(reload))
         .with_state(state)
 }
 
 /// Serves until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, state: HttpState, stop: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(async move { stop.cancelled().await }).await
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
 }
 
 async fn healthz() -> Response {
@@ -51,15 +66,32 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     let report = s.health.report();
     let draining = s.draining.load(Ordering::Relaxed);
     let ready = report.ready && !draining;
+    let cfg = (s.config)();
     let body = serde_json::json!({
         "ready": ready,
         "service": s.service,
         "draining": draining,
-        "config_hash": s.config_hash,
+        "config_hash": cfg.hash,
+        "config": cfg,
         "workers": report.workers,
     });
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, [(header::CONTENT_TYPE, "application/json")], format!("{body:#}\n")).into_response()
+}
+
+async fn reload(State(s): State<HttpState>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+    if !peer.ip().is_loopback() {
+        return (StatusCode::FORBIDDEN, "reload is only accepted from localhost\n").into_response();
+    }
+    let (reply, rx) = oneshot::channel();
+    if s.reload.send(ReloadRequest { reply }).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "this process does not reload from a file\n").into_response();
+    }
+    match rx.await {
+        Ok(Ok(v)) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], format!("{v:#}\n")).into_response(),
+        Ok(Err(e)) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    }
 }
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), else the

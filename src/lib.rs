@@ -15,7 +15,9 @@
 //! - [`dlq`]: the dead-letter envelope; [`retry`]: delayed retries through
 //!   retry entities and their scheduler.
 //! - [`supervisor`]: restarts with backoff, panic containment, bounded drain.
-//! - [`http`], [`metrics`], [`health`], [`telemetry`], [`notify`]: operations.
+//! - [`http`], [`metrics`], [`health`], [`telemetry`], [`notify`],
+//!   [`watchdog`], [`watch`]: operations (endpoints, metrics, systemd,
+//!   live reload).
 //! - [`app`]: builds and runs all of the above from a config.
 //!
 //! # Delivery guarantee
@@ -44,4 +46,6 @@ pub mod stages;
 pub mod supervisor;
 pub mod telemetry;
 pub mod transport;
+pub mod watch;
+pub mod watchdog;
 pub mod worker;

@@ -60,7 +60,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_FAILURE);
                 }
             };
-            match rt.block_on(conveyor::app::run(&loaded.config, loaded.hash)) {
+            match rt.block_on(conveyor::app::run(&a.config, &loaded.config, loaded.hash)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "conveyor stopped with an error");

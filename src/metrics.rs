@@ -20,6 +20,13 @@
 //! | `conveyor_retry_invalid_total` | counter | entity |
 //! | `conveyor_retry_pending_messages` | gauge | entity |
 //! | `conveyor_dead_letter_limit_trips_total` | counter | worker |
+//! | `conveyor_consumer_lag_seconds` | gauge | worker, entity, partition (age of the oldest unprocessed message) |
+//! | `conveyor_recommended_replicas` | gauge | worker (lag trend vs throughput, capped at the partition count) |
+//! | `conveyor_transport_connected` | gauge (0/1) | worker |
+//! | `conveyor_config_reloads_total` | counter | result (`success`, `failure`) |
+//! | `conveyor_config_reload_failures_total` | counter | |
+//! | `conveyor_config_generation` | gauge | |
+//! | `conveyor_config_info` | gauge (1) | hash |
 //! | `conveyor_build_info` | gauge (1) | version |
 
 use crate::classify::ErrorCategory;
@@ -68,6 +75,16 @@ pub struct EntityLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HashLabel {
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: String,
 }
@@ -97,6 +114,13 @@ pub struct Metrics {
     pub retry_invalid: Family<EntityLabel, Counter>,
     pub retry_pending: Family<EntityLabel, Gauge>,
     pub breaker_trips: Family<WorkerLabel, Counter>,
+    pub lag_seconds: Family<PartitionLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub recommended_replicas: Family<WorkerLabel, Gauge>,
+    pub transport_connected: Family<WorkerLabel, Gauge>,
+    pub reloads: Family<ResultLabel, Counter>,
+    pub reload_failures: Counter,
+    pub config_generation: Gauge,
+    pub config_info: Family<HashLabel, Gauge>,
 }
 
 impl Metrics {
@@ -118,6 +142,13 @@ impl Metrics {
             retry_invalid: Family::default(),
             retry_pending: Family::default(),
             breaker_trips: Family::default(),
+            lag_seconds: Family::default(),
+            recommended_replicas: Family::default(),
+            transport_connected: Family::default(),
+            reloads: Family::default(),
+            reload_failures: Counter::default(),
+            config_generation: Gauge::default(),
+            config_info: Family::default(),
             registry: Registry::default(),
         };
         registry.register("messages_consumed", "Messages read from an input entity", m.consumed.clone());
@@ -147,6 +178,29 @@ impl Metrics {
             "Times a worker's dead-letter limit tripped",
             m.breaker_trips.clone(),
         );
+        registry.register("consumer_lag_seconds", "Age of the oldest unprocessed message", m.lag_seconds.clone());
+        registry.register(
+            "recommended_replicas",
+            "Processes this worker needs to keep up (lag trend vs throughput, capped at partitions)",
+            m.recommended_replicas.clone(),
+        );
+        registry.register(
+            "transport_connected",
+            "1 while the worker's transport connection is healthy",
+            m.transport_connected.clone(),
+        );
+        registry.register("config_reloads", "Config reloads by result", m.reloads.clone());
+        registry.register(
+            "config_reload_failures",
+            "Config reloads refused (invalid file or failed apply)",
+            m.reload_failures.clone(),
+        );
+        registry.register(
+            "config_generation",
+            "Config generation (1 at start, +1 per applied reload)",
+            m.config_generation.clone(),
+        );
+        registry.register("config_info", "Hash of the running config", m.config_info.clone());
         let build: Family<VersionLabel, Gauge> = Family::default();
         build.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         registry.register("build_info", "Conveyor version", build);
@@ -168,6 +222,12 @@ impl Metrics {
         to_text_004(&self.encode())
     }
 
+    /// Marks `hash` as the running config (drops the previous one's series).
+    pub fn set_config_hash(&self, hash: &str) {
+        self.config_info.clear();
+        self.config_info.get_or_create(&HashLabel { hash: hash.into() }).set(1);
+    }
+
     /// Handles for one worker, resolved once so the hot path is atomics only.
     pub fn worker(self: &Arc<Self>, worker: &str, input: &str) -> WorkerMetrics {
         let w = WorkerLabel { worker: worker.into() };
@@ -183,6 +243,7 @@ impl Metrics {
             ready: self.ready.get_or_create(&w).clone(),
             restarts: self.restarts.get_or_create(&w).clone(),
             breaker_trips: self.breaker_trips.get_or_create(&w).clone(),
+            connected: self.transport_connected.get_or_create(&w).clone(),
             all: self.clone(),
         }
     }
@@ -222,6 +283,7 @@ pub struct WorkerMetrics {
     pub ready: Gauge,
     pub restarts: Counter,
     pub breaker_trips: Counter,
+    pub connected: Gauge,
     all: Arc<Metrics>,
 }
 
@@ -253,6 +315,16 @@ impl WorkerMetrics {
         self.all
             .retries_scheduled
             .get_or_create(&WorkerEntity { worker: self.worker.clone(), entity: retry_entity.into() })
+            .clone()
+    }
+    pub fn lag_seconds(&self, partition: u32) -> Gauge<f64, std::sync::atomic::AtomicU64> {
+        self.all
+            .lag_seconds
+            .get_or_create(&PartitionLabel {
+                worker: self.worker.clone(),
+                entity: self.input.clone(),
+                partition: partition.to_string(),
+            })
             .clone()
     }
     pub fn lag(&self, partition: u32) -> Gauge {

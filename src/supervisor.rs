@@ -71,6 +71,20 @@ pub enum Exit {
     Failed(ErrorCategory, String),
 }
 
+/// One supervised task: cancel its token to drain and stop it.
+pub struct TaskHandle {
+    pub token: CancellationToken,
+    pub join: tokio::task::JoinHandle<()>,
+}
+
+impl TaskHandle {
+    /// Drains the task (it finishes and commits what it holds) and waits.
+    pub async fn stop(self) {
+        self.token.cancel();
+        let _ = self.join.await;
+    }
+}
+
 /// Owns the task tree.
 #[derive(Clone)]
 pub struct Supervisor {
@@ -89,16 +103,18 @@ impl Supervisor {
     }
 
     /// Supervises `make(child_token)`: restarts it with backoff whenever it
-    /// fails or panics, until the root token is cancelled. A run that returns
-    /// `Ok(None)` after cancellation, or `Ok(Some(Exit::Finished))`, ends it.
-    pub fn spawn<F, Fut>(&self, name: String, health: Arc<TaskHealth>, restarts: Counter, make: F)
+    /// fails or panics, until the root token or the returned handle's token
+    /// is cancelled. A run that returns `Ok(None)` after cancellation, or
+    /// `Ok(Some(Exit::Finished))`, ends it.
+    pub fn spawn<F, Fut>(&self, name: String, health: Arc<TaskHealth>, restarts: Counter, make: F) -> TaskHandle
     where
         F: Fn(CancellationToken) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Option<Exit>> + Send + 'static,
     {
-        let root = self.root.clone();
+        let root = self.root.child_token();
+        let handle_token = root.clone();
         let backoff = self.backoff;
-        self.tracker.spawn(async move {
+        let join = self.tracker.spawn(async move {
             let mut attempt = 0u32;
             loop {
                 let token = root.child_token();
@@ -139,6 +155,7 @@ impl Supervisor {
                 health.set(TaskState::Stopped);
             }
         });
+        TaskHandle { token: handle_token, join }
     }
 
     /// Cancels everything and waits for the tasks to drain, at most `grace`.

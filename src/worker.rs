@@ -159,14 +159,17 @@ pub async fn run(spec: Arc<WorkerSpec>, health: Arc<TaskHealth>, cancel: Cancell
                     });
                     health.set(TaskState::Ready);
                     spec.metrics.ready.set(1);
+                    spec.metrics.connected.set(1);
                 }
                 Ok(Assignment::Health(Some(e))) => {
                     health.record_error(e.category(), e.to_string());
                     health.set_with(TaskState::Paused, format!("{} error from the transport: {e}", e.category()));
                     spec.metrics.ready.set(0);
+                    spec.metrics.connected.set(0);
                     tracing::warn!(worker = %spec.name, message_topic = %spec.input, error_category = %e.category(), error = %e, "transport degraded");
                 }
                 Ok(Assignment::Health(None)) => {
+                    spec.metrics.connected.set(1);
                     if !lane_stops.is_empty() {
                         health.set(TaskState::Ready);
                         spec.metrics.ready.set(1);

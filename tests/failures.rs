@@ -19,7 +19,7 @@ use support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_conveyor");
 
 fn committed_sum(rt: &Runtime, entity: &str, group: &str) -> i64 {
-    rt.embedded["local"].committed(entity, group).unwrap().iter().map(|c| c.unwrap_or(0)).sum()
+    rt.embedded("local").committed(entity, group).unwrap().iter().map(|c| c.unwrap_or(0)).sum()
 }
 
 fn key_str(m: &PipelineMessage) -> String {
@@ -45,7 +45,7 @@ workers:
 "#,
     );
     let rt = Runtime::start(&cfg, 0, Options::default()).await.unwrap();
-    let t = rt.transports["local"].clone();
+    let t = rt.transport("local").clone();
     let n = 3000;
     let mut msgs = Vec::new();
     let mut bad = BTreeSet::new();
@@ -156,7 +156,7 @@ workers:
     let opts =
         Options { stages: HashMap::from([("w".to_string(), stage.clone() as Arc<dyn Stage>)]), ..Default::default() };
     let rt = Runtime::start(&cfg, 0, opts).await.unwrap();
-    let t = rt.transports["local"].clone();
+    let t = rt.transport("local").clone();
     let n = 200;
     produce_ids(&*t, "in", (0..n).map(|i| format!("f{i}"))).await;
     let ok: BTreeSet<String> = (0..n).filter(|i| i % 10 < 8).map(|i| format!("f{i}")).collect();
@@ -230,7 +230,7 @@ workers:
         ..Default::default()
     };
     let rt = Runtime::start(&cfg, 0, opts).await.unwrap();
-    produce_ids(&*rt.transports["local"], "in", (0..100).map(|i| format!("x{i}"))).await;
+    produce_ids(&*rt.transport("local"), "in", (0..100).map(|i| format!("x{i}"))).await;
     let addr = rt.http_addr;
     assert!(
         eventually(Duration::from_secs(5), async || {
@@ -240,7 +240,7 @@ workers:
         .await
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(read_all(&*rt.transports["local"], "dlq").await.is_empty(), "nothing dead-lettered once tripped");
+    assert!(read_all(&*rt.transport("local"), "dlq").await.is_empty(), "nothing dead-lettered once tripped");
     assert_eq!(committed_sum(&rt, "in", "w"), 0, "the batch stays uncommitted");
     assert_eq!(metric_sum(&rt.metrics.encode(), "conveyor_dead_letter_limit_trips_total", "worker=\"w\""), 1.0);
     rt.shutdown().await.unwrap();
@@ -277,7 +277,7 @@ workers:
             ..Default::default()
         };
         let rt = Runtime::start(&cfg, 0, opts).await.unwrap();
-        produce_ids(&*rt.transports["local"], "in", ids.iter().cloned()).await;
+        produce_ids(&*rt.transport("local"), "in", ids.iter().cloned()).await;
         assert!(eventually(Duration::from_secs(10), async || committed_sum(&rt, "in", "w") == 50).await);
         rt.shutdown().await.unwrap();
     }
@@ -313,7 +313,7 @@ workers:
 
     // the origin worker, fixed now, processes them
     let rt = Runtime::start(&cfg, 0, Options::default()).await.unwrap();
-    let t = rt.transports["local"].clone();
+    let t = rt.transport("local").clone();
     assert!(eventually(Duration::from_secs(10), async || read_all(&*t, "out").await.len() == 50).await);
     let out = read_all(&*t, "out").await;
     assert_eq!(out.iter().map(key_str).collect::<BTreeSet<_>>(), ids);

@@ -55,6 +55,32 @@ async fn passthrough_on_real_kafka_delivers_exactly_the_produced_set() {
         .await
     );
     rt.shutdown().await.unwrap();
+    // after a clean drain the group's committed offsets are exactly the
+    // high watermarks: nothing skipped, nothing left to redeliver
+    let (b, t) = (broker.bootstrap.clone(), tin.clone());
+    let (committed, high) = tokio::task::spawn_blocking(move || committed_and_high(&b, &t, "copy", 6)).await.unwrap();
+    assert_eq!(committed, high);
+}
+
+/// The group's committed offsets and the high watermarks of `topic`.
+fn committed_and_high(bootstrap: &str, topic: &str, group: &str, partitions: i32) -> (Vec<i64>, Vec<i64>) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let c: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    let committed = (0..partitions)
+        .map(|p| match got.find_partition(topic, p).unwrap().offset() {
+            Offset::Offset(o) => o,
+            other => panic!("partition {p}: {other:?}"),
+        })
+        .collect();
+    let high = (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1).collect();
+    (committed, high)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,7 +266,7 @@ workers:
     };
     let rt = Runtime::start(&config(&text), 0, opts).await.unwrap();
     let addr = rt.http_addr;
-    let local = rt.transports["local"].clone();
+    let local = rt.transport("local").clone();
     let out_count = || metric_sum(&rt.metrics.encode(), "conveyor_messages_produced_total", "entity=\"out\"");
 
     // transient produce errors: retried (inside librdkafka, idempotent), delivered once
@@ -256,7 +282,7 @@ workers:
     assert_eq!(out_count(), 200.0);
 
     // the classification of an authorization failure
-    let kafka = rt.transports["kafka"].producer();
+    let kafka = rt.transport("kafka").producer();
     mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED]);
     let one = conveyor::transport::OutboundMessage { payload: "x".into(), partition: Some(0), ..Default::default() };
     let err = kafka.send("m-out", vec![one]).await.expect_err("refused while authorization fails");

@@ -69,7 +69,7 @@ async fn drain_never_loses_in_flight_messages() {
     let want: BTreeSet<String> = (0..400).map(|i| format!("m{i}")).collect();
     {
         let rt = Runtime::start(&cfg, 0, opts(Arc::new(Slow(Duration::from_millis(3))))).await.unwrap();
-        produce_ids(&*rt.transports["local"], "in", want.iter().cloned()).await;
+        produce_ids(&*rt.transport("local"), "in", want.iter().cloned()).await;
         // drain while messages are in flight
         let m = rt.metrics.clone();
         assert!(
@@ -98,14 +98,14 @@ async fn drain_never_loses_in_flight_messages() {
 
     // restart: the rest is delivered, nothing is missing
     let rt = Runtime::start(&cfg, 0, opts(Arc::new(Slow(Duration::from_millis(1))))).await.unwrap();
-    let e = rt.embedded["local"].clone();
+    let e = rt.embedded("local").clone();
     assert!(
         eventually(Duration::from_secs(20), async || {
             e.committed("in", "w").unwrap().iter().map(|c| c.unwrap()).sum::<i64>() == 400
         })
         .await
     );
-    let out = ids(&read_all(&*rt.transports["local"], "out").await);
+    let out = ids(&read_all(&*rt.transport("local"), "out").await);
     rt.shutdown().await.unwrap();
     let got: BTreeSet<String> = out.iter().cloned().collect();
     assert_eq!(got, want, "every id arrives");
@@ -141,9 +141,9 @@ impl Stage for Moody {
 async fn panics_are_dead_lettered_and_transient_failures_retried() {
     let cfg = config(&topology(None, ""));
     let rt = Runtime::start(&cfg, 0, opts(Arc::new(Moody { attempts: Default::default() }))).await.unwrap();
-    let t = rt.transports["local"].clone();
+    let t = rt.transport("local").clone();
     produce_ids(&*t, "in", (0..100).map(|i| format!("m{i}"))).await;
-    let e = rt.embedded["local"].clone();
+    let e = rt.embedded("local").clone();
     assert!(
         eventually(Duration::from_secs(10), async || {
             e.committed("in", "w").unwrap().iter().map(|c| c.unwrap()).sum::<i64>() == 100
@@ -201,7 +201,7 @@ async fn auth_failure_pauses_without_dead_lettering_and_recovers() {
     let stage = Arc::new(Locked(open.clone(), AtomicU32::new(0)));
     let rt = Runtime::start(&cfg, 0, opts(stage.clone())).await.unwrap();
     let addr = rt.http_addr;
-    produce_ids(&*rt.transports["local"], "in", (0..20).map(|i| format!("m{i}"))).await;
+    produce_ids(&*rt.transport("local"), "in", (0..20).map(|i| format!("m{i}"))).await;
     assert!(
         eventually(Duration::from_secs(5), async || {
             let (code, body) = get(addr, "/readyz").await.unwrap();
@@ -210,17 +210,17 @@ async fn auth_failure_pauses_without_dead_lettering_and_recovers() {
         .await
     );
     assert!(stage.1.load(Ordering::Relaxed) > 2, "keeps retrying");
-    assert!(read_all(&*rt.transports["local"], "dlq").await.is_empty(), "auth failures are never dead-lettered");
+    assert!(read_all(&*rt.transport("local"), "dlq").await.is_empty(), "auth failures are never dead-lettered");
     open.store(true, Ordering::Relaxed);
     assert!(eventually(Duration::from_secs(5), async || get(addr, "/readyz").await.unwrap().0 == 200).await);
-    let e = rt.embedded["local"].clone();
+    let e = rt.embedded("local").clone();
     assert!(
         eventually(Duration::from_secs(5), async || {
             e.committed("in", "w").unwrap().iter().map(|c| c.unwrap()).sum::<i64>() == 20
         })
         .await
     );
-    assert_eq!(read_all(&*rt.transports["local"], "out").await.len(), 20);
+    assert_eq!(read_all(&*rt.transport("local"), "out").await.len(), 20);
     rt.shutdown().await.unwrap();
 }
 
@@ -238,9 +238,9 @@ async fn without_dead_letter_a_permanent_failure_holds_the_partition() {
     let text = topology(None, "").replace("    dead_letter: dlq\n", "");
     let cfg = config(&text);
     let rt = Runtime::start(&cfg, 0, opts(Arc::new(Broken))).await.unwrap();
-    produce_ids(&*rt.transports["local"], "in", (0..10).map(|i| format!("m{i}"))).await;
+    produce_ids(&*rt.transport("local"), "in", (0..10).map(|i| format!("m{i}"))).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let committed: i64 = rt.embedded["local"].committed("in", "w").unwrap().iter().map(|c| c.unwrap()).sum();
+    let committed: i64 = rt.embedded("local").committed("in", "w").unwrap().iter().map(|c| c.unwrap()).sum();
     assert_eq!(committed, 0, "nothing is skipped");
     let text = rt.metrics.encode();
     assert!(metric_sum(&text, "conveyor_messages_failed_total", "category=\"permanent\"") >= 4.0, "{text}");

@@ -67,7 +67,7 @@ pub async fn run(a: NaiveArgs) -> Result<(), String> {
         while inflight.len() > 10_000 || (n == a.count && !inflight.is_empty()) {
             let (t, p, o, f) = inflight.pop_front().unwrap();
             f.await.map_err(|e| e.to_string())?.map_err(|(e, _)| e.to_string())?;
-            consumer.store_offset(&t, p, o + 1).map_err(|e| e.to_string())?;
+            consumer.store_offset(&t, p, o).map_err(|e| e.to_string())?;
         }
     }
     consumer.commit_consumer_state(CommitMode::Sync).map_err(|e| e.to_string())?;

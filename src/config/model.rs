@@ -45,6 +45,15 @@ pub struct ServiceConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// systemd watchdog: pings (`WATCHDOG=1`) stop when a consumer loop has
+    /// held one batch for longer than this, so systemd restarts a stuck
+    /// service. Idle loops (waiting for messages) are healthy. Default `2m`.
+    #[serde(default = "default_stall")]
+    pub watchdog_stall: Dur,
+}
+
+fn default_stall() -> Dur {
+    Dur::secs(120)
 }
 
 fn default_name() -> String {
@@ -61,6 +70,7 @@ impl Default for ServiceConfig {
             http: HttpConfig::default(),
             shutdown_grace: default_grace(),
             log: LogConfig::default(),
+            watchdog_stall: default_stall(),
         }
     }
 }
@@ -276,6 +286,24 @@ fn default_capacity() -> usize {
 }
 
 impl TransportConfig {
+    /// The secret values in this config (hashed into its fingerprint so a
+    /// changed password is a changed transport; never printed).
+    pub fn secret_material(&self) -> String {
+        match self {
+            TransportConfig::Embedded { .. } => String::new(),
+            TransportConfig::Kafka(k) => {
+                let mut s = k.security.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default();
+                for (key, v) in &k.properties {
+                    s.push_str(key);
+                    s.push('=');
+                    s.push_str(v.expose());
+                    s.push('\n');
+                }
+                s
+            }
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             TransportConfig::Embedded { .. } => "embedded",

@@ -79,7 +79,7 @@ struct Inner {
     name: String,
     capacity: usize,
     durable: Option<Durable>,
-    entities: HashMap<String, Arc<EntityLog>>,
+    entities: std::sync::RwLock<HashMap<String, Arc<EntityLog>>>,
     rr: AtomicU64,
     poisoned: OnceLock<String>,
 }
@@ -159,13 +159,37 @@ impl Embedded {
             }
             None => None,
         };
-        let mut map = HashMap::new();
+        let t = Embedded {
+            inner: Arc::new(Inner {
+                name: opts.name,
+                capacity: opts.capacity.max(1),
+                durable,
+                entities: std::sync::RwLock::new(HashMap::new()),
+                rr: AtomicU64::new(0),
+                poisoned: OnceLock::new(),
+            }),
+        };
+        t.ensure(entities, groups)?;
+        Ok(t)
+    }
+
+    /// Adds the entities not yet known (recovering them from disk in durable
+    /// mode) and registers the consumer groups (a config reload uses this).
+    pub fn ensure(
+        &self,
+        entities: &[EntitySpec],
+        groups: &[(String, String, StartPosition)],
+    ) -> Result<(), TransportError> {
+        let inner = &self.inner;
         for e in entities {
+            if inner.entities.read().unwrap().contains_key(&e.name) {
+                continue;
+            }
             let mut parts = Vec::new();
             for p in 0..e.partitions {
-                let (earliest, next) = match &durable {
+                let (earliest, next) = match &inner.durable {
                     Some(d) => {
-                        let r = d.store.recover(&e.name, p).map_err(|m| storage(&opts.name, m))?;
+                        let r = d.store.recover(&e.name, p).map_err(|m| storage(&inner.name, m))?;
                         (r.earliest, r.next)
                     }
                     None => (0, 0),
@@ -185,30 +209,18 @@ impl Embedded {
                     space: Notify::new(),
                 }));
             }
-            map.insert(
-                e.name.clone(),
-                Arc::new(EntityLog {
-                    name: e.name.as_str().into(),
-                    label: e.key.as_str().into(),
-                    parts,
-                    groups: Mutex::new(HashMap::new()),
-                }),
-            );
+            let log = Arc::new(EntityLog {
+                name: e.name.as_str().into(),
+                label: e.key.as_str().into(),
+                parts,
+                groups: Mutex::new(HashMap::new()),
+            });
+            inner.entities.write().unwrap().insert(e.name.clone(), log);
         }
-        let t = Embedded {
-            inner: Arc::new(Inner {
-                name: opts.name,
-                capacity: opts.capacity.max(1),
-                durable,
-                entities: map,
-                rr: AtomicU64::new(0),
-                poisoned: OnceLock::new(),
-            }),
-        };
         for (entity, group, start) in groups {
-            t.inner.register(entity, group, *start)?;
+            inner.register(entity, group, *start)?;
         }
-        Ok(t)
+        Ok(())
     }
 
     pub fn is_durable(&self) -> bool {
@@ -241,9 +253,12 @@ fn storage(transport: &str, message: String) -> TransportError {
 }
 
 impl Inner {
-    fn entity(&self, name: &str) -> Result<&Arc<EntityLog>, TransportError> {
+    fn entity(&self, name: &str) -> Result<Arc<EntityLog>, TransportError> {
         self.entities
+            .read()
+            .unwrap()
             .get(name)
+            .cloned()
             .ok_or_else(|| TransportError::UnknownEntity { transport: self.name.clone(), entity: name.to_string() })
     }
 
@@ -361,6 +376,7 @@ impl Producer for Embedded {
     async fn send(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, TransportError> {
         let inner = &self.inner;
         let log = inner.entity(entity)?;
+        let log = &log;
         let nparts = log.parts.len() as u32;
         let now = now_ms();
         let total = batch.len();
@@ -428,7 +444,7 @@ impl Transport for Embedded {
         start: StartPosition,
     ) -> Result<Box<dyn Subscription>, TransportError> {
         self.inner.check()?;
-        let log = self.inner.entity(entity)?.clone();
+        let log = self.inner.entity(entity)?;
         self.inner.register(entity, group, start)?;
         let slot = log.groups.lock().unwrap().entry(group.to_string()).or_default().clone();
         Ok(Box::new(EmbeddedSubscription {

@@ -73,7 +73,7 @@ struct Inner {
     cfg: KafkaConfig,
     producer: FutureProducer,
     /// By topic.
-    entities: HashMap<String, KafkaEntity>,
+    entities: std::sync::RwLock<HashMap<String, KafkaEntity>>,
     pollers: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
@@ -152,28 +152,35 @@ impl KafkaTransport {
                 name: name.to_string(),
                 cfg: cfg.clone(),
                 producer,
-                entities: entities.into_iter().map(|e| (e.topic.clone(), e)).collect(),
+                entities: std::sync::RwLock::new(HashMap::new()),
                 pollers: Mutex::new(Vec::new()),
             }),
         };
-        if cfg.create_topics {
-            t.create_topics().await?;
-        }
+        t.ensure(entities).await?;
         Ok(t)
     }
 
-    async fn create_topics(&self) -> Result<(), TransportError> {
+    /// Adds entities (a config reload uses this), creating their topics when
+    /// `create_topics` is set.
+    pub async fn ensure(&self, entities: Vec<KafkaEntity>) -> Result<(), TransportError> {
+        let new: Vec<KafkaEntity> = {
+            let mut map = self.inner.entities.write().unwrap();
+            entities.into_iter().filter(|e| map.insert(e.topic.clone(), e.clone()).is_none()).collect()
+        };
+        if self.inner.cfg.create_topics && !new.is_empty() {
+            self.create_topics(&new).await?;
+        }
+        Ok(())
+    }
+
+    async fn create_topics(&self, entities: &[KafkaEntity]) -> Result<(), TransportError> {
         use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
         let mut ac = base_config(&self.inner.cfg);
         apply_properties(&mut ac, &self.inner.cfg);
         let admin: AdminClient<rdkafka::client::DefaultClientContext> =
             ac.create().map_err(|e| map_err(&self.inner.name, &e))?;
-        let topics: Vec<NewTopic> = self
-            .inner
-            .entities
-            .values()
-            .map(|e| NewTopic::new(&e.topic, e.partitions as i32, TopicReplication::Fixed(1)))
-            .collect();
+        let topics: Vec<NewTopic> =
+            entities.iter().map(|e| NewTopic::new(&e.topic, e.partitions as i32, TopicReplication::Fixed(1))).collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let results = admin.create_topics(topics.iter(), &opts).await.map_err(|e| map_err(&self.inner.name, &e))?;
         for r in results {
@@ -192,8 +199,8 @@ impl KafkaTransport {
         Ok(())
     }
 
-    fn entity(&self, topic: &str) -> Result<&KafkaEntity, TransportError> {
-        self.inner.entities.get(topic).ok_or_else(|| TransportError::UnknownEntity {
+    fn entity(&self, topic: &str) -> Result<KafkaEntity, TransportError> {
+        self.inner.entities.read().unwrap().get(topic).cloned().ok_or_else(|| TransportError::UnknownEntity {
             transport: self.inner.name.clone(),
             entity: topic.to_string(),
         })
@@ -292,7 +299,7 @@ impl Transport for KafkaTransport {
         group: &str,
         start: StartPosition,
     ) -> Result<Box<dyn Subscription>, TransportError> {
-        let e = self.entity(entity)?.clone();
+        let e = self.entity(entity)?;
         let name = self.inner.name.clone();
         let mut c = base_config(&self.inner.cfg);
         c.set("group.id", group);
@@ -342,7 +349,7 @@ impl Transport for KafkaTransport {
     }
 
     async fn partitions(&self, entity: &str) -> Result<Vec<PartitionInfo>, TransportError> {
-        let e = self.entity(entity)?.clone();
+        let e = self.entity(entity)?;
         let mut c = base_config(&self.inner.cfg);
         apply_properties(&mut c, &self.inner.cfg);
         let name = self.inner.name.clone();
@@ -637,8 +644,9 @@ impl PartitionReader for KafkaReader {
     }
 
     async fn commit(&mut self, last: &PipelineMessage) -> Result<(), TransportError> {
+        // rd_kafka_offset_store stores `offset + 1` (the next to read) itself
         self.consumer
-            .store_offset(&self.topic, self.partition as i32, last.position + 1)
+            .store_offset(&self.topic, self.partition as i32, last.position)
             .map_err(|e| map_err(&self.transport, &e))
     }
 

@@ -38,6 +38,14 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// However a lane ends, it no longer counts as busy for the watchdog.
+struct IdleOnDrop<'a>(&'a TaskHealth, u32);
+impl Drop for IdleOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.lane_idle(self.1);
+    }
+}
+
 pub(super) async fn run(
     spec: Arc<WorkerSpec>,
     mut reader: Box<dyn PartitionReader>,
@@ -45,7 +53,9 @@ pub(super) async fn run(
     cancel: CancellationToken,
 ) -> Result<(), WorkerError> {
     let p = reader.partition();
+    let _idle_on_exit = IdleOnDrop(&health, p);
     let lag = spec.metrics.lag(p);
+    let lag_seconds = spec.metrics.lag_seconds(p);
     let mut batch: Vec<PipelineMessage> = Vec::with_capacity(spec.batch_size);
     let mut emits: Vec<Emit> = Vec::new();
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(spec.batch_size);
@@ -70,7 +80,10 @@ pub(super) async fn run(
                 entity: spec.input.clone(), partition: p, source,
             })?,
         }
+        health.lane_busy(p);
         let n = batch.len();
+        // the first message of the batch is the oldest not yet processed
+        lag_seconds.set(((crate::transport::now_ms() - batch[0].timestamp_ms).max(0) as f64) / 1000.0);
         spec.metrics.consumed.inc_by(n as u64);
         spec.metrics.in_flight.inc_by(n as i64);
         let _guard = InFlight(&spec.metrics.in_flight, n as i64);
@@ -207,7 +220,11 @@ pub(super) async fn run(
         })?;
         if let Some(l) = reader.lag() {
             lag.set(l as i64);
+            if l == 0 {
+                lag_seconds.set(0.0);
+            }
         }
+        health.lane_idle(p);
         throttle = if throttled {
             Some(throttle.map_or(Duration::from_millis(500), |d| d * 2).min(spec.retry_max))
         } else {
@@ -377,10 +394,13 @@ async fn process(
         }
         let delay = jitter(delay);
         log_failure(spec, msg, &err, attempts, "message failed; retrying in place", delay);
+        // waiting out a planned retry is healthy for the watchdog
+        health.lane_idle(msg.partition);
         tokio::select! {
             _ = cancel.cancelled() => return Outcome::Abandoned,
             _ = tokio::time::sleep(delay) => {}
         }
+        health.lane_busy(msg.partition);
     }
 }
 

@@ -149,7 +149,7 @@ pub struct KafkaBroker {
 impl KafkaBroker {
     pub fn get(own: bool) -> KafkaBroker {
         if !own {
-            if let Ok(b) = std::env::var("CONVEYOR_TEST_KAFKA") {
+            if let Some(b) = std::env::var("CONVEYOR_TEST_KAFKA").ok().filter(|b| !b.is_empty()) {
                 return KafkaBroker { bootstrap: b, dir: None };
             }
         }
