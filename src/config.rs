@@ -275,7 +275,7 @@ fn validate(c: &Config, cx: &mut Cx) -> Vec<ConfigWarning> {
                 );
             }
         }
-        if let StageConfig::Chaos { transient_ratio, permanent_ratio, panic_ratio } = &w.stage {
+        if let StageConfig::Chaos { transient_ratio, permanent_ratio, panic_ratio, .. } = &w.stage {
             if [transient_ratio, permanent_ratio, panic_ratio].iter().any(|r| !(0.0..=1.0).contains(*r))
                 || transient_ratio + permanent_ratio + panic_ratio > 1.0
             {

@@ -32,8 +32,15 @@ pub fn watchdog() {
     let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
 }
 
-/// The watchdog interval systemd asked for (`WATCHDOG_USEC`), if any.
+/// The watchdog interval systemd asked for (`WATCHDOG_USEC`), if any. Like
+/// libsystemd's `sd_watchdog_enabled`, `WATCHDOG_PID`, when set, must be
+/// this process.
 pub fn watchdog_interval() -> Option<std::time::Duration> {
-    let mut usec = 0u64;
-    sd_notify::watchdog_enabled(false, &mut usec).then(|| std::time::Duration::from_micros(usec))
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| std::time::Duration::from_micros(usec))
 }

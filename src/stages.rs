@@ -96,10 +96,11 @@ pub fn build(cfg: &StageConfig, outputs: &Outputs) -> Result<Arc<dyn Stage>, Str
     Ok(match cfg {
         StageConfig::Passthrough => Arc::new(Passthrough { output: default()? }),
         StageConfig::Map { require } => Arc::new(MapStage::new(require.clone(), default()?)),
-        StageConfig::Chaos { transient_ratio, permanent_ratio, panic_ratio } => Arc::new(Chaos {
+        StageConfig::Chaos { transient_ratio, permanent_ratio, panic_ratio, delay } => Arc::new(Chaos {
             transient: *transient_ratio,
             permanent: *permanent_ratio,
             panic: *panic_ratio,
+            delay: delay.get(),
             output: default()?,
         }),
     })

@@ -534,6 +534,9 @@ pub enum StageConfig {
         /// Share (0–1) on which the stage panics (caught: `permanent`).
         #[serde(default)]
         panic_ratio: f64,
+        /// Time each message takes (simulates a slow or stuck dependency).
+        #[serde(default)]
+        delay: Dur,
     },
 }
 

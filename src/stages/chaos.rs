@@ -13,6 +13,7 @@ pub struct Chaos {
     pub transient: f64,
     pub permanent: f64,
     pub panic: f64,
+    pub delay: std::time::Duration,
     pub output: usize,
 }
 
@@ -25,6 +26,9 @@ pub fn fate(payload: &[u8]) -> f64 {
 #[async_trait]
 impl Stage for Chaos {
     async fn process(&self, msg: &PipelineMessage, out: &mut Vec<Emit>) -> Result<(), StageError> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         let x = fate(&msg.payload);
         if x < self.transient {
             return Err(StageError::other(ErrorCategory::Transient, "chaos_transient", "injected transient failure"));
