@@ -57,7 +57,15 @@ live_metrics() {
 
 no_kafka_build() { cargo check --locked --no-default-features --quiet && ! cargo tree --no-default-features -e normal -i rdkafka >/dev/null 2>&1; }
 
+alert_rules() {
+    promtool check rules observability/prometheus/alerts/conveyor.yml &&
+        promtool test rules observability/prometheus/alerts/conveyor_test.yml &&
+        promtool check config observability/prometheus/prometheus.yml >/dev/null &&
+        python3 -m json.tool observability/grafana/dashboards/pipeline-overview.json >/dev/null
+}
+
 check systemd-unit verify_systemd
+check alert-rules alert_rules
 check builds-without-kafka no_kafka_build
 check promtool-metrics live_metrics
 

@@ -253,6 +253,8 @@ struct Shared {
     supervisor: Supervisor,
     status: RwLock<ConfigStatus>,
     handles: RwLock<BTreeMap<String, LiveTransport>>,
+    /// The config as applied (for periodic computations).
+    current: RwLock<Option<Config>>,
 }
 
 /// A started pipeline.
@@ -286,7 +288,9 @@ impl Runtime {
             health: health.clone(),
             status: RwLock::new(ConfigStatus::default()),
             handles: RwLock::new(BTreeMap::new()),
+            current: RwLock::new(None),
         });
+        tokio::spawn(scaling_signals(shared.clone()));
         let draining = Arc::new(AtomicBool::new(false));
         let http_stop = CancellationToken::new();
         let (reload_tx, reload_rx) = mpsc::channel(4);
@@ -484,6 +488,7 @@ impl Runtime {
             }
             live.tasks.insert(n.clone(), (p.clone(), h));
         }
+        *self.shared.current.write().unwrap() = Some(cfg.clone());
         live.cfg = Some(cfg);
         let generation = {
             let mut st = self.shared.status.write().unwrap();
@@ -678,6 +683,62 @@ impl Runtime {
         } else {
             Err(AppError::GraceExceeded(self.grace))
         }
+    }
+}
+
+/// Every 10 s: `conveyor_recommended_replicas` per worker, from its
+/// throughput, its lag and the lag's trend — enough processes to keep up
+/// and clear the backlog within 5 minutes, at least 1, at most the input's
+/// partition count.
+async fn scaling_signals(shared: Arc<Shared>) {
+    const EVERY: Duration = Duration::from_secs(10);
+    let mut last: HashMap<String, (u64, f64)> = HashMap::new();
+    let stop = shared.supervisor.token().clone();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+        let Some(cfg) = shared.current.read().unwrap().clone() else { continue };
+        for (name, w) in &cfg.workers {
+            let partitions = cfg.entities[&w.input].partitions;
+            let wm = shared.metrics.worker(name, &w.input);
+            let consumed = wm.consumed.get();
+            let lag: f64 = (0..partitions).map(|p| wm.lag(p).get().max(0) as f64).sum();
+            let Some((c0, l0)) = last.insert(name.clone(), (consumed, lag)) else { continue };
+            let rate = consumed.saturating_sub(c0) as f64 / EVERY.as_secs_f64();
+            let trend = (lag - l0) / EVERY.as_secs_f64();
+            let rec = recommended_replicas(rate, lag, trend, partitions);
+            shared.metrics.recommended_replicas.get_or_create(&crate::metrics::WorkerLabel { worker: name.clone() }).set(rec as i64);
+        }
+    }
+}
+
+/// Processes needed for throughput `rate` (msgs/s of this process), backlog
+/// `lag` and its `trend` (msgs/s), capped at `partitions`.
+pub fn recommended_replicas(rate: f64, lag: f64, trend: f64, partitions: u32) -> u32 {
+    let want = if rate > 0.0 {
+        ((rate + trend.max(0.0) + lag / 300.0) / rate).ceil()
+    } else if lag > 0.0 {
+        2.0 // a backlog and no progress: one process is not enough (or is stuck)
+    } else {
+        1.0
+    };
+    (want as u32).clamp(1, partitions.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recommended_replicas;
+
+    #[test]
+    fn replicas_follow_lag_and_its_trend() {
+        assert_eq!(recommended_replicas(1000.0, 0.0, 0.0, 8), 1, "keeping up");
+        assert_eq!(recommended_replicas(1000.0, 0.0, 1000.0, 8), 2, "lag grows as fast as we consume");
+        assert_eq!(recommended_replicas(1000.0, 600_000.0, 0.0, 8), 3, "clear 600k in 5 min at 1000/s each");
+        assert_eq!(recommended_replicas(1000.0, 0.0, 50_000.0, 8), 8, "capped at the partition count");
+        assert_eq!(recommended_replicas(0.0, 10.0, 0.0, 4), 2);
+        assert_eq!(recommended_replicas(0.0, 0.0, 0.0, 4), 1);
     }
 }
 

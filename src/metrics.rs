@@ -34,7 +34,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
@@ -89,11 +89,120 @@ pub struct VersionLabel {
     pub version: String,
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type HistogramFamily<L> = Family<L, BatchHistogram, fn() -> BatchHistogram>;
 
-fn handler_histogram() -> Histogram {
+fn handler_histogram() -> BatchHistogram {
     // 10µs … ~42s
-    Histogram::new(exponential_buckets(0.00001, 4.0, 12))
+    BatchHistogram::new(exponential_buckets(0.00001, 4.0, 12).collect())
+}
+
+/// A histogram with lock-free atomic buckets that lanes fill in bulk: each
+/// lane counts a batch's observations locally ([`LocalHistogram`]) and adds
+/// them once per batch, instead of taking a lock per message.
+#[derive(Clone, Debug)]
+pub struct BatchHistogram {
+    inner: Arc<BatchInner>,
+}
+
+#[derive(Debug)]
+struct BatchInner {
+    bounds: Vec<f64>,
+    counts: Vec<std::sync::atomic::AtomicU64>,
+    sum_bits: std::sync::atomic::AtomicU64,
+    count: std::sync::atomic::AtomicU64,
+}
+
+impl BatchHistogram {
+    pub fn new(bounds: Vec<f64>) -> Self {
+        let counts = (0..=bounds.len()).map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
+        BatchHistogram {
+            inner: Arc::new(BatchInner {
+                bounds,
+                counts,
+                sum_bits: std::sync::atomic::AtomicU64::new(0f64.to_bits()),
+                count: std::sync::atomic::AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// A lane-local accumulator for this histogram's buckets.
+    pub fn local(&self) -> LocalHistogram {
+        LocalHistogram { target: self.clone(), counts: vec![0; self.inner.counts.len()], sum: 0.0, count: 0 }
+    }
+
+    /// One observation (adds at once; prefer [`LocalHistogram`] in loops).
+    pub fn observe(&self, v: f64) {
+        let mut l = self.local();
+        l.observe(v);
+        l.flush();
+    }
+
+    pub fn count(&self) -> u64 {
+        self.inner.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Observations not yet added to their [`BatchHistogram`].
+pub struct LocalHistogram {
+    target: BatchHistogram,
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl LocalHistogram {
+    pub fn observe(&mut self, v: f64) {
+        let i = self.target.inner.bounds.iter().position(|b| v <= *b).unwrap_or(self.target.inner.bounds.len());
+        self.counts[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
+
+    /// Adds what was observed since the last flush.
+    pub fn flush(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.count == 0 {
+            return;
+        }
+        let inner = &self.target.inner;
+        for (i, c) in self.counts.iter_mut().enumerate() {
+            if *c > 0 {
+                inner.counts[i].fetch_add(*c, Relaxed);
+                *c = 0;
+            }
+        }
+        let _ = inner.sum_bits.fetch_update(Relaxed, Relaxed, |b| Some((f64::from_bits(b) + self.sum).to_bits()));
+        inner.count.fetch_add(self.count, Relaxed);
+        self.sum = 0.0;
+        self.count = 0;
+    }
+}
+
+impl Drop for LocalHistogram {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for BatchHistogram {
+    const TYPE: prometheus_client::metrics::MetricType = prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for BatchHistogram {
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let inner = &self.inner;
+        let mut buckets: Vec<(f64, u64)> =
+            inner.bounds.iter().enumerate().map(|(i, b)| (*b, inner.counts[i].load(Relaxed))).collect();
+        buckets.push((f64::MAX, inner.counts[inner.bounds.len()].load(Relaxed)));
+        let sum = f64::from_bits(inner.sum_bits.load(Relaxed));
+        let count = inner.count.load(Relaxed);
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
 }
 
 /// All metric families, registered in one registry.
@@ -278,7 +387,7 @@ pub struct WorkerMetrics {
     pub worker: String,
     pub input: String,
     pub consumed: Counter,
-    pub handler: Histogram,
+    pub handler: BatchHistogram,
     pub in_flight: Gauge,
     pub ready: Gauge,
     pub restarts: Counter,
@@ -327,6 +436,13 @@ impl WorkerMetrics {
             })
             .clone()
     }
+    /// Drops a partition's lag series (the lane ended: revoked or stopped),
+    /// so a partition this process no longer owns does not report stale lag.
+    pub fn forget_partition(&self, partition: u32) {
+        let l = PartitionLabel { worker: self.worker.clone(), entity: self.input.clone(), partition: partition.to_string() };
+        self.all.lag.remove(&l);
+        self.all.lag_seconds.remove(&l);
+    }
     pub fn lag(&self, partition: u32) -> Gauge {
         self.all
             .lag
@@ -366,5 +482,24 @@ mod tests {
         assert!(plain.contains("# HELP conveyor_messages_consumed_total Messages read"), "{plain}");
         assert!(plain.contains("# TYPE conveyor_handler_duration_seconds histogram\n"), "{plain}");
         assert!(!plain.contains("# EOF"));
+    }
+
+    #[test]
+    fn batch_histogram_buckets_are_cumulative() {
+        let m = Metrics::new();
+        let w = m.worker("w", "in");
+        let mut local = w.handler.local();
+        for _ in 0..3 {
+            local.observe(0.001);
+        }
+        local.observe(100.0);
+        assert_eq!(w.handler.count(), 0, "nothing is visible before the flush");
+        drop(local);
+        let text = m.encode();
+        assert!(text.contains("conveyor_handler_duration_seconds_count{worker=\"w\"} 4"), "{text}");
+        assert!(text.contains("conveyor_handler_duration_seconds_bucket{le=\"0.00064\",worker=\"w\"} 0"), "{text}");
+        assert!(text.contains("conveyor_handler_duration_seconds_bucket{le=\"0.00256\",worker=\"w\"} 3"), "{text}");
+        assert!(text.contains("conveyor_handler_duration_seconds_bucket{le=\"+Inf\",worker=\"w\"} 4"), "{text}");
+        assert!(text.contains("conveyor_handler_duration_seconds_sum{worker=\"w\"} 100.003"), "{text}");
     }
 }

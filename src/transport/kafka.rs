@@ -49,6 +49,9 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+/// Longest a partial batch waits to fill up.
+const FILL_WAIT: Duration = Duration::from_millis(2);
+
 /// Longest a revoke waits for the worker to finish the partition's batch.
 pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -628,6 +631,13 @@ impl PartitionReader for KafkaReader {
             self.drain_strays(max, out);
             self.poll_some(max, out)?;
             if !out.is_empty() {
+                // a partial batch waits up to FILL_WAIT for more: fewer,
+                // fuller batches cost less per message than many small ones
+                if out.len() < max / 2 {
+                    let more = self.notify.notified();
+                    let _ = tokio::time::timeout(FILL_WAIT, more).await;
+                    self.poll_some(max, out)?;
+                }
                 return Ok(());
             }
             let notified = self.notify.notified();

@@ -38,11 +38,13 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// However a lane ends, it no longer counts as busy for the watchdog.
-struct IdleOnDrop<'a>(&'a TaskHealth, u32);
+/// However a lane ends, it no longer counts as busy for the watchdog, and
+/// its partition's lag series go away (another process may own it now).
+struct IdleOnDrop<'a>(&'a TaskHealth, &'a WorkerSpec, u32);
 impl Drop for IdleOnDrop<'_> {
     fn drop(&mut self) {
-        self.0.lane_idle(self.1);
+        self.0.lane_idle(self.2);
+        self.1.metrics.forget_partition(self.2);
     }
 }
 
@@ -53,7 +55,7 @@ pub(super) async fn run(
     cancel: CancellationToken,
 ) -> Result<(), WorkerError> {
     let p = reader.partition();
-    let _idle_on_exit = IdleOnDrop(&health, p);
+    let _idle_on_exit = IdleOnDrop(&health, &spec, p);
     let lag = spec.metrics.lag(p);
     let lag_seconds = spec.metrics.lag_seconds(p);
     let mut batch: Vec<PipelineMessage> = Vec::with_capacity(spec.batch_size);
@@ -61,6 +63,7 @@ pub(super) async fn run(
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(spec.batch_size);
     let mut per_output: Vec<Vec<OutboundMessage>> = spec.outputs.iter().map(|_| Vec::new()).collect();
     let mut throttle: Option<Duration> = None;
+    let mut handler = spec.metrics.handler.local();
     if let Some(l) = reader.lag() {
         lag.set(l as i64);
     }
@@ -93,8 +96,9 @@ pub(super) async fn run(
         outcomes.clear();
         if spec.concurrency <= 1 {
             for msg in &batch {
-                outcomes.push(process(&spec, msg, &mut emits, &health, &cancel).await);
+                outcomes.push(process(&spec, msg, &mut emits, &health, &cancel, &mut handler).await);
             }
+            handler.flush();
         } else {
             // at most `concurrency` messages at once, results in partition order
             let mut running = futures::stream::FuturesOrdered::new();
@@ -270,7 +274,8 @@ async fn process_own(
     cancel: &CancellationToken,
 ) -> (Outcome, Vec<Emit>) {
     let mut own = Vec::new();
-    let o = process(spec, msg, &mut own, health, cancel).await;
+    let mut handler = spec.metrics.handler.local();
+    let o = process(spec, msg, &mut own, health, cancel, &mut handler).await;
     (o, own)
 }
 
@@ -289,6 +294,7 @@ async fn process(
     out: &mut Vec<Emit>,
     health: &TaskHealth,
     cancel: &CancellationToken,
+    handler: &mut crate::metrics::LocalHistogram,
 ) -> Outcome {
     // retry bookkeeping rides in headers; stages and outputs never see it
     let (msg, prior): (Cow<'_, PipelineMessage>, RetryState) = if retry::has_retry_headers(&msg.headers) {
@@ -311,7 +317,7 @@ async fn process(
         let start = out.len();
         let t0 = Instant::now();
         let r = AssertUnwindSafe(spec.stage.process(msg, out)).catch_unwind().await;
-        spec.metrics.handler.observe(t0.elapsed().as_secs_f64());
+        handler.observe(t0.elapsed().as_secs_f64());
         let err = match r {
             Ok(Ok(())) => {
                 if paused {
