@@ -709,7 +709,11 @@ async fn scaling_signals(shared: Arc<Shared>) {
             let rate = consumed.saturating_sub(c0) as f64 / EVERY.as_secs_f64();
             let trend = (lag - l0) / EVERY.as_secs_f64();
             let rec = recommended_replicas(rate, lag, trend, partitions);
-            shared.metrics.recommended_replicas.get_or_create(&crate::metrics::WorkerLabel { worker: name.clone() }).set(rec as i64);
+            shared
+                .metrics
+                .recommended_replicas
+                .get_or_create(&crate::metrics::WorkerLabel { worker: name.clone() })
+                .set(rec as i64);
         }
     }
 }

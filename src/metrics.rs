@@ -439,7 +439,11 @@ impl WorkerMetrics {
     /// Drops a partition's lag series (the lane ended: revoked or stopped),
     /// so a partition this process no longer owns does not report stale lag.
     pub fn forget_partition(&self, partition: u32) {
-        let l = PartitionLabel { worker: self.worker.clone(), entity: self.input.clone(), partition: partition.to_string() };
+        let l = PartitionLabel {
+            worker: self.worker.clone(),
+            entity: self.input.clone(),
+            partition: partition.to_string(),
+        };
         self.all.lag.remove(&l);
         self.all.lag_seconds.remove(&l);
     }

@@ -108,7 +108,11 @@ async fn moving_an_entity_to_another_transport_by_reload_loses_nothing() {
     let moved = BASE.replace("mid: { transport: t1", "mid: { transport: t2");
     let report = rt.reload_text(&moved, Path::new("c.yaml")).await.unwrap();
     assert_eq!(report.restarted, vec!["w1".to_string(), "w2".to_string()]);
-    assert!(eventually(Duration::from_secs(30), async || out_ids(&rt, "t1").await.len() == 3000).await, "{}", out_ids(&rt, "t1").await.len());
+    assert!(
+        eventually(Duration::from_secs(30), async || out_ids(&rt, "t1").await.len() == 3000).await,
+        "{}",
+        out_ids(&rt, "t1").await.len()
+    );
     // the old `mid` was emptied before w2 switched; the new one carries the rest
     let old_mid = rt.embedded("t1").committed("mid", "w2").unwrap();
     let info = rt.transport("t1").partitions("mid").await.unwrap();
@@ -212,7 +216,8 @@ workers:
     }
     let _ = child.kill();
     let _ = child.wait();
-    let pings: Vec<Duration> = seen.iter().filter(|(_, m)| m.contains("WATCHDOG=1")).map(|(t, _)| t.duration_since(t0)).collect();
+    let pings: Vec<Duration> =
+        seen.iter().filter(|(_, m)| m.contains("WATCHDOG=1")).map(|(t, _)| t.duration_since(t0)).collect();
     assert!(seen.iter().any(|(_, m)| m.contains("READY=1")), "{seen:?}");
     assert!(!pings.is_empty(), "pings while healthy");
     let last = *pings.last().unwrap();

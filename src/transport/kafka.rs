@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Longest a partial batch waits to fill up.
-const FILL_WAIT: Duration = Duration::from_millis(2);
+const FILL_WAIT: Duration = Duration::from_millis(5);
 
 /// Longest a revoke waits for the worker to finish the partition's batch.
 pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -573,13 +573,23 @@ fn to_message<M: Message>(m: &M, label: &Arc<str>) -> PipelineMessage {
         ),
         None => Headers::default(),
     };
+    // key and payload share one reference-counted buffer: one allocation per
+    // message, and clones (outputs, DLQ envelopes) are counter increments
+    let (k, p) = (m.key(), m.payload().unwrap_or_default());
+    let mut buf = bytes::BytesMut::with_capacity(k.map_or(0, |k| k.len()) + p.len());
+    if let Some(k) = k {
+        buf.extend_from_slice(k);
+    }
+    buf.extend_from_slice(p);
+    let mut all = buf.freeze();
+    let key = k.map(|k| all.split_to(k.len()));
     PipelineMessage {
         entity: label.clone(),
         partition: m.partition() as u32,
         position: m.offset(),
-        key: m.key().map(Bytes::copy_from_slice),
+        key,
         headers,
-        payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+        payload: all,
         timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
     }
 }

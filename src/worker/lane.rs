@@ -95,8 +95,10 @@ pub(super) async fn run(
         emits.clear();
         outcomes.clear();
         if spec.concurrency <= 1 {
+            // one clock read per message: each message's end is the next one's start
+            let mut clock = Instant::now();
             for msg in &batch {
-                outcomes.push(process(&spec, msg, &mut emits, &health, &cancel, &mut handler).await);
+                outcomes.push(process(&spec, msg, &mut emits, &health, &cancel, &mut handler, &mut clock).await);
             }
             handler.flush();
         } else {
@@ -275,7 +277,8 @@ async fn process_own(
 ) -> (Outcome, Vec<Emit>) {
     let mut own = Vec::new();
     let mut handler = spec.metrics.handler.local();
-    let o = process(spec, msg, &mut own, health, cancel, &mut handler).await;
+    let mut clock = Instant::now();
+    let o = process(spec, msg, &mut own, health, cancel, &mut handler, &mut clock).await;
     (o, own)
 }
 
@@ -295,6 +298,7 @@ async fn process(
     health: &TaskHealth,
     cancel: &CancellationToken,
     handler: &mut crate::metrics::LocalHistogram,
+    clock: &mut Instant,
 ) -> Outcome {
     // retry bookkeeping rides in headers; stages and outputs never see it
     let (msg, prior): (Cow<'_, PipelineMessage>, RetryState) = if retry::has_retry_headers(&msg.headers) {
@@ -315,9 +319,10 @@ async fn process(
     loop {
         attempts += 1;
         let start = out.len();
-        let t0 = Instant::now();
         let r = AssertUnwindSafe(spec.stage.process(msg, out)).catch_unwind().await;
-        handler.observe(t0.elapsed().as_secs_f64());
+        let t1 = Instant::now();
+        handler.observe(t1.saturating_duration_since(*clock).as_secs_f64());
+        *clock = t1;
         let err = match r {
             Ok(Ok(())) => {
                 if paused {
@@ -407,6 +412,7 @@ async fn process(
             _ = tokio::time::sleep(delay) => {}
         }
         health.lane_busy(msg.partition);
+        *clock = Instant::now();
     }
 }
 
