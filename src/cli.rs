@@ -23,6 +23,14 @@ pub enum Command {
     Check(ConfigArg),
     /// Measure embedded pass-through throughput against a baseline copy loop.
     Bench(crate::bench::BenchArgs),
+    /// Print the topology as a diagram (Mermaid or Graphviz DOT).
+    Graph {
+        #[arg(short, long, default_value = "config.yaml")]
+        config: PathBuf,
+        /// `mermaid` or `dot`.
+        #[arg(long, default_value = "mermaid")]
+        format: String,
+    },
     /// Inspect and redrive dead-letter entities.
     #[command(subcommand)]
     Dlq(DlqCommand),

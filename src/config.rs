@@ -285,7 +285,49 @@ fn validate(c: &Config, cx: &mut Cx) -> Vec<ConfigWarning> {
                 );
             }
         }
-        if !w.outputs.contains_key("default") {
+        if let StageConfig::Map(m) = &w.stage {
+            for (i, r) in m.route.iter().enumerate() {
+                if !w.outputs.contains_key(&r.output) {
+                    let names: Vec<&str> = w.outputs.keys().map(String::as_str).collect();
+                    let hint = suggest(&r.output, names.iter().copied());
+                    cx.error(
+                        &owned(&["workers", name, "stage", "route", &i.to_string(), "output"]),
+                        &format!("no output named {:?} in this worker's `outputs`{hint}", r.output),
+                    );
+                }
+            }
+            if let Some(schema) = &m.schema {
+                if let Err(e) = jsonschema::validator_for(schema) {
+                    cx.error(&owned(&["workers", name, "stage", "schema"]), &format!("not a valid JSON Schema: {e}"));
+                }
+            }
+        }
+        if let StageConfig::Http(h) = &w.stage {
+            if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&h.method.to_ascii_uppercase().as_str()) {
+                cx.error(&owned(&["workers", name, "stage", "method"]), "must be GET, POST, PUT, PATCH or DELETE");
+            }
+            if let Some(o) = &h.on_error {
+                if !w.outputs.contains_key(o) {
+                    cx.error(
+                        &owned(&["workers", name, "stage", "on_error"]),
+                        &format!("no output named {o:?} in this worker's `outputs`"),
+                    );
+                }
+            }
+            if let Some(a) = &h.auth {
+                for var in a.bearer_env.iter().chain(a.env.iter()) {
+                    if std::env::var(var).is_err() {
+                        warnings.push(cx.issue(
+                            &owned(&["workers", name, "stage", "auth"]),
+                            &format!("environment variable {var} is not set: requests go out without credentials"),
+                        ));
+                    }
+                }
+            }
+        }
+        let routes_only =
+            matches!(&w.stage, StageConfig::Map(m) if !m.route.is_empty()) || matches!(&w.stage, StageConfig::Sink(_));
+        if !w.outputs.contains_key("default") && !routes_only {
             cx.error(
                 &owned(&["workers", name, "outputs"]),
                 &format!(

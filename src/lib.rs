@@ -36,6 +36,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod dlq;
+pub mod graph;
 pub mod health;
 pub mod http;
 pub mod metrics;

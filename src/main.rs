@@ -69,6 +69,26 @@ fn main() -> ExitCode {
             }
         }
         Command::Dlq(cmd) => dlq(cmd),
+        Command::Graph { config: path, format } => match config::load_file(&path) {
+            Ok(l) => match format.as_str() {
+                "mermaid" => {
+                    print!("{}", conveyor::graph::mermaid(&l.config));
+                    ExitCode::SUCCESS
+                }
+                "dot" => {
+                    print!("{}", conveyor::graph::dot(&l.config));
+                    ExitCode::SUCCESS
+                }
+                other => {
+                    eprintln!("unknown format {other:?}: use mermaid or dot");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            },
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
         Command::Bench(args) => match conveyor::bench::main(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -7,12 +7,16 @@
 //! config; library users can also hand the runtime their own `Arc<dyn Stage>`.
 
 mod chaos;
+mod http;
 mod map;
 mod passthrough;
+mod sink;
 
 pub use chaos::{Chaos, fate as chaos_fate};
+pub use http::HttpStage;
 pub use map::MapStage;
 pub use passthrough::Passthrough;
+pub use sink::Sink;
 
 use crate::classify::ErrorCategory;
 use crate::config::StageConfig;
@@ -52,6 +56,13 @@ pub trait Stage: Send + Sync {
     /// Processes `msg`, pushing what it emits to `out`. On error, whatever it
     /// pushed is discarded.
     async fn process(&self, msg: &PipelineMessage, out: &mut Vec<Emit>) -> Result<(), StageError>;
+
+    /// Makes what was processed so far durable. Called once per batch, after
+    /// the batch's outputs are acknowledged and before its position is
+    /// committed (a sink fsyncs here). Default: nothing to do.
+    async fn flush(&self) -> Result<(), StageError> {
+        Ok(())
+    }
 }
 
 /// A stage failure.
@@ -63,6 +74,8 @@ pub enum StageError {
     MissingField(String),
     #[error("stage panicked: {0}")]
     Panic(String),
+    #[error("I/O error: {0}")]
+    Io(String),
     #[error("{message}")]
     Other { category: ErrorCategory, kind: String, message: String },
 }
@@ -71,6 +84,7 @@ impl StageError {
     pub fn category(&self) -> ErrorCategory {
         match self {
             StageError::InvalidJson(_) | StageError::MissingField(_) | StageError::Panic(_) => ErrorCategory::Permanent,
+            StageError::Io(_) => ErrorCategory::Transient,
             StageError::Other { category, .. } => *category,
         }
     }
@@ -81,6 +95,7 @@ impl StageError {
             StageError::InvalidJson(_) => "invalid_json",
             StageError::MissingField(_) => "missing_field",
             StageError::Panic(_) => "panic",
+            StageError::Io(_) => "io",
             StageError::Other { kind, .. } => kind,
         }
     }
@@ -95,7 +110,9 @@ pub fn build(cfg: &StageConfig, outputs: &Outputs) -> Result<Arc<dyn Stage>, Str
     let default = || outputs.index("default").ok_or_else(|| "this stage needs an output named `default`".to_string());
     Ok(match cfg {
         StageConfig::Passthrough => Arc::new(Passthrough { output: default()? }),
-        StageConfig::Map { require } => Arc::new(MapStage::new(require.clone(), default()?)),
+        StageConfig::Map(m) => Arc::new(MapStage::new(m, outputs)?),
+        StageConfig::Sink(c) => Arc::new(Sink::new(c.clone())),
+        StageConfig::Http(c) => Arc::new(HttpStage::new(c, outputs)?),
         StageConfig::Chaos { transient_ratio, permanent_ratio, panic_ratio, delay } => Arc::new(Chaos {
             transient: *transient_ratio,
             permanent: *permanent_ratio,

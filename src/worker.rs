@@ -114,6 +114,8 @@ pub enum WorkerError {
     Panic(String),
     #[error("dead-letter limit exceeded: {0}")]
     DeadLetterLimit(String),
+    #[error("stage flush failed (the batch is delivered again): {0}")]
+    Flush(crate::stages::StageError),
 }
 
 impl WorkerError {
@@ -124,6 +126,7 @@ impl WorkerError {
             | WorkerError::Produce { source, .. }
             | WorkerError::Commit { source, .. } => source.category(),
             WorkerError::Panic(_) | WorkerError::DeadLetterLimit(_) => ErrorCategory::Transient,
+            WorkerError::Flush(e) => e.category(),
         }
     }
 }

@@ -513,14 +513,19 @@ pub enum StageConfig {
     /// Forwards every message unchanged (payload, key, headers) to `default`.
     #[default]
     Passthrough,
-    /// Parses the payload as JSON and checks that each `require`d top-level
-    /// field is present; forwards valid messages unchanged to `default`.
-    /// Not JSON or a missing field fails as `Permanent` (→ dead letter).
-    Map {
-        /// Top-level fields that must be present.
-        #[serde(default)]
-        require: Vec<String>,
-    },
+    /// JSON in, JSON out: validate (`require`, `schema`), reshape (`rename`,
+    /// `drop`, `set`), compute an idempotency id (`id`) and route to named
+    /// outputs (`route`). Steps run in that order. A payload that is not a
+    /// JSON object, misses a required field or fails the schema fails as
+    /// `Permanent` (→ dead letter). Without reshaping, the payload bytes are
+    /// forwarded unchanged.
+    Map(MapConfig),
+    /// Calls an HTTP API per message (enrichment, plugin actions) and merges
+    /// the JSON response into the message.
+    Http(HttpStageConfig),
+    /// Appends each message (a JSON object) as one line to rotated JSON Lines
+    /// files; positions are committed only after the file is fsync'd.
+    Sink(SinkConfig),
     /// Fault injection for drills and tests: fails a fixed share of messages,
     /// chosen by a hash of the payload (so a message fails the same way every
     /// time), and forwards the rest unchanged to `default`.
@@ -544,8 +549,162 @@ impl StageConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             StageConfig::Passthrough => "passthrough",
-            StageConfig::Map { .. } => "map",
+            StageConfig::Map(_) => "map",
+            StageConfig::Sink(_) => "sink",
+            StageConfig::Http(_) => "http",
             StageConfig::Chaos { .. } => "chaos",
         }
     }
+}
+
+/// `stage: { type: map, ... }`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MapConfig {
+    /// Fields (dotted paths, `claim.id`) that must be present and not null.
+    #[serde(default)]
+    pub require: Vec<String>,
+    /// A JSON Schema (inline, any draft the `jsonschema` crate supports) the
+    /// payload must satisfy.
+    #[serde(default)]
+    pub schema: Option<serde_json::Value>,
+    /// Renames: old path → new path.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+    /// Paths to remove.
+    #[serde(default)]
+    pub drop: Vec<String>,
+    /// Path → constant JSON value to set (objects are created on the way).
+    #[serde(default)]
+    pub set: BTreeMap<String, serde_json::Value>,
+    /// An idempotency id: the SHA-256 (hex) of the JSON of the `from` paths,
+    /// written to `into`.
+    #[serde(default)]
+    pub id: Option<IdConfig>,
+    /// Routing rules, first match wins; unmatched messages go to `default`
+    /// (or fail as `Permanent` when there is no `default` output).
+    #[serde(default)]
+    pub route: Vec<RouteRule>,
+}
+
+/// `id: { into, from }`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IdConfig {
+    pub into: String,
+    pub from: Vec<String>,
+}
+
+/// `route: [{ output, when }]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// The worker output to send matching messages to.
+    pub output: String,
+    pub when: Condition,
+}
+
+/// A test on one field; every given test must hold.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// Dotted path of the field.
+    pub field: String,
+    #[serde(default)]
+    pub equals: Option<serde_json::Value>,
+    #[serde(default)]
+    pub not_equals: Option<serde_json::Value>,
+    #[serde(default, rename = "in")]
+    pub one_of: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    pub exists: Option<bool>,
+    #[serde(default)]
+    pub gt: Option<f64>,
+    #[serde(default)]
+    pub lt: Option<f64>,
+}
+
+/// `stage: { type: sink, ... }`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Directory of the files (created if missing).
+    pub dir: PathBuf,
+    /// File name prefix; files are `<prefix>-<UTC time>-<n>.jsonl`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Start a new file past this size. Default 64 MiB.
+    #[serde(default = "default_file_bytes")]
+    pub max_file_bytes: u64,
+    /// Start a new file after this long. Default `1h`.
+    #[serde(default = "default_file_age")]
+    pub max_file_age: Dur,
+}
+
+fn default_prefix() -> String {
+    "rows".into()
+}
+fn default_file_bytes() -> u64 {
+    64 << 20
+}
+fn default_file_age() -> Dur {
+    Dur::secs(3600)
+}
+
+/// `stage: { type: http, ... }`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpStageConfig {
+    /// `GET`, `POST`, `PUT`, `PATCH` or `DELETE`. Default `GET`.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// URL template: `{{path}}` is replaced by the message field at that
+    /// dotted path (percent-encoded), e.g. `http://api/claims/{{claim.id}}`.
+    pub url: String,
+    /// Header templates (same `{{path}}` syntax, not encoded).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Request body: `message` (the payload as it is; default for POST, PUT,
+    /// PATCH), `none`, or a template string.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Whole-request timeout. Default `10s`.
+    #[serde(default = "default_http_timeout")]
+    pub timeout: Dur,
+    /// Most requests per second for the whole worker (all partitions).
+    #[serde(default)]
+    pub rate_limit: Option<f64>,
+    /// Credentials from the environment (never logged).
+    #[serde(default)]
+    pub auth: Option<HttpAuth>,
+    /// Where the JSON response goes in the message (dotted path). Without
+    /// it the message is forwarded unchanged on success.
+    #[serde(default)]
+    pub merge_into: Option<String>,
+    /// Output for requests that fail permanently (4xx other than 401, 403,
+    /// 408, 429): the message with an `http_error` field goes there instead
+    /// of the dead-letter entity (plugins' `*.errors` entities).
+    #[serde(default)]
+    pub on_error: Option<String>,
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+fn default_http_timeout() -> Dur {
+    Dur::secs(10)
+}
+
+/// `auth:` of an HTTP stage.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpAuth {
+    /// `Authorization: Bearer $VAR`.
+    #[serde(default)]
+    pub bearer_env: Option<String>,
+    /// A header carrying `$env` (an API key), e.g. `X-Api-Key`.
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub env: Option<String>,
 }

@@ -216,6 +216,9 @@ pub(super) async fn run(
         rt?;
         dl?;
 
+        // the stage makes its own effects durable (a sink fsyncs)
+        spec.stage.flush().await.map_err(WorkerError::Flush)?;
+
         // 4. commit
         let last = batch.last().expect("fetch returns at least one message");
         reader.commit(last).await.map_err(|source| WorkerError::Commit {
