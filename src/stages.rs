@@ -7,12 +7,14 @@
 //! config; library users can also hand the runtime their own `Arc<dyn Stage>`.
 
 mod chaos;
+mod files;
 mod http;
 mod map;
 mod passthrough;
 mod sink;
 
 pub use chaos::{Chaos, fate as chaos_fate};
+pub use files::{Download, Upload};
 pub use http::HttpStage;
 pub use map::MapStage;
 pub use passthrough::Passthrough;
@@ -113,6 +115,8 @@ pub fn build(cfg: &StageConfig, outputs: &Outputs) -> Result<Arc<dyn Stage>, Str
         StageConfig::Map(m) => Arc::new(MapStage::new(m, outputs)?),
         StageConfig::Sink(c) => Arc::new(Sink::new(c.clone())),
         StageConfig::Http(c) => Arc::new(HttpStage::new(c, outputs)?),
+        StageConfig::Download(c) => Arc::new(Download::new(c.clone(), default()?)?),
+        StageConfig::Upload(c) => Arc::new(Upload { cfg: c.clone(), output: default()? }),
         StageConfig::Chaos { transient_ratio, permanent_ratio, panic_ratio, delay } => Arc::new(Chaos {
             transient: *transient_ratio,
             permanent: *permanent_ratio,

@@ -523,6 +523,12 @@ pub enum StageConfig {
     /// Calls an HTTP API per message (enrichment, plugin actions) and merges
     /// the JSON response into the message.
     Http(HttpStageConfig),
+    /// Streams the file at a URL from the message into a local cache
+    /// directory (size limit, content-type allow-list, SHA-256); idempotent.
+    Download(DownloadConfig),
+    /// Puts a cached file into storage (a directory today); idempotent
+    /// names; the cache file is removed only after success.
+    Upload(UploadConfig),
     /// Appends each message (a JSON object) as one line to rotated JSON Lines
     /// files; positions are committed only after the file is fsync'd.
     Sink(SinkConfig),
@@ -552,6 +558,8 @@ impl StageConfig {
             StageConfig::Map(_) => "map",
             StageConfig::Sink(_) => "sink",
             StageConfig::Http(_) => "http",
+            StageConfig::Download(_) => "download",
+            StageConfig::Upload(_) => "upload",
             StageConfig::Chaos { .. } => "chaos",
         }
     }
@@ -707,4 +715,77 @@ pub struct HttpAuth {
     pub header: Option<String>,
     #[serde(default)]
     pub env: Option<String>,
+}
+
+/// `stage: { type: download, ... }`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadConfig {
+    /// Dotted path of the URL in the message.
+    pub url_field: String,
+    /// Cache directory (created if missing). A file is named by the SHA-256
+    /// of its URL, so a URL already cached is not fetched again.
+    pub cache_dir: PathBuf,
+    /// Largest file accepted, in bytes. Default 100 MiB.
+    #[serde(default = "default_max_download")]
+    pub max_bytes: u64,
+    /// Accepted content types (`application/pdf`, `image/*`); empty: any.
+    #[serde(default)]
+    pub content_types: Vec<String>,
+    /// Whole-download timeout. Default `60s`.
+    #[serde(default = "default_download_timeout")]
+    pub timeout: Dur,
+    /// Where `{path, size, sha256, content_type, url}` goes in the message.
+    #[serde(default = "default_cached")]
+    pub into: String,
+}
+
+fn default_max_download() -> u64 {
+    100 << 20
+}
+fn default_download_timeout() -> Dur {
+    Dur::secs(60)
+}
+fn default_cached() -> String {
+    "cached".into()
+}
+
+/// `stage: { type: upload, ... }`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UploadConfig {
+    /// Dotted path of the cached file's path in the message (what
+    /// `download` wrote). Default `cached.path`.
+    #[serde(default = "default_path_field")]
+    pub path_field: String,
+    /// Where files go.
+    pub target: UploadTarget,
+    /// Object name template (`{{path}}` placeholders), e.g.
+    /// `{{claim.id}}/{{cached.sha256}}`: the same message always maps to the
+    /// same name, so a retried upload overwrites nothing new.
+    pub name: String,
+    /// Where `{target, name, size}` goes in the message. Default `result`.
+    #[serde(default = "default_result")]
+    pub into: String,
+    /// Remove the cache file once uploaded. Default true.
+    #[serde(default = "yes")]
+    pub remove_cache: bool,
+}
+
+fn default_path_field() -> String {
+    "cached.path".into()
+}
+fn default_result() -> String {
+    "result".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// Upload targets.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum UploadTarget {
+    /// A local (or mounted) directory.
+    Dir { path: PathBuf },
 }
