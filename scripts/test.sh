@@ -35,7 +35,7 @@ verify_systemd() { scripts/verify-systemd.sh; }
 live_metrics() {
     local dir; dir=$(mktemp -d)
     sed -e 's/\${CONVEYOR_LISTEN:-127.0.0.1:9464}/127.0.0.1:0/' -e "s#\${CONVEYOR_DATA:-./data}#$dir#" \
-        -e 's/\${CONVEYOR_SIM_RATE:-50}/1000/' config.yaml > "$dir/config.yaml"
+        -e 's/\${CONVEYOR_SIM_RATE:-20}/100/' -e "s#\${CONVEYOR_SIM_LISTEN:-127.0.0.1:9470}#127.0.0.1:$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')#g" config.yaml > "$dir/config.yaml"
     target/debug/conveyor run --config "$dir/config.yaml" 2> "$dir/log" &
     local pid=$! addr="" i
     for i in $(seq 1 100); do

@@ -317,6 +317,12 @@ impl Runtime {
             http_task,
             reload_rx: tokio::sync::Mutex::new(Some(reload_rx)),
         };
+        if let Some(sim) = cfg.simulation.as_ref().filter(|s| s.enabled) {
+            let addr = crate::simulation::serve(sim, rt.token().clone())
+                .await
+                .map_err(|source| AppError::Bind { addr: sim.listen, source })?;
+            tracing::info!(listen = %addr, "simulated APIs up: /xact/enrich /claimx/enrich /itel/* /files");
+        }
         rt.apply(cfg.clone(), hash).await?;
         Ok(rt)
     }
@@ -569,6 +575,11 @@ impl Runtime {
                     start: w.start_position,
                     stage,
                     outputs: outputs.names().iter().map(|o| target(&w.outputs[o], &wm)).collect(),
+                    tee: {
+                        let default = outputs.index("default");
+                        let tees: Vec<usize> = w.tee.iter().filter_map(|t| outputs.index(t)).collect();
+                        default.map(|d| (d, tees)).filter(|(_, t)| !t.is_empty())
+                    },
                     dead_letter: w.dead_letter.as_deref().map(|d| target(d, &wm)),
                     concurrency: w.concurrency,
                     batch_size: w.batch_size,
@@ -639,7 +650,8 @@ impl Runtime {
                 })
             }
             TaskKind::Source => {
-                let SourceConfig::Simulator { entity, rate, count, malformed_ratio, pad_bytes } = &cfg.sources[name];
+                let SourceConfig::Simulator { entity, rate, count, malformed_ratio, pad_bytes, kind, attachments } =
+                    &cfg.sources[name];
                 let e = &cfg.entities[entity];
                 let sim = Arc::new(Simulator {
                     name: name.to_string(),
@@ -649,6 +661,8 @@ impl Runtime {
                     count: *count,
                     malformed_ratio: *malformed_ratio,
                     pad_bytes: *pad_bytes,
+                    kind: *kind,
+                    attachments: attachments.clone(),
                 });
                 let producer = producer_of(entity);
                 let counter = metrics

@@ -176,6 +176,7 @@ async fn run_once(args: &BenchArgs, dir: Option<std::path::PathBuf>, conveyor: b
                 producer: t.producer(),
                 produced: wm.produced("out"),
             }],
+            tee: None,
             dead_letter: None,
             concurrency: 1,
             batch_size: args.batch,

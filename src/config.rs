@@ -136,6 +136,7 @@ pub fn load_str(text: &str, file: &Path, env: impl Fn(&str) -> Option<String>) -
     let mut entities = BTreeMap::new();
     let mut sources = BTreeMap::new();
     let mut workers = BTreeMap::new();
+    let mut simulation = None;
     let mut seen = BTreeSet::new();
     for (k, v) in root {
         let Some(key) = k.as_str().map(str::to_string) else {
@@ -153,8 +154,13 @@ pub fn load_str(text: &str, file: &Path, env: impl Fn(&str) -> Option<String>) -
             "entities" => cx.section(&key, v, &mut entities),
             "sources" => cx.section(&key, v, &mut sources),
             "workers" => cx.section(&key, v, &mut workers),
+            "simulation" => {
+                if let Some(sim) = cx.de::<SimulationConfig>(&[key.clone()], v) {
+                    simulation = Some(sim);
+                }
+            }
             other => {
-                let hint = suggest(other, ["service", "transports", "entities", "sources", "workers"]);
+                let hint = suggest(other, ["service", "transports", "entities", "sources", "workers", "simulation"]);
                 cx.error(&[key.clone()], &format!("unknown section{hint}"));
             }
         }
@@ -164,7 +170,7 @@ pub fn load_str(text: &str, file: &Path, env: impl Fn(&str) -> Option<String>) -
             cx.error(&[], &format!("missing section `{required}`"));
         }
     }
-    let config = Config { service, transports, entities, sources, workers };
+    let config = Config { service, transports, entities, sources, workers, simulation };
     let warnings = validate(&config, &mut cx);
     if cx.issues.is_empty() {
         Ok(Loaded { config, warnings, hash: fnv1a(text.as_bytes()) })
@@ -323,6 +329,14 @@ fn validate(c: &Config, cx: &mut Cx) -> Vec<ConfigWarning> {
                         ));
                     }
                 }
+            }
+        }
+        for (i, t) in w.tee.iter().enumerate() {
+            if !w.outputs.contains_key(t) {
+                cx.error(
+                    &owned(&["workers", name, "tee", &i.to_string()]),
+                    &format!("no output named {t:?} in this worker's `outputs`"),
+                );
             }
         }
         let routes_only =

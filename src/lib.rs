@@ -42,6 +42,7 @@ pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod retry;
+pub mod simulation;
 pub mod sources;
 pub mod stages;
 pub mod supervisor;

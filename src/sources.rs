@@ -28,6 +28,8 @@ pub struct Simulator {
     pub count: Option<u64>,
     pub malformed_ratio: f64,
     pub pad_bytes: usize,
+    pub kind: crate::config::SimKind,
+    pub attachments: Option<String>,
 }
 
 impl Simulator {
@@ -89,13 +91,33 @@ impl Simulator {
         let payload = if malformed {
             format!("not json: {id}")
         } else {
-            let mut v = serde_json::json!({
-                "id": id,
-                "seq": seq,
-                "source": self.name,
-                "ts": now_ms(),
-                "amount": (fastrand::u32(100..1_000_000) as f64) / 100.0,
-            });
+            let mut v = match self.kind {
+                crate::config::SimKind::Generic => serde_json::json!({
+                    "id": id,
+                    "seq": seq,
+                    "source": self.name,
+                    "ts": now_ms(),
+                    "amount": (fastrand::u32(100..1_000_000) as f64) / 100.0,
+                }),
+                crate::config::SimKind::Verisk => serde_json::json!({
+                    "id": id,
+                    "seq": seq,
+                    "type": "xact",
+                    "claim_id": format!("XA-{:06}", seq % 50_000),
+                    "event_type": (["status_change", "estimate_uploaded", "document_added"][fastrand::usize(0..3)]),
+                    "attachment_url": format!("{}/{id}.pdf", self.attachments.as_deref().unwrap_or("http://127.0.0.1:9470/files")),
+                    "ts": now_ms(),
+                }),
+                crate::config::SimKind::Claimx => serde_json::json!({
+                    "id": id,
+                    "seq": seq,
+                    "type": "claimx",
+                    "claim_id": format!("CX-{:06}", seq % 50_000),
+                    "task": { "type": (["itel_cabinet", "mitigation", "inspection", "inspection"][fastrand::usize(0..4)]), "id": format!("T-{seq}") },
+                    "attachment_url": format!("{}/{id}.pdf", self.attachments.as_deref().unwrap_or("http://127.0.0.1:9470/files")),
+                    "ts": now_ms(),
+                }),
+            };
             if !pad.is_empty() {
                 v["pad"] = serde_json::Value::String(pad.to_string());
             }

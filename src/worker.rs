@@ -70,6 +70,8 @@ pub struct WorkerSpec {
     pub stage: Arc<dyn Stage>,
     /// Indexed like the stage's `Outputs`.
     pub outputs: Vec<OutputTarget>,
+    /// `tee`: the `default` output's index and the outputs that get a copy.
+    pub tee: Option<(usize, Vec<usize>)>,
     pub dead_letter: Option<OutputTarget>,
     pub concurrency: usize,
     pub batch_size: usize,

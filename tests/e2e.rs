@@ -22,13 +22,15 @@ fn check_accepts_the_default_config_and_rejects_a_typo_with_its_line() {
 
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(root.join("config.yaml")).unwrap();
-    let line = text.lines().position(|l| l.trim() == "input: orders.in").unwrap() + 1;
-    let bad = write_config(dir.path(), &text.replace("input: orders.in\n", "input: orders.inn\n"));
+    let line = text.lines().position(|l| l.trim() == "input: verisk_events").unwrap() + 1;
+    let bad = write_config(dir.path(), &text.replace("input: verisk_events\n", "input: verisk_event\n"));
     let out = Command::new(BIN).args(["check", "--config"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("config.yaml:{line}:5: workers.orders-validate.input: unknown entity \"orders.inn\" (did you mean \"orders.in\"?)")),
+        err.contains(&format!(
+            "config.yaml:{line}:5: workers.xact-event-ingester.input: unknown entity \"verisk_event\" (did you mean \"verisk_events\"?)"
+        )),
         "{err}"
     );
     // `run` refuses it the same way, before starting anything
@@ -45,13 +47,7 @@ fn check_accepts_the_default_config_and_rejects_a_typo_with_its_line() {
 #[test]
 fn run_serves_endpoints_and_drains_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(root.join("config.yaml"))
-        .unwrap()
-        .replace("${CONVEYOR_LISTEN:-127.0.0.1:9464}", "127.0.0.1:0")
-        .replace("${CONVEYOR_DATA:-./data}", &dir.path().display().to_string())
-        .replace("${CONVEYOR_SIM_RATE:-50}", "2000");
-    let cfg = write_config(dir.path(), &text);
+    let cfg = default_config_in(dir.path(), 200, None);
     let mut d = Daemon::start(&cfg);
     let t0 = Instant::now();
     assert_eq!(get_blocking(d.addr, "/healthz").unwrap().0, 200);
@@ -68,9 +64,8 @@ fn run_serves_endpoints_and_drains_on_sigterm() {
     std::thread::sleep(Duration::from_millis(500));
     let m2 = d.metrics();
     for name in ["conveyor_messages_consumed_total", "conveyor_messages_produced_total"] {
-        assert!(metric_sum(&m2, name, "orders-forward") > metric_sum(&m1, name, "orders-forward"), "{name} grows");
+        assert!(metric_sum(&m2, name, "xact-upload") > metric_sum(&m1, name, "xact-upload"), "{name} grows");
     }
-    assert!(metric_sum(&m2, "conveyor_dead_lettered_total", "orders-validate") >= 0.0);
     d.signal("-TERM");
     assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0), "exit 0 within the grace period");
     let logs: Vec<String> = d.logs.try_iter().collect();
@@ -238,4 +233,95 @@ workers:
     let passing: BTreeSet<String> = all.iter().filter(|id| !failing.contains(*id)).cloned().collect();
     assert_eq!(dead, failing, "every failing message dead-lettered, none lost");
     assert_eq!(out, passing, "every other message delivered");
+}
+
+#[test]
+fn the_seed_pipeline_delivers_every_event_once_and_dead_letters_the_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 400u64;
+    let cfg = default_config_in(dir.path(), 400, Some(n));
+    let mut d = Daemon::start(&cfg);
+    // wait until both sources finished and everything settled
+    let t0 = Instant::now();
+    let mut quiet_since: Option<Instant> = None;
+    loop {
+        let m = d.metrics();
+        let emitted = metric_sum(&m, "conveyor_source_events_total", "");
+        let busy = emitted < (2 * n) as f64
+            || metric_sum(&m, "conveyor_consumer_lag_messages", "") > 0.0
+            || metric_sum(&m, "conveyor_in_flight_messages", "") > 0.0
+            || metric_sum(&m, "conveyor_retry_pending_messages", "") > 0.0;
+        match (busy, quiet_since) {
+            (true, _) => quiet_since = None,
+            (false, None) => quiet_since = Some(Instant::now()),
+            (false, Some(s)) if s.elapsed() > Duration::from_secs(3) => break,
+            _ => {}
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "pipeline did not settle");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let m = d.metrics();
+    d.signal("-TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0));
+
+    // rows and results on disk
+    let rows = |prefix: &str| -> Vec<serde_json::Value> {
+        std::fs::read_dir(dir.path().join("results"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+            .flat_map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let ids = |rows: &[serde_json::Value]| -> BTreeSet<String> {
+        rows.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
+    };
+    let xact = rows("xact-results");
+    let claimx_rows = rows("claimx-entities");
+    let dead = |entity: &str| -> BTreeSet<String> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let t = open_store(&dir.path().join("embedded"), &[(entity, 1)], &[]);
+            read_all(&t, entity)
+                .await
+                .iter()
+                .map(|m| String::from_utf8(m.key.as_ref().unwrap().to_vec()).unwrap())
+                .collect()
+        })
+    };
+    let xact_dead = dead("xact.downloads.dlq");
+    let claimx_dead = dead("claimx.enrichment.dlq");
+    // every verisk event is either a result row or (malformed) a dead letter
+    assert_eq!(ids(&xact).len() + xact_dead.len(), n as usize, "rows {} + dead {}", ids(&xact).len(), xact_dead.len());
+    assert!(ids(&xact).is_disjoint(&xact_dead));
+    assert_eq!(ids(&claimx_rows).len() + claimx_dead.len(), n as usize);
+    // results carry the enrichment and the upload
+    for r in &xact {
+        assert!(r["enrichment"]["policy"].is_string(), "{r}");
+        assert_eq!(r["cached"]["size"], 8192);
+        let up = dir.path().join("uploads").join(r["result"]["name"].as_str().unwrap());
+        assert!(up.exists(), "{}", up.display());
+    }
+    // each attachment downloaded once and uploaded once (a clean run: no redelivery)
+    let uploads = walk(&dir.path().join("uploads/xact"));
+    assert_eq!(uploads, ids(&xact).len());
+    assert_eq!(
+        metric_sum(&m, "conveyor_messages_produced_total", "worker=\"xact-download\",entity=\"xact.downloads.cached\""),
+        ids(&xact).len() as f64
+    );
+    // plugin paths ran
+    assert!(metric_sum(&m, "conveyor_messages_produced_total", "entity=\"itel.cabinet.api.success\"") > 0.0);
+    assert!(metric_sum(&m, "conveyor_messages_produced_total", "entity=\"claimx.mitigation.task.tracking\"") > 0.0);
+}
+
+fn walk(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.map(|e| e.unwrap().path()).map(|p| if p.is_dir() { walk(&p) } else { 1 }).sum())
+        .unwrap_or(0)
 }

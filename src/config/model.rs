@@ -26,6 +26,41 @@ pub struct Config {
     /// produces to named outputs.
     #[serde(default)]
     pub workers: BTreeMap<String, WorkerConfig>,
+    /// A local HTTP server inside the daemon that plays the enrichment and
+    /// plugin APIs and serves attachment files, for demos and tests.
+    #[serde(default)]
+    pub simulation: Option<SimulationConfig>,
+}
+
+/// `simulation:` — the built-in stand-in for the external services.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SimulationConfig {
+    /// Turn it off to point the stages at real services.
+    #[serde(default = "yes_sim")]
+    pub enabled: bool,
+    /// Listen address of the simulated APIs. Default `127.0.0.1:9470`.
+    #[serde(default = "default_sim_listen")]
+    pub listen: SocketAddr,
+    /// Added to every API response.
+    #[serde(default)]
+    pub latency: Dur,
+    /// Share (0–1) of API calls answered `503` (retried by the workers).
+    #[serde(default)]
+    pub error_rate: f64,
+    /// Size of each served attachment. Default 4096.
+    #[serde(default = "default_attachment_bytes")]
+    pub attachment_bytes: usize,
+}
+
+fn yes_sim() -> bool {
+    true
+}
+fn default_sim_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9470))
+}
+fn default_attachment_bytes() -> usize {
+    4096
 }
 
 /// `service:` — process-wide settings.
@@ -360,7 +395,25 @@ pub enum SourceConfig {
         /// Extra payload bytes per event (a `pad` field). Default 0.
         #[serde(default)]
         pad_bytes: usize,
+        /// `generic` (the fields above), `verisk` (xact events with an
+        /// attachment) or `claimx` (ClaimX events with a task type).
+        #[serde(default)]
+        kind: SimKind,
+        /// URL prefix of attachments in `verisk`/`claimx` events
+        /// (`<prefix>/<id>.pdf`), e.g. the simulation server's `/files`.
+        #[serde(default)]
+        attachments: Option<String>,
     },
+}
+
+/// What a simulator emits.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SimKind {
+    #[default]
+    Generic,
+    Verisk,
+    Claimx,
 }
 
 fn default_rate() -> f64 {
@@ -392,6 +445,10 @@ pub struct WorkerConfig {
     /// is the usual one.
     #[serde(default)]
     pub outputs: BTreeMap<String, String>,
+    /// Outputs that also receive a copy of every message the stage sends to
+    /// `default` (fan-out: one event feeding several stages).
+    #[serde(default)]
+    pub tee: Vec<String>,
     /// Entity that receives a structured envelope for each message that
     /// cannot be processed. Without it, a failed message stops the partition
     /// (it is retried with backoff, never skipped).

@@ -144,6 +144,13 @@ pub(super) async fn run(
 
         // 3. produce everything and wait for the acknowledgements
         for e in emits.drain(..) {
+            if let Some((default, tees)) = &spec.tee {
+                if e.output == *default {
+                    for t in tees {
+                        per_output[*t].push(e.message.clone());
+                    }
+                }
+            }
             per_output[e.output].push(e.message);
         }
         let mut dead: Vec<(OutboundMessage, ErrorCategory)> = Vec::new();

@@ -321,3 +321,29 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// A free TCP port on 127.0.0.1 (bound and released: good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The repository's `config.yaml`, made private to a test: HTTP on port 0,
+/// data in `dir`, the simulated APIs on a free port, sources at `rate`
+/// events/s (and stopping after `count` events each, when given).
+pub fn default_config_in(dir: &Path, rate: u32, count: Option<u64>) -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sim = format!("127.0.0.1:{}", free_port());
+    let rate_line = match count {
+        Some(c) => format!("{rate}\n    count: {c}"),
+        None => rate.to_string(),
+    };
+    let text = std::fs::read_to_string(root.join("config.yaml"))
+        .unwrap()
+        .replace("${CONVEYOR_LISTEN:-127.0.0.1:9464}", "127.0.0.1:0")
+        .replace("${CONVEYOR_DATA:-./data}", &dir.display().to_string())
+        .replace("${CONVEYOR_SIM_LISTEN:-127.0.0.1:9470}", &sim)
+        .replace("${CONVEYOR_SIM_RATE:-20}", &rate_line);
+    let p = dir.join("config.yaml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
