@@ -325,3 +325,21 @@ fn walk(dir: &Path) -> usize {
         .map(|rd| rd.map(|e| e.unwrap().path()).map(|p| if p.is_dir() { walk(&p) } else { 1 }).sum())
         .unwrap_or(0)
 }
+
+#[test]
+fn every_shipped_config_passes_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for c in ["config.yaml", "config/kafka.yaml", "config/orders.yaml"] {
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(root.join(c))
+            .env("KAFKA_BOOTSTRAP", "127.0.0.1:1")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{c}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = Command::new(BIN).args(["graph", "--config"]).arg(root.join("config.yaml")).output().unwrap();
+    let g = String::from_utf8_lossy(&out.stdout);
+    assert!(g.contains("w_xact_download -->|default| e_xact_downloads_cached"), "{g}");
+    assert!(g.contains("w_claimx_task_router -->|itel| e_itel_cabinet_task_tracking"), "{g}");
+}

@@ -390,3 +390,30 @@ fn sasl_password_never_appears_in_logs_readyz_or_metrics() {
         assert!(!text.contains(secret), "the SASL password leaked into {what}");
     }
 }
+
+#[test]
+fn the_seed_pipeline_runs_on_kafka_unchanged() {
+    let broker = KafkaBroker::get(false);
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sim = format!("127.0.0.1:{}", free_port());
+    let text = std::fs::read_to_string(root.join("config/kafka.yaml"))
+        .unwrap()
+        .replace("${KAFKA_BOOTSTRAP:-127.0.0.1:9092}", &broker.bootstrap)
+        .replace("${CONVEYOR_LISTEN:-127.0.0.1:9464}", "127.0.0.1:0")
+        .replace("${CONVEYOR_DATA:-./data}", &dir.path().display().to_string())
+        .replace("${CONVEYOR_SIM_LISTEN:-127.0.0.1:9470}", &sim)
+        .replace("${CONVEYOR_SIM_RATE:-20}", "200\n    count: 100");
+    let path = dir.path().join("kafka.yaml");
+    std::fs::write(&path, text).unwrap();
+    let mut d = Daemon::start(&path);
+    let t0 = std::time::Instant::now();
+    while metric_sum(&d.metrics(), "conveyor_messages_produced_total", "worker=\"xact-upload\"") < 90.0 {
+        assert!(t0.elapsed() < Duration::from_secs(90), "xact results did not flow on Kafka");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let m = d.metrics();
+    assert!(metric_sum(&m, "conveyor_messages_produced_total", "entity=\"claimx.entities.rows\"") > 0.0);
+    d.signal("-TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(40)), Some(0));
+}
