@@ -107,6 +107,20 @@ impl StageError {
     }
 }
 
+/// A message carrying `payload`, for stage unit tests.
+#[cfg(test)]
+pub(crate) fn test_message(payload: &[u8]) -> PipelineMessage {
+    PipelineMessage {
+        entity: "e".into(),
+        partition: 0,
+        position: 0,
+        key: None,
+        headers: Default::default(),
+        payload: bytes::Bytes::copy_from_slice(payload),
+        timestamp_ms: 0,
+    }
+}
+
 /// Builds the stage a config asks for.
 pub fn build(cfg: &StageConfig, outputs: &Outputs) -> Result<Arc<dyn Stage>, String> {
     let default = || outputs.index("default").ok_or_else(|| "this stage needs an output named `default`".to_string());

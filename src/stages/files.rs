@@ -216,7 +216,6 @@ mod tests {
     use axum::Router;
     use axum::extract::{Path as AxPath, State};
     use axum::routing::get as route_get;
-    use bytes::Bytes;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -243,15 +242,7 @@ mod tests {
     }
 
     fn msg(v: Value) -> PipelineMessage {
-        PipelineMessage {
-            entity: "e".into(),
-            partition: 0,
-            position: 0,
-            key: None,
-            headers: Default::default(),
-            payload: Bytes::from(serde_json::to_vec(&v).unwrap()),
-            timestamp_ms: 0,
-        }
+        crate::stages::test_message(&serde_json::to_vec(&v).unwrap())
     }
 
     async fn one(s: &dyn Stage, v: Value) -> Result<Value, StageError> {

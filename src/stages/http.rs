@@ -232,15 +232,7 @@ mod tests {
     }
 
     fn msg(p: &str) -> PipelineMessage {
-        PipelineMessage {
-            entity: "e".into(),
-            partition: 0,
-            position: 0,
-            key: None,
-            headers: Default::default(),
-            payload: Bytes::copy_from_slice(p.as_bytes()),
-            timestamp_ms: 0,
-        }
+        crate::stages::test_message(p.as_bytes())
     }
 
     async fn run(s: &HttpStage, p: &str) -> Result<(usize, Value), StageError> {

@@ -116,18 +116,9 @@ impl Stage for Sink {
 mod tests {
     use super::*;
     use crate::config::Dur;
-    use bytes::Bytes;
 
     fn msg(p: &str) -> PipelineMessage {
-        PipelineMessage {
-            entity: "e".into(),
-            partition: 0,
-            position: 0,
-            key: None,
-            headers: Default::default(),
-            payload: Bytes::copy_from_slice(p.as_bytes()),
-            timestamp_ms: 0,
-        }
+        crate::stages::test_message(p.as_bytes())
     }
 
     fn lines(dir: &std::path::Path) -> (usize, Vec<String>) {
