@@ -7,7 +7,8 @@
 //!   workers), validated with every error located by file, line and path.
 //! - [`transport`]: the transport-agnostic API ([`transport::PipelineMessage`],
 //!   [`transport::ProduceResult`], [`transport::PartitionInfo`], producer and
-//!   consumer traits) and its implementations ([`transport::embedded`] today).
+//!   consumer traits) and its implementations ([`transport::embedded`],
+//!   `transport::kafka` with the `kafka` feature).
 //! - [`worker`]: consume → stage → produce → commit, one lane per partition.
 //! - [`stages`]: what a worker does with a message.
 //! - [`classify`]: every failure is `Transient`, `Auth`, `Permanent` or
