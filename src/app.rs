@@ -455,44 +455,18 @@ impl Runtime {
             } else {
                 report.stopped.push(n.clone());
                 self.shared.health.remove(n);
+                self.metrics.forget_worker(n);
             }
         }
-        // 3. reopen changed transports, drop removed ones
-        for n in &replaced {
-            if let Some(old) = live.transports.remove(n) {
-                self.shared.handles.write().unwrap().remove(n);
-                old.transport.close().await;
-                drop(old);
+        // 3.–5. reopen changed transports, add entities, start what is new or
+        // changed; if that fails, bring the previous topology back
+        if let Err(e) = self.switch(&mut live, &cfg, &new_plan, &replaced, fresh, old_cfg.is_some(), &mut report).await
+        {
+            if let Some(old) = &old_cfg {
+                tracing::error!(error = %e, "applying the new config failed; restoring the previous one");
+                self.restore(&mut live, old).await;
             }
-            if cfg.transports.contains_key(n) {
-                let lt = open_transport(&cfg, n).await?;
-                report.transports_reopened.push(n.clone());
-                live.transports.insert(n.clone(), lt);
-            }
-        }
-        live.transports.extend(fresh);
-        // 4. new entities and groups on transports that kept running
-        for (n, lt) in &live.transports {
-            ensure_entities(&cfg, n, lt).await?;
-        }
-        *self.shared.handles.write().unwrap() = live.transports.clone();
-        // 5. start what is new or changed
-        for (n, p) in &new_plan {
-            if live.tasks.contains_key(n) {
-                report.unchanged.push(n.clone());
-                continue;
-            }
-            let h = self.spawn_task(&cfg, &live.transports, n, p)?;
-            if old_cfg.is_some() && report.restarted.contains(n) {
-                let th = self.shared.health.task(n, kind_name(&p.kind));
-                th.restarted();
-                if let TaskKind::Worker = p.kind {
-                    self.metrics.worker(n, p.input.as_deref().unwrap_or("")).restarts.inc();
-                }
-            } else if old_cfg.is_some() {
-                report.started.push(n.clone());
-            }
-            live.tasks.insert(n.clone(), (p.clone(), h));
+            return Err(e);
         }
         *self.shared.current.write().unwrap() = Some(cfg.clone());
         live.cfg = Some(cfg);
@@ -507,6 +481,81 @@ impl Runtime {
         self.metrics.config_generation.set(generation as i64);
         self.metrics.set_config_hash(&format!("{hash:016x}"));
         Ok(report)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn switch(
+        &self,
+        live: &mut Live,
+        cfg: &Config,
+        new_plan: &BTreeMap<String, TaskPlan>,
+        replaced: &BTreeSet<String>,
+        fresh: BTreeMap<String, LiveTransport>,
+        reloading: bool,
+        report: &mut ReloadReport,
+    ) -> Result<(), AppError> {
+        for n in replaced {
+            if let Some(old) = live.transports.remove(n) {
+                self.shared.handles.write().unwrap().remove(n);
+                old.transport.close().await;
+                drop(old);
+            }
+            if cfg.transports.contains_key(n) {
+                let lt = open_transport(cfg, n).await?;
+                report.transports_reopened.push(n.clone());
+                live.transports.insert(n.clone(), lt);
+            }
+        }
+        live.transports.extend(fresh);
+        for (n, lt) in &live.transports {
+            ensure_entities(cfg, n, lt).await?;
+        }
+        *self.shared.handles.write().unwrap() = live.transports.clone();
+        for (n, p) in new_plan {
+            if live.tasks.contains_key(n) {
+                report.unchanged.push(n.clone());
+                continue;
+            }
+            let h = self.spawn_task(cfg, &live.transports, n, p)?;
+            if reloading && report.restarted.contains(n) {
+                let th = self.shared.health.task(n, kind_name(&p.kind));
+                th.restarted();
+                if let TaskKind::Worker = p.kind {
+                    self.metrics.worker(n, p.input.as_deref().unwrap_or("")).restarts.inc();
+                }
+            } else if reloading {
+                report.started.push(n.clone());
+            }
+            live.tasks.insert(n.clone(), (p.clone(), h));
+        }
+        Ok(())
+    }
+
+    /// Best effort after a failed apply: reopen the previous config's
+    /// transports that are missing and restart its tasks that are not running.
+    async fn restore(&self, live: &mut Live, old: &Config) {
+        for n in old.transports.keys() {
+            if !live.transports.contains_key(n) {
+                match open_transport(old, n).await {
+                    Ok(lt) => {
+                        live.transports.insert(n.clone(), lt);
+                    }
+                    Err(e) => tracing::error!(transport = %n, error = %e, "cannot reopen the previous transport"),
+                }
+            }
+        }
+        *self.shared.handles.write().unwrap() = live.transports.clone();
+        for (n, p) in plan::plan(old) {
+            if live.tasks.contains_key(&n) {
+                continue;
+            }
+            match self.spawn_task(old, &live.transports, &n, &p) {
+                Ok(h) => {
+                    live.tasks.insert(n, (p, h));
+                }
+                Err(e) => tracing::error!(task = %n, error = %e, "cannot restart the previous task"),
+            }
+        }
     }
 
     /// Waits until task `name` has consumed everything of its input.

@@ -331,6 +331,16 @@ impl Metrics {
         to_text_004(&self.encode())
     }
 
+    /// Drops the gauges of a worker removed by a reload (so it does not look
+    /// unready or lagging forever); its counters stay for `rate()`.
+    pub fn forget_worker(&self, worker: &str) {
+        let w = WorkerLabel { worker: worker.into() };
+        self.ready.remove(&w);
+        self.in_flight.remove(&w);
+        self.transport_connected.remove(&w);
+        self.recommended_replicas.remove(&w);
+    }
+
     /// Marks `hash` as the running config (drops the previous one's series).
     pub fn set_config_hash(&self, hash: &str) {
         self.config_info.clear();

@@ -224,3 +224,22 @@ workers:
     assert!(last < Duration::from_millis(2000), "pings stopped once the loop was stuck for 1 s; last at {last:?}");
     assert!(seen.iter().any(|(_, m)| m.contains("STATUS=") && m.contains("stuck: stuck")), "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_cannot_reopen_a_transport_restores_the_previous_topology() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = BASE
+        .replace("t1: { type: embedded }", &format!("t1: {{ type: embedded, path: \"{}\" }}", dir.path().display()));
+    let rt = Runtime::start(&config(&text), 1, slow_w2()).await.unwrap();
+    assert!(eventually(Duration::from_secs(10), async || consumed(&rt, "w2") > 100.0).await);
+    // a data path that cannot be created: t1 is closed, reopening fails
+    let broken = text.replace(&dir.path().display().to_string(), "/proc/conveyor-cannot-write-here");
+    let err = rt.reload_text(&broken, Path::new("c.yaml")).await.unwrap_err();
+    assert!(err.to_string().contains("t1"), "{err}");
+    assert_eq!(rt.config_status().generation, 1);
+    // the previous topology runs again and nothing is lost
+    let before = consumed(&rt, "w2");
+    assert!(eventually(Duration::from_secs(10), async || consumed(&rt, "w2") > before).await, "restored");
+    assert!(eventually(Duration::from_secs(30), async || out_ids(&rt, "t1").await.len() == 3000).await);
+    rt.shutdown().await.unwrap();
+}
