@@ -825,7 +825,12 @@ pub async fn run(path: &Path, cfg: &Config, hash: u64) -> Result<(), AppError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(AppError::Signals)?;
     let rt = Runtime::start(cfg, hash, Options::default()).await?;
-    crate::watchdog::spawn(rt.health.clone(), rt.token().clone(), cfg.service.watchdog_stall.get());
+    crate::watchdog::spawn(
+        rt.health.clone(),
+        rt.metrics.consumed_all.clone(),
+        rt.token().clone(),
+        cfg.service.watchdog_stall.get(),
+    );
     let mut file_changes = crate::watch::watch(path);
     let mut http_reloads = rt.reload_rx.lock().await.take().expect("taken once");
     loop {

@@ -230,6 +230,8 @@ pub struct Metrics {
     pub reload_failures: Counter,
     pub config_generation: Gauge,
     pub config_info: Family<HashLabel, Gauge>,
+    /// Every message consumed by any worker (for systemd's `STATUS=` rate).
+    pub consumed_all: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -258,6 +260,7 @@ impl Metrics {
             reload_failures: Counter::default(),
             config_generation: Gauge::default(),
             config_info: Family::default(),
+            consumed_all: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             registry: Registry::default(),
         };
         registry.register("messages_consumed", "Messages read from an input entity", m.consumed.clone());
@@ -363,6 +366,7 @@ impl Metrics {
             restarts: self.restarts.get_or_create(&w).clone(),
             breaker_trips: self.breaker_trips.get_or_create(&w).clone(),
             connected: self.transport_connected.get_or_create(&w).clone(),
+            consumed_all: self.consumed_all.clone(),
             all: self.clone(),
         }
     }
@@ -403,6 +407,7 @@ pub struct WorkerMetrics {
     pub restarts: Counter,
     pub breaker_trips: Counter,
     pub connected: Gauge,
+    pub consumed_all: Arc<std::sync::atomic::AtomicU64>,
     all: Arc<Metrics>,
 }
 

@@ -195,6 +195,7 @@ impl Scheduler {
     async fn lane(&self, mut reader: Box<dyn PartitionReader>, cancel: CancellationToken) -> Result<(), WorkerError> {
         let p = reader.partition();
         let lag = (self.lag)(p);
+        let mut pending = PendingShare { gauge: self.pending.clone(), mine: 0 };
         // uncommitted messages by position; `None` once re-produced
         let mut held: BTreeMap<i64, Option<PipelineMessage>> = BTreeMap::new();
         let mut last_done: Option<PipelineMessage> = None;
@@ -259,7 +260,7 @@ impl Scheduler {
                     source,
                 })?;
             }
-            self.pending.set(queue.len() as i64);
+            pending.set(queue.len() as i64);
             if let Some(l) = reader.lag() {
                 lag.set(l as i64);
             }
@@ -304,6 +305,26 @@ impl Scheduler {
         }
         self.redelivered.inc_by(n as u64);
         Ok(())
+    }
+}
+
+/// This lane's share of the entity's pending gauge (lanes of all partitions
+/// add up; a lane that ends takes its share back).
+struct PendingShare {
+    gauge: Gauge,
+    mine: i64,
+}
+
+impl PendingShare {
+    fn set(&mut self, n: i64) {
+        self.gauge.inc_by(n - self.mine);
+        self.mine = n;
+    }
+}
+
+impl Drop for PendingShare {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.mine);
     }
 }
 

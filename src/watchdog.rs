@@ -13,9 +13,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-pub fn spawn(health: Arc<Health>, stop: CancellationToken, stall: Duration) {
+pub fn spawn(
+    health: Arc<Health>,
+    consumed: Arc<std::sync::atomic::AtomicU64>,
+    stop: CancellationToken,
+    stall: Duration,
+) {
     let interval = notify::watchdog_interval();
     tokio::spawn(async move {
+        let mut last = (std::time::Instant::now(), consumed.load(std::sync::atomic::Ordering::Relaxed));
+        let mut rate = 0.0f64;
         let tick = interval.map(|i| i / 2).unwrap_or(Duration::from_secs(1)).max(Duration::from_millis(50));
         let mut told_ready = false;
         let mut was_stalled = false;
@@ -31,6 +38,12 @@ pub fn spawn(health: Arc<Health>, stop: CancellationToken, stall: Duration) {
                 tracing::info!(tasks = r.workers.len(), "all workers ready");
             }
             let stalled = health.stalled(stall);
+            let now = (std::time::Instant::now(), consumed.load(std::sync::atomic::Ordering::Relaxed));
+            let dt = now.0.duration_since(last.0).as_secs_f64();
+            if dt >= 1.0 {
+                rate = (now.1 - last.1) as f64 / dt;
+                last = now;
+            }
             let ready = r.workers.values().filter(|w| w.state == TaskState::Ready).count();
             if stalled.is_empty() {
                 if interval.is_some() {
@@ -39,12 +52,16 @@ pub fn spawn(health: Arc<Health>, stop: CancellationToken, stall: Duration) {
                 if was_stalled {
                     tracing::info!("consumer loops make progress again; watchdog pings resume");
                 }
-                notify::status(&format!("{ready}/{} tasks ready", r.workers.len()));
+                notify::status(&format!("{ready}/{} tasks ready, {rate:.0} msgs/s", r.workers.len()));
             } else {
                 if !was_stalled {
                     tracing::error!(tasks = ?stalled, stall = ?stall, "consumer loop stuck: watchdog pings stop");
                 }
-                notify::status(&format!("{ready}/{} tasks ready; stuck: {}", r.workers.len(), stalled.join(", ")));
+                notify::status(&format!(
+                    "{ready}/{} tasks ready, {rate:.0} msgs/s; stuck: {}",
+                    r.workers.len(),
+                    stalled.join(", ")
+                ));
             }
             was_stalled = !stalled.is_empty();
         }

@@ -241,24 +241,40 @@ fn the_seed_pipeline_delivers_every_event_once_and_dead_letters_the_malformed() 
     let n = 400u64;
     let cfg = default_config_in(dir.path(), 400, Some(n));
     let mut d = Daemon::start(&cfg);
-    // wait until both sources finished and everything settled
+    // wait until every event of both sources is a result row or a dead letter
+    let count_rows = |prefix: &str| -> usize {
+        let mut ids = BTreeSet::new();
+        for p in std::fs::read_dir(dir.path().join("results"))
+            .map(|rd| rd.map(|e| e.unwrap().path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            if p.file_name().unwrap().to_string_lossy().starts_with(prefix) {
+                for l in std::fs::read_to_string(&p).unwrap_or_default().lines() {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
+                        ids.insert(v["id"].as_str().unwrap_or_default().to_string());
+                    }
+                }
+            }
+        }
+        ids.len()
+    };
     let t0 = Instant::now();
-    let mut quiet_since: Option<Instant> = None;
     loop {
         let m = d.metrics();
-        let emitted = metric_sum(&m, "conveyor_source_events_total", "");
-        let busy = emitted < (2 * n) as f64
-            || metric_sum(&m, "conveyor_consumer_lag_messages", "") > 0.0
-            || metric_sum(&m, "conveyor_in_flight_messages", "") > 0.0
-            || metric_sum(&m, "conveyor_retry_pending_messages", "") > 0.0;
-        match (busy, quiet_since) {
-            (true, _) => quiet_since = None,
-            (false, None) => quiet_since = Some(Instant::now()),
-            (false, Some(s)) if s.elapsed() > Duration::from_secs(3) => break,
-            _ => {}
+        let xact_dead = metric_sum(&m, "conveyor_dead_lettered_total", "worker=\"xact-");
+        let claimx_dead = metric_sum(&m, "conveyor_dead_lettered_total", "worker=\"claimx-e");
+        let done = count_rows("xact-results") as f64 + xact_dead >= n as f64
+            && count_rows("claimx-entities") as f64 + claimx_dead >= n as f64;
+        if done {
+            break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(120), "pipeline did not settle");
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "not every event arrived: xact {} rows + {xact_dead} dead, claimx {} rows + {claimx_dead} dead of {n}",
+            count_rows("xact-results"),
+            count_rows("claimx-entities")
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
     let m = d.metrics();
     d.signal("-TERM");

@@ -222,7 +222,10 @@ workers:
     assert!(!pings.is_empty(), "pings while healthy");
     let last = *pings.last().unwrap();
     assert!(last < Duration::from_millis(2000), "pings stopped once the loop was stuck for 1 s; last at {last:?}");
-    assert!(seen.iter().any(|(_, m)| m.contains("STATUS=") && m.contains("stuck: stuck")), "{seen:?}");
+    assert!(
+        seen.iter().any(|(_, m)| m.contains("STATUS=") && m.contains("msgs/s") && m.contains("stuck: stuck")),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,6 +88,7 @@ pub(super) async fn run(
         // the first message of the batch is the oldest not yet processed
         lag_seconds.set(((crate::transport::now_ms() - batch[0].timestamp_ms).max(0) as f64) / 1000.0);
         spec.metrics.consumed.inc_by(n as u64);
+        spec.metrics.consumed_all.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         spec.metrics.in_flight.inc_by(n as i64);
         let _guard = InFlight(&spec.metrics.in_flight, n as i64);
 
