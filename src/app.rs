@@ -794,21 +794,6 @@ pub fn recommended_replicas(rate: f64, lag: f64, trend: f64, partitions: u32) ->
     (want as u32).clamp(1, partitions.max(1))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::recommended_replicas;
-
-    #[test]
-    fn replicas_follow_lag_and_its_trend() {
-        assert_eq!(recommended_replicas(1000.0, 0.0, 0.0, 8), 1, "keeping up");
-        assert_eq!(recommended_replicas(1000.0, 0.0, 1000.0, 8), 2, "lag grows as fast as we consume");
-        assert_eq!(recommended_replicas(1000.0, 600_000.0, 0.0, 8), 3, "clear 600k in 5 min at 1000/s each");
-        assert_eq!(recommended_replicas(1000.0, 0.0, 50_000.0, 8), 8, "capped at the partition count");
-        assert_eq!(recommended_replicas(0.0, 10.0, 0.0, 4), 2);
-        assert_eq!(recommended_replicas(0.0, 0.0, 0.0, 4), 1);
-    }
-}
-
 fn kind_name(k: &TaskKind) -> &'static str {
     match k {
         TaskKind::Worker => "worker",
@@ -899,4 +884,19 @@ pub fn check_brokers(cfg: &Config) -> Vec<String> {
     #[cfg(not(feature = "kafka"))]
     let _ = cfg;
     warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recommended_replicas;
+
+    #[test]
+    fn replicas_follow_lag_and_its_trend() {
+        assert_eq!(recommended_replicas(1000.0, 0.0, 0.0, 8), 1, "keeping up");
+        assert_eq!(recommended_replicas(1000.0, 0.0, 1000.0, 8), 2, "lag grows as fast as we consume");
+        assert_eq!(recommended_replicas(1000.0, 600_000.0, 0.0, 8), 3, "clear 600k in 5 min at 1000/s each");
+        assert_eq!(recommended_replicas(1000.0, 0.0, 50_000.0, 8), 8, "capped at the partition count");
+        assert_eq!(recommended_replicas(0.0, 10.0, 0.0, 4), 2);
+        assert_eq!(recommended_replicas(0.0, 0.0, 0.0, 4), 1);
+    }
 }

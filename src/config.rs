@@ -146,7 +146,7 @@ pub fn load_str(text: &str, file: &Path, env: impl Fn(&str) -> Option<String>) -
         seen.insert(key.clone());
         match key.as_str() {
             "service" => {
-                if let Some(s) = cx.de::<ServiceConfig>(&[key.clone()], v) {
+                if let Some(s) = cx.de::<ServiceConfig>(std::slice::from_ref(&key), v) {
                     service = s;
                 }
             }
@@ -155,13 +155,13 @@ pub fn load_str(text: &str, file: &Path, env: impl Fn(&str) -> Option<String>) -
             "sources" => cx.section(&key, v, &mut sources),
             "workers" => cx.section(&key, v, &mut workers),
             "simulation" => {
-                if let Some(sim) = cx.de::<SimulationConfig>(&[key.clone()], v) {
+                if let Some(sim) = cx.de::<SimulationConfig>(std::slice::from_ref(&key), v) {
                     simulation = Some(sim);
                 }
             }
             other => {
                 let hint = suggest(other, ["service", "transports", "entities", "sources", "workers", "simulation"]);
-                cx.error(&[key.clone()], &format!("unknown section{hint}"));
+                cx.error(std::slice::from_ref(&key), &format!("unknown section{hint}"));
             }
         }
     }

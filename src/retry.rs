@@ -88,6 +88,7 @@ pub fn strip(h: &Headers) -> Headers {
 }
 
 /// The message to write to the retry entity for attempt `attempts + 1`.
+#[allow(clippy::too_many_arguments)]
 pub fn to_retry(
     msg: &PipelineMessage,
     clean: &Headers,
