@@ -78,12 +78,8 @@ fn sigkill_then_restart_resumes_from_committed_positions_without_loss() {
     let data = dir.path().join("data");
     let n = 20_000;
     let want: BTreeSet<String> = (0..n).map(|i| format!("id-{i}")).collect();
+    seed_store(&data, &[("in", 4), ("out", 4)], "in", want.iter().cloned());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let t = open_store(&data, &[("in", 4), ("out", 4)], &[]);
-        produce_ids(&t, "in", want.iter().cloned()).await;
-        t.flush().await.unwrap();
-    });
     let cfg = write_config(
         dir.path(),
         &format!(
@@ -150,13 +146,9 @@ fn kill_9_during_retry_scheduling_and_dead_lettering_loses_nothing() {
     let data = dir.path().join("data");
     let n = 6000;
     let all: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let ents = [("in", 4), ("out", 4), ("retry", 2), ("dlq", 1)];
-    rt.block_on(async {
-        let t = open_store(&data, &ents, &[]);
-        produce_ids(&t, "in", all.iter().cloned()).await;
-        t.flush().await.unwrap();
-    });
+    seed_store(&data, &ents, "in", all.iter().cloned());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let cfg = write_config(
         dir.path(),
         &format!(

@@ -616,6 +616,8 @@ impl KafkaReader {
                     if out.is_empty() {
                         return Err(map_err(&self.transport, &e));
                     }
+                    // the batch in hand is processed; the error is not dropped silently
+                    tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "kafka error while reading a batch");
                     break;
                 }
                 None => break,

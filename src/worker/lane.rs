@@ -356,7 +356,15 @@ async fn process(
         if let (Some(r), true) = (&spec.retry, retryable) {
             if attempts < r.max_attempts {
                 let delay = retry::delay_for(&r.schedule, attempts);
-                log_failure(spec, msg, &err, attempts, "message failed; scheduled for a delayed retry", delay);
+                log_failure(
+                    spec,
+                    msg,
+                    &err,
+                    attempts,
+                    "message failed; scheduled for a delayed retry",
+                    Some(delay),
+                    None,
+                );
                 let m = retry::to_retry(
                     msg,
                     &msg.headers,
@@ -379,19 +387,7 @@ async fn process(
         };
         if give_up {
             if let Some(dl) = &spec.dead_letter {
-                tracing::warn!(
-                    worker = %spec.name,
-                    message_topic = %msg.entity,
-                    message_partition = msg.partition,
-                    message_offset = msg.position,
-                    message_consumer_group = %spec.group,
-                    error_category = %category,
-                    error_type = err.kind(),
-                    error = %err,
-                    attempts,
-                    dead_letter = %dl.entity,
-                    "message dead-lettered"
-                );
+                log_failure(spec, msg, &err, attempts, "message dead-lettered", None, Some(&dl.entity));
                 let f = Failure {
                     category,
                     kind: err.kind(),
@@ -415,7 +411,7 @@ async fn process(
             delay = delay.saturating_mul(2).min(spec.retry_max);
         }
         let delay = jitter(delay);
-        log_failure(spec, msg, &err, attempts, "message failed; retrying in place", delay);
+        log_failure(spec, msg, &err, attempts, "message failed; retrying in place", Some(delay), None);
         // waiting out a planned retry is healthy for the watchdog
         health.lane_idle(msg.partition);
         tokio::select! {
@@ -427,7 +423,17 @@ async fn process(
     }
 }
 
-fn log_failure(spec: &WorkerSpec, msg: &PipelineMessage, err: &StageError, attempts: u32, what: &str, delay: Duration) {
+/// One log line per failed attempt, with the message's coordinates and
+/// what happens next (a retry after `delay`, or the dead-letter entity).
+fn log_failure(
+    spec: &WorkerSpec,
+    msg: &PipelineMessage,
+    err: &StageError,
+    attempts: u32,
+    what: &str,
+    delay: Option<Duration>,
+    dead_letter: Option<&str>,
+) {
     tracing::warn!(
         worker = %spec.name,
         message_topic = %msg.entity,
@@ -438,7 +444,8 @@ fn log_failure(spec: &WorkerSpec, msg: &PipelineMessage, err: &StageError, attem
         error_type = err.kind(),
         error = %err,
         attempts,
-        retry_in_ms = delay.as_millis() as u64,
+        retry_in_ms = delay.map(|d| d.as_millis() as u64),
+        dead_letter,
         "{what}"
     );
 }

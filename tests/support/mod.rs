@@ -347,3 +347,14 @@ pub fn default_config_in(dir: &Path, rate: u32, count: Option<u64>) -> std::path
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// Writes `ids` into `entity` of a durable embedded store at `path` (the
+/// daemon must not be running on it) and makes them durable.
+pub fn seed_store(path: &Path, entities: &[(&str, u32)], entity: &str, ids: impl IntoIterator<Item = String>) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let t = open_store(path, entities, &[]);
+        produce_ids(&t, entity, ids).await;
+        t.flush().await.unwrap();
+    });
+}
