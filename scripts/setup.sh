@@ -25,6 +25,7 @@ fi
 # curl (live /metrics scrape), kcat (independent Kafka client), the C
 # toolchain pieces librdkafka's build needs, Java + Maven (Apache Kafka broker)
 pkgs=()
+pkgs2=()
 command -v curl >/dev/null || pkgs+=(curl)
 command -v kcat >/dev/null || pkgs+=(kcat)
 command -v make >/dev/null || pkgs+=(make)
@@ -38,6 +39,23 @@ dpkg -s zlib1g-dev >/dev/null 2>&1 || pkgs+=(zlib1g-dev)
 if [[ ${#pkgs[@]} -gt 0 ]]; then
     apt_update
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+command -v npm >/dev/null || pkgs2+=(npm)
+command -v python3 >/dev/null || pkgs2+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs2+=(python3-venv)
+if [[ ${#pkgs2[@]} -gt 0 ]]; then
+    apt_update
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs2[@]}" >/dev/null
+fi
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Azurite (npm) for blob checkpoints, in .cache/node
+bash "$root/scripts/azurite.sh" >&2
+# The official Python Event Hubs SDK + blob checkpoint store: the independent
+# client the Event Hubs tests cross-check against (venv in .cache/pyenv)
+if ! "$root/.cache/pyenv/bin/python" -c 'import azure.eventhub, azure.eventhub.extensions.checkpointstoreblobaio' 2>/dev/null; then
+    python3 -m venv "$root/.cache/pyenv"
+    "$root/.cache/pyenv/bin/pip" install -q --disable-pip-version-check \
+        azure-eventhub==5.15.1 azure-eventhub-checkpointstoreblob-aio==1.2.0 aiohttp >&2
 fi
 # Apache Kafka broker jars from Maven Central (cached in .cache/kafka and ~/.m2)
 "$(dirname "${BASH_SOURCE[0]}")/kafka/fetch.sh" >&2

@@ -55,7 +55,7 @@ live_metrics() {
     [[ $ok -eq 1 ]]
 }
 
-no_kafka_build() { cargo check --locked --no-default-features --quiet && ! cargo tree --no-default-features -e normal -i rdkafka >/dev/null 2>&1; }
+no_kafka_build() { cargo check --locked --no-default-features --features eventhubs --quiet && ! cargo tree --no-default-features --features eventhubs -e normal -i rdkafka >/dev/null 2>&1; }
 
 alert_rules() {
     promtool check rules observability/prometheus/alerts/conveyor.yml &&

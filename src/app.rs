@@ -88,6 +88,8 @@ pub struct LiveTransport {
     pub embedded: Option<Embedded>,
     #[cfg(feature = "kafka")]
     pub kafka: Option<crate::transport::kafka::KafkaTransport>,
+    #[cfg(feature = "eventhubs")]
+    pub eventhubs: Option<crate::transport::eventhub::EventHubsTransport>,
 }
 
 /// The transports of a config, opened.
@@ -159,6 +161,13 @@ fn kafka_entities(cfg: &Config, tname: &str) -> Vec<crate::transport::kafka::Kaf
         .collect()
 }
 
+/// Selects rustls' process-wide crypto provider (`ring`). Two providers are
+/// linked (the Event Hubs SDK's rustls brings aws-lc-rs), and rustls then
+/// refuses to pick one by itself. Idempotent.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Opens transport `tname` of `cfg` with its entities and groups.
 async fn open_transport(cfg: &Config, tname: &str) -> Result<LiveTransport, AppError> {
     let fingerprint = plan::transport_fp(cfg, tname);
@@ -178,6 +187,8 @@ async fn open_transport(cfg: &Config, tname: &str) -> Result<LiveTransport, AppE
                 embedded: Some(t),
                 #[cfg(feature = "kafka")]
                 kafka: None,
+                #[cfg(feature = "eventhubs")]
+                eventhubs: None,
             })
         }
         #[cfg(feature = "kafka")]
@@ -192,6 +203,8 @@ async fn open_transport(cfg: &Config, tname: &str) -> Result<LiveTransport, AppE
                 transport: Arc::new(t.clone()),
                 embedded: None,
                 kafka: Some(t),
+                #[cfg(feature = "eventhubs")]
+                eventhubs: None,
             })
         }
         #[cfg(not(feature = "kafka"))]
@@ -203,7 +216,45 @@ async fn open_transport(cfg: &Config, tname: &str) -> Result<LiveTransport, AppE
                 message: "this build has no Kafka support (cargo feature `kafka`)".into(),
             },
         }),
+        #[cfg(feature = "eventhubs")]
+        TransportConfig::Eventhubs(e) => {
+            let t = crate::transport::eventhub::EventHubsTransport::open(tname, e, eventhub_entities(cfg, tname))
+                .await
+                .map_err(|source| AppError::Transport { name: tname.to_string(), source })?;
+            tracing::info!(transport = %tname, kind = "eventhubs", "transport opened");
+            Ok(LiveTransport {
+                fingerprint,
+                producer: t.producer(),
+                transport: Arc::new(t.clone()),
+                embedded: None,
+                #[cfg(feature = "kafka")]
+                kafka: None,
+                eventhubs: Some(t),
+            })
+        }
+        #[cfg(not(feature = "eventhubs"))]
+        TransportConfig::Eventhubs(_) => Err(AppError::Transport {
+            name: tname.to_string(),
+            source: TransportError::Other {
+                category: crate::classify::ErrorCategory::Permanent,
+                kind: "unsupported",
+                message: "this build has no Event Hubs support (cargo feature `eventhubs`)".into(),
+            },
+        }),
     }
+}
+
+#[cfg(feature = "eventhubs")]
+fn eventhub_entities(cfg: &Config, tname: &str) -> Vec<crate::transport::eventhub::EhEntity> {
+    cfg.entities
+        .iter()
+        .filter(|(_, e)| e.transport == tname)
+        .map(|(k, e)| crate::transport::eventhub::EhEntity {
+            key: k.clone(),
+            hub: e.physical_name(k).to_string(),
+            partitions: e.partitions,
+        })
+        .collect()
 }
 
 /// Adds the entities and groups of `cfg` to an already open transport.
@@ -215,6 +266,10 @@ async fn ensure_entities(cfg: &Config, tname: &str, lt: &LiveTransport) -> Resul
     #[cfg(feature = "kafka")]
     if let Some(k) = &lt.kafka {
         k.ensure(kafka_entities(cfg, tname)).await.map_err(err)?;
+    }
+    #[cfg(feature = "eventhubs")]
+    if let Some(e) = &lt.eventhubs {
+        e.ensure(eventhub_entities(cfg, tname));
     }
     Ok(())
 }
@@ -273,6 +328,7 @@ pub struct Runtime {
 
 impl Runtime {
     pub async fn start(cfg: &Config, hash: u64, opts: Options) -> Result<Runtime, AppError> {
+        install_tls_provider();
         let metrics = Metrics::new();
         let health = Health::new();
         // HTTP first, so /healthz answers while workers start

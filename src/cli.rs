@@ -34,6 +34,19 @@ pub enum Command {
     /// Inspect and redrive dead-letter entities.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Local stand-ins for cloud services, for development and tests.
+    #[cfg(feature = "eventhubs")]
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+#[cfg(feature = "eventhubs")]
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Run the local Event Hubs test broker (AMQP 1.0, Event Hubs dialect; any
+    /// hub is created on first use; any SAS key is accepted). Connect with
+    /// `Endpoint=sb://HOST:PORT;SharedAccessKeyName=k;SharedAccessKey=x;UseDevelopmentEmulator=true`.
+    Eventhubs(conveyor_eh_broker::Args),
 }
 
 #[derive(Debug, Subcommand)]

@@ -246,6 +246,7 @@ fn validate(c: &Config, cx: &mut Cx) -> Vec<ConfigWarning> {
                     );
                 }
             }
+            TransportConfig::Eventhubs(e) => check_eventhubs(cx, name, e),
         }
     }
     for (name, s) in &c.sources {
@@ -414,6 +415,36 @@ fn validate(c: &Config, cx: &mut Cx) -> Vec<ConfigWarning> {
         }
     }
     for (name, e) in &c.entities {
+        let Some(TransportConfig::Eventhubs(eh)) = c.transports.get(&e.transport) else { continue };
+        let hub = e.physical_name(name);
+        if !valid_hub_name(hub) {
+            cx.error(
+                &owned(&["entities", name, if e.name.is_some() { "name" } else { "transport" }]),
+                &format!("{hub:?} is not a valid event hub name (1–256 letters, digits, '.', '-', '_'; starting and ending with a letter or digit); set `name:`"),
+            );
+        }
+        if consumed.contains(name.as_str()) && eh.checkpoint_store.is_none() {
+            cx.error(
+                &owned(&["transports", &e.transport]),
+                &format!("entity {name:?} is consumed from this Event Hubs transport, which needs `checkpoint_store: {{ type: blob, ... }}` (or `type: file` for a single node) to keep checkpoints across restarts"),
+            );
+        }
+    }
+    for (name, w) in &c.workers {
+        let on_eh = |key: &str| {
+            c.entities.get(key).and_then(|e| c.transports.get(&e.transport)).is_some_and(|t| matches!(t, TransportConfig::Eventhubs(_)))
+        };
+        if on_eh(&w.input) {
+            let g = w.group(name);
+            if !(g == "$Default" || (1..=50).contains(&g.len()) && g.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))) {
+                cx.error(
+                    &owned(&["workers", name, "consumer_group"]),
+                    &format!("{g:?} is not a valid Event Hubs consumer group (1–50 letters, digits, '.', '-', '_', or $Default); the default is the worker's name"),
+                );
+            }
+        }
+    }
+    for (name, e) in &c.entities {
         if consumed.contains(name.as_str()) {
             continue;
         }
@@ -545,3 +576,72 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+/// Event Hubs names: 1–256 characters, letters, digits, `.`, `-`, `_`,
+/// starting and ending with a letter or digit.
+fn valid_hub_name(n: &str) -> bool {
+    let ok_end = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    (1..=256).contains(&n.len())
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+        && ok_end(n.chars().next())
+        && ok_end(n.chars().last())
+}
+
+fn check_eventhubs(cx: &mut Cx, name: &str, e: &EventHubsConfig) {
+    let at = |field: &str| owned(&["transports", name, field]);
+    if !cfg!(feature = "eventhubs") {
+        cx.error(&at("type"), "this build has no Event Hubs support (cargo feature `eventhubs`)");
+    }
+    match (&e.connection_string, &e.namespace, &e.credential) {
+        (Some(cs), _, None) => {
+            let lower = cs.expose().to_ascii_lowercase();
+            if !lower.contains("endpoint=") {
+                cx.error(&at("connection_string"), "has no `Endpoint=sb://...` part (is the variable set?)");
+            } else if !lower.contains("sharedaccesskey=") && !lower.contains("sharedaccesssignature=") {
+                cx.error(&at("connection_string"), "needs `SharedAccessKeyName`/`SharedAccessKey` or `SharedAccessSignature`");
+            }
+        }
+        (Some(_), _, Some(_)) => cx.error(&at("credential"), "use either `connection_string` or `credential`, not both"),
+        (None, Some(_), Some(_)) => {}
+        (None, None, Some(_)) => cx.error(&at("namespace"), "`credential` needs `namespace: NS.servicebus.windows.net`"),
+        (None, _, None) => cx.error(
+            &owned(&["transports", name]),
+            "needs `connection_string` (SAS) or `namespace` + `credential` (Entra ID)",
+        ),
+    }
+    if let Some(ep) = &e.custom_endpoint {
+        if !(ep.starts_with("amqp://") || ep.starts_with("amqps://")) {
+            cx.error(&at("custom_endpoint"), "must start with amqp:// or amqps://");
+        }
+    }
+    if e.update_interval.get().is_zero() {
+        cx.error(&at("update_interval"), "must be longer than 0s");
+    }
+    if e.ownership_expiration.get() < e.update_interval.get() * 2 {
+        cx.error(
+            &at("ownership_expiration"),
+            "must be at least twice `update_interval` (or owners lose partitions between renewals)",
+        );
+    }
+    if e.prefetch == 0 {
+        cx.error(&at("prefetch"), "must be at least 1");
+    }
+    if let Some(CheckpointStoreConfig::Blob { connection_string, endpoint, credential, container }) = &e.checkpoint_store {
+        let cs_at = |f: &str| owned(&["transports", name, "checkpoint_store", f]);
+        match (connection_string, endpoint, credential) {
+            (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+            _ => cx.error(
+                &owned(&["transports", name, "checkpoint_store"]),
+                "needs `connection_string`, or `endpoint` + `credential` (Entra ID)",
+            ),
+        }
+        let valid = (3..=63).contains(&container.len())
+            && container.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !container.starts_with('-')
+            && !container.ends_with('-')
+            && !container.contains("--");
+        if !valid {
+            cx.error(&cs_at("container"), "must be 3–63 lower-case letters, digits and single hyphens");
+        }
+    }
+}

@@ -33,6 +33,8 @@
 
 pub mod app;
 pub mod bench;
+#[cfg(feature = "eventhubs")]
+pub mod checkpoint;
 pub mod classify;
 pub mod cli;
 pub mod config;

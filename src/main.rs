@@ -8,6 +8,7 @@ use conveyor::dlq::tools::{self, Filter, RedriveOptions};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    conveyor::app::install_tls_provider();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -89,6 +90,17 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
+        #[cfg(feature = "eventhubs")]
+        Command::Dev(conveyor::cli::DevCommand::Eventhubs(args)) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+            match rt.map(|rt| rt.block_on(conveyor_eh_broker::serve(args))) {
+                Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(e)) | Err(e) => {
+                    eprintln!("conveyor dev eventhubs: {e}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
         Command::Bench(args) => match conveyor::bench::main(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

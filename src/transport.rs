@@ -17,6 +17,8 @@
 //!   finish and commit the partition's in-flight batch.
 
 pub mod embedded;
+#[cfg(feature = "eventhubs")]
+pub mod eventhub;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 

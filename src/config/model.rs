@@ -181,6 +181,111 @@ pub enum TransportConfig {
     },
     /// Apache Kafka (and Event Hubs' Kafka endpoint) through librdkafka.
     Kafka(KafkaConfig),
+    /// Azure Event Hubs over AMQP (`azure_messaging_eventhubs`): one namespace;
+    /// each entity is one event hub.
+    Eventhubs(EventHubsConfig),
+}
+
+/// `transports.<name>: { type: eventhubs, ... }`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EventHubsConfig {
+    /// A namespace connection string with a SAS key
+    /// (`Endpoint=sb://NS.servicebus.windows.net/;SharedAccessKeyName=...;SharedAccessKey=...`),
+    /// usually `${EVENTHUB_CONNECTION_STRING}`. Without it, `namespace` and
+    /// `credential` (Entra ID) are used. With `UseDevelopmentEmulator=true`
+    /// and no `custom_endpoint`, Conveyor dials plain AMQP at the endpoint's
+    /// host and port (the local test broker, `conveyor dev eventhubs`).
+    #[serde(default)]
+    pub connection_string: Option<Secret>,
+    /// Fully qualified namespace (`NS.servicebus.windows.net`), for Entra ID.
+    /// Also the namespace part of checkpoint blob names (default: the
+    /// connection string endpoint's host[:port], as the Python SDK does).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Entra ID credential when there is no connection string.
+    #[serde(default)]
+    pub credential: Option<EntraCredential>,
+    /// Dial this address instead of the namespace (`amqp://127.0.0.1:5672`
+    /// for a local broker: plain TCP; `amqps://...` for a gateway).
+    #[serde(default)]
+    pub custom_endpoint: Option<String>,
+    /// Where consumer checkpoints and partition ownership live. Needed when
+    /// a worker consumes from this transport.
+    #[serde(default)]
+    pub checkpoint_store: Option<CheckpointStoreConfig>,
+    /// How often partition ownership is renewed and rebalanced. Default `10s`.
+    #[serde(default = "default_eh_update")]
+    pub update_interval: Dur,
+    /// An ownership not renewed for this long is taken over by others.
+    /// Must exceed `update_interval` (at least 2×). Default `60s`.
+    #[serde(default = "default_eh_expiry")]
+    pub ownership_expiration: Dur,
+    /// How often acknowledged positions are written as checkpoints
+    /// (also on partition loss and shutdown). Default `1s`.
+    #[serde(default = "default_commit_interval")]
+    pub checkpoint_interval: Dur,
+    /// Events the client prefetches per partition. Default 300.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u32,
+}
+
+fn default_eh_update() -> Dur {
+    Dur::secs(10)
+}
+fn default_eh_expiry() -> Dur {
+    Dur::secs(60)
+}
+fn default_prefetch() -> u32 {
+    300
+}
+
+/// An Entra ID credential (`azure_identity`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EntraCredential {
+    /// Azure CLI / Azure Developer CLI login of the developer.
+    Developer,
+    /// The VM's / App Service's managed identity (`client_id` for a
+    /// user-assigned one).
+    ManagedIdentity {
+        #[serde(default)]
+        client_id: Option<String>,
+    },
+    /// Kubernetes workload identity (`AZURE_CLIENT_ID`, `AZURE_TENANT_ID`,
+    /// `AZURE_FEDERATED_TOKEN_FILE` from the environment).
+    WorkloadIdentity,
+}
+
+/// `checkpoint_store:` of an Event Hubs transport.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum CheckpointStoreConfig {
+    /// Azure Blob Storage, in the layout of Azure's own checkpoint stores
+    /// (`<namespace>/<hub>/<group>/checkpoint/<partition>`, lower-cased),
+    /// so consumers written with the Python or .NET SDKs can hand over to
+    /// Conveyor without replaying. Ownership claims use ETags.
+    Blob {
+        /// Storage connection string (`AccountName=..;AccountKey=..` or
+        /// `BlobEndpoint=..;SharedAccessSignature=..`, or
+        /// `UseDevelopmentStorage=true` for Azurite). Or use `endpoint` +
+        /// `credential`.
+        #[serde(default)]
+        connection_string: Option<Secret>,
+        /// Blob endpoint (`https://ACCOUNT.blob.core.windows.net`) for Entra ID.
+        #[serde(default)]
+        endpoint: Option<String>,
+        /// Entra ID credential for `endpoint`.
+        #[serde(default)]
+        credential: Option<EntraCredential>,
+        /// Container (created if missing).
+        container: String,
+    },
+    /// A local directory, for a single node: no sharing across machines.
+    File {
+        /// Directory; one small JSON file per checkpoint and ownership.
+        path: PathBuf,
+    },
 }
 
 /// `transports.<name>: { type: kafka, ... }`
@@ -336,6 +441,14 @@ impl TransportConfig {
                 }
                 s
             }
+            TransportConfig::Eventhubs(e) => {
+                let mut s = e.connection_string.as_ref().map(|p| p.expose().to_string()).unwrap_or_default();
+                if let Some(CheckpointStoreConfig::Blob { connection_string: Some(c), .. }) = &e.checkpoint_store {
+                    s.push('\n');
+                    s.push_str(c.expose());
+                }
+                s
+            }
         }
     }
 
@@ -343,6 +456,7 @@ impl TransportConfig {
         match self {
             TransportConfig::Embedded { .. } => "embedded",
             TransportConfig::Kafka(_) => "kafka",
+            TransportConfig::Eventhubs(_) => "eventhubs",
         }
     }
 }

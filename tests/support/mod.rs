@@ -1,6 +1,9 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+#[cfg(feature = "eventhubs")]
+pub mod azure;
+
 use conveyor::config::{self, Config, StartPosition};
 use conveyor::transport::embedded::{Embedded, EmbeddedOptions, EntitySpec};
 use conveyor::transport::{Assignment, OutboundMessage, PipelineMessage, Transport};

@@ -1,0 +1,539 @@
+//! `type: eventhubs` — Azure Event Hubs over AMQP (`azure_messaging_eventhubs`
+//! 0.16). One transport = one namespace; each entity is one event hub (its
+//! `name:`, e.g. `xact.downloads.pending → xact-downloads-pending`).
+//!
+//! **Auth.** A SAS connection string (the SDK signs and renews tokens), or
+//! Entra ID (`azure_identity`: developer tools, managed identity, workload
+//! identity). `custom_endpoint: amqp://HOST:PORT` dials a local broker over
+//! plain TCP; a connection string with `UseDevelopmentEmulator=true` does the
+//! same without it (as the Python SDK does).
+//!
+//! **Producer.** One `ProducerClient` per hub, opened on first use and
+//! shared by every worker. A send fills batches up to the hub's maximum
+//! message size: messages with an explicit partition go to that partition,
+//! messages with a key go in batches with that `partition_key` (the service
+//! hashes it, so a key always lands on one partition), the rest are spread
+//! by the service. Batches of one send go out concurrently; a send returns
+//! when every batch is accepted. Event Hubs returns no positions for sends:
+//! `ProduceResult.position` is -1.
+//!
+//! **Consumer.** Per subscription (worker × input): one `ConsumerClient` on
+//! the hub and consumer group, and a balancer task that shares the
+//! partitions with every other consumer of the group through the checkpoint
+//! store's ownership records (the algorithm of Azure's processors: each owner
+//! aims at `partitions / owners`, claims unowned or expired partitions first,
+//! then steals from owners above their share; claims are ETag-conditional).
+//! An owned partition is read with owner level (epoch) 0, so a new owner
+//! kicks the previous one's link. It starts after its checkpoint (sequence
+//! number, exclusive) or, without one, at `start_position`.
+//!
+//! Checkpoints: a worker's commit only records the position; the balancer
+//! writes the recorded positions of partitions it still owns every
+//! `checkpoint_interval`, when a partition is lost, and on shutdown, when it
+//! also releases its ownerships so others take over at once. Only
+//! acknowledged work is ever checkpointed.
+//!
+//! **Reconnects.** The SDK re-attaches after link and connection errors with
+//! the filter the receiver was opened with, i.e. it replays from the start
+//! position. Each partition pump remembers the last sequence number handed
+//! out, drops anything at or below it, and reopens after an error from that
+//! sequence number, so workers never see a replay.
+//!
+//! **Errors** are classified by walking the error's source chain
+//! ([`classify_error`]): throttling (server-busy, resource limits, 429/503),
+//! auth (unauthorized, CBS 401/403), permanent (too large, not found, invalid
+//! batch), transient (dropped connections, detaches, timeouts). A stolen link
+//! (`amqp:link:stolen`, `ConsumerDisconnected`) means another consumer took
+//! the partition: it is revoked, not retried.
+
+mod consumer;
+
+use super::{
+    OutboundMessage, PartitionInfo, ProduceResult, Producer, StartPosition, Subscription, Transport, TransportError,
+};
+use crate::checkpoint::CheckpointStore;
+use crate::classify::{self, ErrorCategory};
+use crate::config::{EventHubsConfig, Secret};
+use async_trait::async_trait;
+use azure_core_amqp::{AmqpError, AmqpErrorKind};
+use azure_messaging_eventhubs::error::ErrorKind as EhKind;
+use azure_messaging_eventhubs::models::{AmqpSimpleValue, EventData};
+use azure_messaging_eventhubs::{ConsumerClient, EventDataBatchOptions, EventHubsError, ProducerClient};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// An entity on this transport.
+#[derive(Debug, Clone)]
+pub struct EhEntity {
+    /// Config key (messages are labelled with it).
+    pub key: String,
+    /// Event hub name.
+    pub hub: String,
+    pub partitions: u32,
+}
+
+/// The Event Hubs transport. Cheap to clone.
+#[derive(Clone)]
+pub struct EventHubsTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    cfg: EventHubsConfig,
+    auth: Auth,
+    /// Dial address (custom endpoint / emulator), if any.
+    endpoint: Option<String>,
+    /// Namespace in checkpoint names (`host[:port]` of the endpoint).
+    namespace: String,
+    store: Option<Arc<dyn CheckpointStore>>,
+    /// By hub name (what workers pass to `send`/`subscribe`).
+    entities: RwLock<HashMap<String, EhEntity>>,
+    producers: tokio::sync::Mutex<HashMap<String, Arc<ProducerClient>>>,
+    balancers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Clone)]
+enum Auth {
+    ConnectionString(Secret),
+    Entra { namespace: String, credential: Arc<dyn azure_core::credentials::TokenCredential> },
+}
+
+/// `Endpoint=sb://HOST[:PORT]/` of a connection string → `HOST[:PORT]`, and
+/// whether it says `UseDevelopmentEmulator=true`.
+pub fn parse_endpoint(cs: &str) -> Option<(String, bool)> {
+    let mut host = None;
+    let mut emulator = false;
+    for part in cs.split(';') {
+        let Some((k, v)) = part.split_once('=') else { continue };
+        match k.trim().to_ascii_lowercase().as_str() {
+            "endpoint" => {
+                let v = v.trim();
+                let rest = v.split_once("://").map(|(_, r)| r).unwrap_or(v);
+                host = Some(rest.split('/').next().unwrap_or("").to_string());
+            }
+            "usedevelopmentemulator" => emulator = v.trim().eq_ignore_ascii_case("true"),
+            _ => {}
+        }
+    }
+    host.filter(|h| !h.is_empty()).map(|h| (h, emulator))
+}
+
+fn other(category: ErrorCategory, kind: &'static str, message: String) -> TransportError {
+    TransportError::Other { category, kind, message }
+}
+
+impl EventHubsTransport {
+    /// Resolves credentials and opens the checkpoint store; clients connect
+    /// on first use.
+    pub async fn open(name: &str, cfg: &EventHubsConfig, entities: Vec<EhEntity>) -> Result<Self, TransportError> {
+        let (auth, namespace, mut endpoint) = match (&cfg.connection_string, &cfg.credential) {
+            (Some(cs), _) => {
+                let (host, emulator) = parse_endpoint(cs.expose()).ok_or_else(|| {
+                    other(
+                        ErrorCategory::Permanent,
+                        "config",
+                        format!("transports.{name}.connection_string has no Endpoint=sb://..."),
+                    )
+                })?;
+                let endpoint = emulator.then(|| format!("amqp://{host}"));
+                (Auth::ConnectionString(cs.clone()), cfg.namespace.clone().unwrap_or(host), endpoint)
+            }
+            (None, Some(c)) => {
+                let ns = cfg.namespace.clone().unwrap_or_default();
+                let credential = crate::checkpoint::entra_credential(c).map_err(|e| {
+                    other(ErrorCategory::Auth, "credential", format!("transports.{name}.credential: {e}"))
+                })?;
+                (Auth::Entra { namespace: ns.clone(), credential }, ns, None)
+            }
+            (None, None) => {
+                return Err(other(
+                    ErrorCategory::Permanent,
+                    "config",
+                    format!("transports.{name} needs connection_string or credential"),
+                ));
+            }
+        };
+        if cfg.custom_endpoint.is_some() {
+            endpoint = cfg.custom_endpoint.clone();
+        }
+        let store = match &cfg.checkpoint_store {
+            Some(s) => Some(crate::checkpoint::open(name, s).await?),
+            None => None,
+        };
+        let t = EventHubsTransport {
+            inner: Arc::new(Inner {
+                name: name.to_string(),
+                cfg: cfg.clone(),
+                auth,
+                endpoint,
+                namespace,
+                store,
+                entities: RwLock::new(HashMap::new()),
+                producers: tokio::sync::Mutex::new(HashMap::new()),
+                balancers: Mutex::new(Vec::new()),
+            }),
+        };
+        t.ensure(entities);
+        Ok(t)
+    }
+
+    /// Adds entities (a config reload uses this).
+    pub fn ensure(&self, entities: Vec<EhEntity>) {
+        let mut map = self.inner.entities.write().unwrap();
+        for e in entities {
+            map.insert(e.hub.clone(), e);
+        }
+    }
+
+    fn entity(&self, hub: &str) -> Result<EhEntity, TransportError> {
+        self.inner.entities.read().unwrap().get(hub).cloned().ok_or_else(|| TransportError::UnknownEntity {
+            transport: self.inner.name.clone(),
+            entity: hub.to_string(),
+        })
+    }
+
+    fn map_err(&self, hub: &str, e: &EventHubsError) -> TransportError {
+        let c = classify_error(e);
+        other(c.category, c.kind, format!("event hub {hub:?} on {}: {}", self.inner.name, redact(&e.to_string())))
+    }
+
+    /// The shared producer of `hub`, opened on first use.
+    async fn producer_for(&self, hub: &str) -> Result<Arc<ProducerClient>, TransportError> {
+        let mut map = self.inner.producers.lock().await;
+        if let Some(p) = map.get(hub) {
+            return Ok(p.clone());
+        }
+        let mut b = ProducerClient::builder().with_application_id(format!("conveyor-{}", self.inner.name));
+        if let Some(ep) = &self.inner.endpoint {
+            b = b.with_custom_endpoint(ep.clone());
+        }
+        let p = match &self.inner.auth {
+            Auth::ConnectionString(cs) => b.open_with_connection_string(cs.expose(), Some(hub)).await,
+            Auth::Entra { namespace, credential } => b.open(namespace, hub, credential.clone()).await,
+        }
+        .map_err(|e| self.map_err(hub, &e))?;
+        let p = Arc::new(p);
+        map.insert(hub.to_string(), p.clone());
+        Ok(p)
+    }
+
+    /// Opens a consumer client on `hub` in `group`.
+    async fn consumer_for(&self, hub: &str, group: &str, instance: &str) -> Result<ConsumerClient, TransportError> {
+        let mut b = ConsumerClient::builder()
+            .with_consumer_group(group.to_string())
+            .with_application_id(instance.to_string())
+            .with_instance_id(instance.to_string());
+        if let Some(ep) = &self.inner.endpoint {
+            b = b.with_custom_endpoint(ep.clone());
+        }
+        match &self.inner.auth {
+            Auth::ConnectionString(cs) => b.open_with_connection_string(cs.expose(), Some(hub)).await,
+            Auth::Entra { namespace, credential } => b.open(namespace, hub.to_string(), credential.clone()).await,
+        }
+        .map_err(|e| self.map_err(hub, &e))
+    }
+
+    /// Sends one group of messages with the same target, in as few batches
+    /// as fit.
+    async fn send_group(
+        &self,
+        p: &ProducerClient,
+        hub: &str,
+        target: &Target,
+        msgs: &[OutboundMessage],
+    ) -> Result<(), TransportError> {
+        let mut i = 0;
+        while i < msgs.len() {
+            let opts = EventDataBatchOptions {
+                partition_id: match target {
+                    Target::Partition(p) => Some(p.to_string()),
+                    _ => None,
+                },
+                partition_key: match target {
+                    Target::Key(k) => Some(k.clone()),
+                    _ => None,
+                },
+                ..Default::default()
+            };
+            let batch = p.create_batch(Some(opts)).await.map_err(|e| self.map_err(hub, &e))?;
+            while i < msgs.len() {
+                let added = batch.try_add_event_data(to_event(&msgs[i]), None).map_err(|e| self.map_err(hub, &e))?;
+                if !added {
+                    break;
+                }
+                i += 1;
+            }
+            if batch.is_empty() {
+                return Err(TransportError::TooLarge {
+                    size: msgs[i].payload.len(),
+                    limit: batch.size().max(1) as usize,
+                });
+            }
+            p.send_batch(batch, None).await.map_err(|e| self.map_err(hub, &e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a group of messages goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Target {
+    Partition(u32),
+    Key(String),
+    Any,
+}
+
+fn to_event(m: &OutboundMessage) -> EventData {
+    let mut b = EventData::builder().with_body(m.payload.to_vec());
+    for (k, v) in m.headers.iter() {
+        let v = match std::str::from_utf8(v) {
+            Ok(s) => AmqpSimpleValue::String(s.to_string()),
+            Err(_) => AmqpSimpleValue::Binary(v.to_vec()),
+        };
+        b = b.add_property(k.to_string(), v);
+    }
+    b.build()
+}
+
+#[async_trait]
+impl Producer for EventHubsTransport {
+    async fn send(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, TransportError> {
+        let e = self.entity(entity)?;
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let p = self.producer_for(&e.hub).await?;
+        let mut groups: Vec<(Target, Vec<OutboundMessage>)> = Vec::new();
+        let mut index: HashMap<Target, usize> = HashMap::new();
+        let mut results = Vec::with_capacity(batch.len());
+        let label: Arc<str> = e.key.as_str().into();
+        for m in batch {
+            let target = match (m.partition, &m.key) {
+                (Some(p), _) => Target::Partition(p),
+                (None, Some(k)) => Target::Key(String::from_utf8_lossy(k).into_owned()),
+                (None, None) => Target::Any,
+            };
+            results.push(ProduceResult { entity: label.clone(), partition: m.partition.unwrap_or(0), position: -1 });
+            let i = *index.entry(target.clone()).or_insert_with(|| {
+                groups.push((target, Vec::new()));
+                groups.len() - 1
+            });
+            groups[i].1.push(m);
+        }
+        let sends = groups.iter().map(|(t, msgs)| self.send_group(&p, &e.hub, t, msgs));
+        let outcome = futures::future::join_all(sends).await;
+        if let Some(err) = outcome.into_iter().find_map(Result::err) {
+            if err.category() == ErrorCategory::Transient {
+                // let the next send open a fresh client
+                self.inner.producers.lock().await.remove(&e.hub);
+            }
+            return Err(err);
+        }
+        Ok(results)
+    }
+}
+
+#[async_trait]
+impl Transport for EventHubsTransport {
+    fn kind(&self) -> &'static str {
+        "eventhubs"
+    }
+
+    fn producer(&self) -> Arc<dyn Producer> {
+        Arc::new(self.clone())
+    }
+
+    async fn subscribe(
+        &self,
+        entity: &str,
+        group: &str,
+        start: StartPosition,
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        let e = self.entity(entity)?;
+        let Some(store) = self.inner.store.clone() else {
+            return Err(other(
+                ErrorCategory::Permanent,
+                "config",
+                format!("transports.{} has no checkpoint_store; consuming needs one", self.inner.name),
+            ));
+        };
+        let (sub, handle) = consumer::start(self.clone(), e, group.to_string(), start, store).await?;
+        self.inner.balancers.lock().unwrap().push(handle);
+        Ok(Box::new(sub))
+    }
+
+    async fn partitions(&self, entity: &str) -> Result<Vec<PartitionInfo>, TransportError> {
+        let e = self.entity(entity)?;
+        let p = self.producer_for(&e.hub).await?;
+        let props = p.get_eventhub_properties().await.map_err(|err| self.map_err(&e.hub, &err))?;
+        let mut out = Vec::new();
+        for (i, id) in props.partition_ids.iter().enumerate() {
+            let pp = p.get_partition_properties(id).await.map_err(|err| self.map_err(&e.hub, &err))?;
+            let empty = pp.last_enqueued_sequence_number < pp.beginning_sequence_number;
+            out.push(PartitionInfo {
+                entity: e.key.as_str().into(),
+                partition: id.parse().unwrap_or(i as u32),
+                earliest: pp.beginning_sequence_number,
+                next: if empty { pp.beginning_sequence_number } else { pp.last_enqueued_sequence_number + 1 },
+            });
+        }
+        Ok(out)
+    }
+
+    async fn close(&self) {
+        let handles: Vec<_> = self.inner.balancers.lock().unwrap().drain(..).collect();
+        for h in handles {
+            let _ = tokio::time::timeout(Duration::from_secs(15), h).await;
+        }
+        let producers: Vec<_> = self.inner.producers.lock().await.drain().map(|(_, p)| p).collect();
+        for p in producers {
+            if let Ok(p) = Arc::try_unwrap(p) {
+                let _ = tokio::time::timeout(Duration::from_secs(5), p.close()).await;
+            }
+        }
+    }
+}
+
+/// Removes `SharedAccessKey=...`/`SharedAccessSignature=...`/`sig=...`
+/// values from a message (SDK errors may quote connection details).
+pub fn redact(s: &str) -> String {
+    let mut out = s.to_string();
+    for key in ["SharedAccessKey=", "SharedAccessSignature=", "sig="] {
+        let mut from = 0;
+        while let Some(i) = out[from..].find(key) {
+            let start = from + i + key.len();
+            let end = out[start..].find([';', '&', ' ', '"', '\'']).map(|j| start + j).unwrap_or(out.len());
+            out.replace_range(start..end, "***");
+            from = start + 3;
+        }
+    }
+    out
+}
+
+/// How an Event Hubs error is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EhClass {
+    pub category: ErrorCategory,
+    /// Short stable name (metrics, DLQ envelopes).
+    pub kind: &'static str,
+    /// Another consumer took the partition: release it, don't retry.
+    pub ownership_lost: bool,
+}
+
+const fn class(category: ErrorCategory, kind: &'static str) -> EhClass {
+    EhClass { category, kind, ownership_lost: false }
+}
+
+/// Classifies an Event Hubs error by walking its source chain for the
+/// SDK's error kinds, AMQP conditions, management status codes and I/O
+/// errors (wrappers re-box errors, so the first decisive one wins).
+pub fn classify_error(e: &EventHubsError) -> EhClass {
+    if let Some(c) = classify_kind(&e.kind) {
+        return c;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    for _ in 0..16 {
+        let Some(err) = cur else { break };
+        if let Some(c) = classify_dyn(err) {
+            return c;
+        }
+        cur = err.source();
+    }
+    class(ErrorCategory::Transient, "eventhubs")
+}
+
+fn classify_dyn(err: &(dyn std::error::Error + 'static)) -> Option<EhClass> {
+    if let Some(eh) = err.downcast_ref::<EventHubsError>() {
+        return classify_kind(&eh.kind);
+    }
+    if let Some(a) = err.downcast_ref::<AmqpError>() {
+        return classify_amqp(a.kind());
+    }
+    if let Some(a) = err.downcast_ref::<azure_core::Error>() {
+        if let Some(inner) = a.get_ref() {
+            if let Some(c) = classify_dyn(inner) {
+                return Some(c);
+            }
+        }
+        if let azure_core::error::ErrorKind::Credential = a.kind() {
+            return Some(class(ErrorCategory::Auth, "credential"));
+        }
+    }
+    if err.downcast_ref::<std::io::Error>().is_some() {
+        return Some(class(ErrorCategory::Transient, "io"));
+    }
+    None
+}
+
+fn classify_kind(k: &EhKind) -> Option<EhClass> {
+    match k {
+        EhKind::InvalidBatchSize { .. } => Some(class(ErrorCategory::Permanent, "invalid_batch_size")),
+        EhKind::MissingCheckpointMetadata { .. } => Some(class(ErrorCategory::Permanent, "missing_checkpoint_metadata")),
+        EhKind::ConsumerDisconnected(_) => {
+            Some(EhClass { category: ErrorCategory::Transient, kind: "ownership_lost", ownership_lost: true })
+        }
+        EhKind::SendRejected(Some(d)) => Some(condition(<&str>::from(&d.condition))),
+        EhKind::SendRejected(None) | EhKind::SendNotAccepted(_) => Some(class(ErrorCategory::Permanent, "send_rejected")),
+        EhKind::AmqpError(a) => classify_amqp(a.kind()),
+        EhKind::AzureCore(a) => a.get_ref().and_then(|e| classify_dyn(e)),
+        _ => None,
+    }
+}
+
+fn condition(cond: &str) -> EhClass {
+    let category = classify::amqp_condition(cond);
+    let kind = match cond {
+        "com.microsoft:server-busy" => "server_busy",
+        "amqp:resource-limit-exceeded" => "resource_limit_exceeded",
+        "com.microsoft:quota-exceeded" => "quota_exceeded",
+        "amqp:unauthorized-access" => "unauthorized",
+        "amqp:link:message-size-exceeded" => "message_too_large",
+        "amqp:not-found" => "not_found",
+        "amqp:link:stolen" => "ownership_lost",
+        "amqp:link:detach-forced" => "link_detached",
+        "amqp:connection:forced" => "connection_forced",
+        "com.microsoft:timeout" => "timeout",
+        _ => match category {
+            ErrorCategory::Permanent => "amqp_permanent",
+            ErrorCategory::Auth => "unauthorized",
+            ErrorCategory::Throttling => "throttled",
+            ErrorCategory::Transient => "amqp_transient",
+        },
+    };
+    EhClass { category, kind, ownership_lost: cond == "amqp:link:stolen" }
+}
+
+fn classify_amqp(k: &AmqpErrorKind) -> Option<EhClass> {
+    use ErrorCategory::*;
+    Some(match k {
+        AmqpErrorKind::AmqpDescribedError(d) => condition(<&str>::from(&d.condition)),
+        AmqpErrorKind::ManagementStatusCode(code, _) => match u16::from(*code) {
+            401 | 403 => class(Auth, "unauthorized"),
+            429 | 503 => class(Throttling, "server_busy"),
+            404 => class(Permanent, "not_found"),
+            408 => class(Transient, "timeout"),
+            s if s >= 500 => class(Transient, "management_error"),
+            _ => class(Permanent, "management_error"),
+        },
+        AmqpErrorKind::ConnectionDropped(_)
+        | AmqpErrorKind::ConnectionClosedByRemote(_)
+        | AmqpErrorKind::ConnectionDetachedByRemote(_) => class(Transient, "connection_lost"),
+        AmqpErrorKind::LinkDetachedByRemote(_)
+        | AmqpErrorKind::LinkClosedByRemote(_)
+        | AmqpErrorKind::SessionClosedByRemote(_)
+        | AmqpErrorKind::SessionDetachedByRemote(_)
+        | AmqpErrorKind::DetachError(_)
+        | AmqpErrorKind::LinkStateError(_) => class(Transient, "link_detached"),
+        AmqpErrorKind::IdleTimeoutElapsed(_) => class(Transient, "timeout"),
+        AmqpErrorKind::FramingError(_) | AmqpErrorKind::TransportImplementationError(_) => class(Transient, "connection_lost"),
+        AmqpErrorKind::TransferLimitExceeded(_) => class(Throttling, "transfer_limit"),
+        AmqpErrorKind::SendRejected => class(Permanent, "send_rejected"),
+        AmqpErrorKind::AzureCore(a) => return a.get_ref().and_then(|e| classify_dyn(e)),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,279 @@
+//! The Event Hubs transport against the local Event Hubs test broker
+//! (`conveyor-eh-broker`), with checkpoints in Azurite and the official
+//! Python SDK (`azure-eventhub`, `azure-eventhub-checkpointstoreblob-aio`) as
+//! the independent client on both sides.
+#![cfg(feature = "eventhubs")]
+
+mod support;
+
+use conveyor::app::{Options, Runtime};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use support::azure::*;
+use support::*;
+
+fn out_bodies(b: &Broker, hub: &str) -> Vec<String> {
+    b.events(hub).into_iter().map(|e| String::from_utf8_lossy(&e.body).into_owned()).collect()
+}
+
+async fn wait_out(b: &Broker, hub: &str, want: usize, within: Duration) -> Vec<String> {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        let got = out_bodies(b, hub);
+        if got.len() >= want || tokio::time::Instant::now() > end {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn set(v: &[String]) -> BTreeSet<String> {
+    v.iter().cloned().collect()
+}
+
+fn expect(prefix: &str, n: usize) -> BTreeSet<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+async fn py_produce(b: &Broker, hub: &str, n: usize, prefix: &str) {
+    let (code, out) = eh_tool_async(vec![
+        "produce".into(),
+        "--conn".into(),
+        eh_conn(b),
+        "--hub".into(),
+        hub.into(),
+        "--count".into(),
+        n.to_string(),
+        "--prefix".into(),
+        prefix.into(),
+        "--batch".into(),
+    ])
+    .await;
+    assert_eq!(code, 0, "python produce failed: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_to_conveyor_to_python_and_a_restart_resumes_from_blob_checkpoints() {
+    let b = broker(4).await;
+    let az = Azurite::start();
+    let yaml = eh_yaml(&eh_conn(&b), &blob_store_yaml(&az, "checkpoints"), "in", "out", 4, "copy");
+    let cfg = config(&yaml);
+    py_produce(&b, "in", 2000, "a").await;
+    let rt = Runtime::start(&cfg, 0, Options::default()).await.unwrap();
+    let got = wait_out(&b, "out", 2000, Duration::from_secs(60)).await;
+    assert_eq!(set(&got), expect("a", 2000), "Conveyor copied the Python-produced set");
+    assert_eq!(got.len(), 2000, "no duplicates without failures");
+    // the independent client reads what Conveyor produced
+    let (code, out) = eh_tool_async(
+        ["consume", "--conn", &eh_conn(&b), "--hub", "out", "--group", "$Default", "--expect", "2000", "--timeout", "60"]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert_eq!(code, 0, "python consumer saw too few events");
+    assert_eq!(set(&bodies(&out)), expect("a", 2000));
+    assert_eq!(get(rt.http_addr, "/readyz").await.unwrap().0, 200);
+    rt.shutdown().await.unwrap();
+
+    // checkpoints in the Azure layout, lower-cased, one per partition
+    let ns = format!("127.0.0.1:{}", b.local_addr().port());
+    let cps = az.client().list("checkpoints", &format!("{ns}/in/copy/checkpoint/")).await.unwrap();
+    assert_eq!(cps.len(), 4, "{:?}", cps.iter().map(|c| &c.name).collect::<Vec<_>>());
+    let total: i64 = cps.iter().map(|c| c.metadata["sequencenumber"].parse::<i64>().unwrap() + 1).sum();
+    assert_eq!(total, 2000, "checkpoints cover exactly the consumed events");
+    assert!(cps.iter().all(|c| c.metadata.contains_key("offset")));
+    // ownership released on shutdown
+    let owners = az.client().list("checkpoints", &format!("{ns}/in/copy/ownership/")).await.unwrap();
+    assert!(owners.iter().all(|o| o.metadata.get("ownerid").is_none_or(|s| s.is_empty())), "released");
+
+    // restart: only the new events come through, nothing replayed
+    py_produce(&b, "in", 500, "b").await;
+    let rt = Runtime::start(&cfg, 0, Options::default()).await.unwrap();
+    let got = wait_out(&b, "out", 2500, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got2 = out_bodies(&b, "out");
+    assert_eq!(got2.len(), 2500, "restart replayed {} events", got2.len().saturating_sub(2500));
+    let mut want = expect("a", 2000);
+    want.extend(expect("b", 500));
+    assert_eq!(set(&got), want);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_written_by_the_python_sdk_are_honoured() {
+    let b = broker(4).await;
+    let az = Azurite::start();
+    az.client().create_container("pycp").await.unwrap();
+    py_produce(&b, "orders", 300, "old").await;
+    // the Python processor (azure-eventhub-checkpointstoreblob-aio) consumes and checkpoints
+    let (code, out) = eh_tool_async(
+        [
+            "consume",
+            "--conn",
+            &eh_conn(&b),
+            "--hub",
+            "orders",
+            "--group",
+            "$Default",
+            "--expect",
+            "300",
+            "--timeout",
+            "60",
+            "--checkpoint-store",
+            &az.conn(),
+            "--container",
+            "pycp",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert_eq!(code, 0, "python consumer: {out}");
+    py_produce(&b, "orders", 200, "new").await;
+    // Conveyor takes over the same consumer group
+    let yaml = eh_yaml(&eh_conn(&b), &blob_store_yaml(&az, "pycp"), "orders", "copies", 4, "$Default");
+    let rt = Runtime::start(&config(&yaml), 0, Options::default()).await.unwrap();
+    let _ = wait_out(&b, "copies", 200, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = out_bodies(&b, "copies");
+    assert_eq!(set(&got), expect("new", 200), "resumed after Python's checkpoints, no replay of the 300 old events");
+    assert_eq!(got.len(), 200);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_partitions_and_one_takes_over_when_the_other_is_killed() {
+    let b = broker(4).await;
+    let az = Azurite::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("eh.yaml");
+    std::fs::write(&path, eh_yaml(&eh_conn(&b), &blob_store_yaml(&az, "shared"), "jobs", "done", 4, "copy")).unwrap();
+    let mut a = Daemon::start(&path);
+    let c = Daemon::start(&path);
+    py_produce(&b, "jobs", 1000, "x").await;
+    // both own partitions (2 each once balanced)
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            let (ma, mc) = (a.metrics(), c.metrics());
+            metric_sum(&ma, "conveyor_messages_consumed_total", "worker=\"copy\"") > 0.0
+                && metric_sum(&mc, "conveyor_messages_consumed_total", "worker=\"copy\"") > 0.0
+        })
+        .await,
+        "both processes consume"
+    );
+    let got = wait_out(&b, "done", 1000, Duration::from_secs(60)).await;
+    assert_eq!(set(&got), expect("x", 1000));
+    // kill -9 one of them while more is produced: the other takes its partitions
+    let producer = {
+        let conn = eh_conn(&b);
+        tokio::spawn(async move {
+            for i in 0..5 {
+                let (code, _) = eh_tool_async(
+                    ["produce", "--conn", &conn, "--hub", "jobs", "--count", "400", "--prefix", &format!("y{i}-"), "--batch"]
+                        .map(String::from)
+                        .to_vec(),
+                )
+                .await;
+                assert_eq!(code, 0);
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.signal("-KILL");
+    a.wait_exit(Duration::from_secs(5));
+    producer.await.unwrap();
+    let mut want = expect("x", 1000);
+    for i in 0..5 {
+        want.extend(expect(&format!("y{i}-"), 400));
+    }
+    let end = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let got = set(&out_bodies(&b, "done"));
+        if got.is_superset(&want) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < end, "lost {} events after the takeover", want.difference(&got).count());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let m = c.metrics();
+    assert_eq!(get_blocking(c.addr, "/readyz").unwrap().0, 200);
+    // secrets never reach logs or metrics
+    let logs: Vec<String> = c.logs.try_iter().collect();
+    assert!(!logs.is_empty());
+    for l in logs.iter().chain(std::iter::once(&m)) {
+        assert!(!l.contains(SAS_KEY) && !l.contains(AZURITE_KEY), "secret leaked: {l}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_faults_are_retried_or_surfaced_and_nothing_is_lost() {
+    let b = broker(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("{{ type: file, path: {:?} }}", dir.path().join("cp"));
+    let cfg = config(&eh_yaml(&eh_conn(&b), &store, "src", "dst", 2, "copy"));
+    let rt = Runtime::start(&cfg, 0, Options::default()).await.unwrap();
+    py_produce(&b, "src", 500, "p").await;
+    assert_eq!(wait_out(&b, "dst", 500, Duration::from_secs(60)).await.len(), 500);
+    // throttled sends: retried (inside the SDK and by the worker), not dead-lettered
+    b.faults().server_busy_sends(3);
+    py_produce(&b, "src", 300, "q").await;
+    // links detached and connections dropped while events flow
+    b.faults().detach_receivers("src");
+    py_produce(&b, "src", 300, "r").await;
+    b.faults().drop_connections();
+    py_produce(&b, "src", 300, "s").await;
+    // another consumer steals partition 0 (epoch): released, then reclaimed
+    b.faults().steal_partition("src", "copy", 0);
+    py_produce(&b, "src", 300, "t").await;
+    let mut want = expect("p", 500);
+    for p in ["q", "r", "s", "t"] {
+        want.extend(expect(p, 300));
+    }
+    let end = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let got = set(&out_bodies(&b, "dst"));
+        if got == want {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "missing {} (extra {})",
+            want.difference(&got).count(),
+            got.difference(&want).count()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let counts = b.faults().counts();
+    assert!(counts.server_busy >= 1 && counts.dropped_connections >= 1 && counts.detached_receivers >= 1, "{counts:?}");
+    // duplicates only from re-sends of in-flight batches, never a replay of the stream
+    let all = out_bodies(&b, "dst");
+    assert!(all.len() < want.len() + 600, "{} copies of {} events: a replay", all.len(), want.len());
+    assert!(eventually(Duration::from_secs(20), async || get(rt.http_addr, "/readyz").await.unwrap().0 == 200).await);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_credentials_make_the_worker_unready_until_they_work() {
+    let b = broker(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("{{ type: file, path: {:?} }}", dir.path().join("cp"));
+    let cfg = config(&eh_yaml(&eh_conn(&b), &store, "in", "out", 2, "copy"));
+    b.faults().cbs_unauthorized(1_000_000);
+    let rt = Runtime::start(&cfg, 0, Options::default()).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            let (code, body) = get(rt.http_addr, "/readyz").await.unwrap();
+            code == 503 && body.contains("auth")
+        })
+        .await,
+        "unready with an auth error: {:?}",
+        get(rt.http_addr, "/readyz").await.unwrap()
+    );
+    let (_, body) = get(rt.http_addr, "/readyz").await.unwrap();
+    assert!(!body.contains(SAS_KEY));
+    b.faults().cbs_unauthorized(0);
+    py_produce(&b, "in", 100, "k").await;
+    assert_eq!(set(&wait_out(&b, "out", 100, Duration::from_secs(90)).await), expect("k", 100));
+    assert!(eventually(Duration::from_secs(20), async || get(rt.http_addr, "/readyz").await.unwrap().0 == 200).await);
+    rt.shutdown().await.unwrap();
+}
