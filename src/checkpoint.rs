@@ -125,7 +125,7 @@ impl conveyor_blob::TokenSource for EntraTokens {
     }
 }
 
-fn entra_token_source(c: &EntraCredential) -> azure_core::Result<Arc<dyn conveyor_blob::TokenSource>> {
+pub fn entra_token_source(c: &EntraCredential) -> azure_core::Result<Arc<dyn conveyor_blob::TokenSource>> {
     Ok(Arc::new(EntraTokens(entra_credential(c)?)))
 }
 

@@ -130,7 +130,7 @@ pub fn build(cfg: &StageConfig, outputs: &Outputs) -> Result<Arc<dyn Stage>, Str
         StageConfig::Sink(c) => Arc::new(Sink::new(c.clone())),
         StageConfig::Http(c) => Arc::new(HttpStage::new(c, outputs)?),
         StageConfig::Download(c) => Arc::new(Download::new(c.clone(), default()?)?),
-        StageConfig::Upload(c) => Arc::new(Upload { cfg: c.clone(), output: default()? }),
+        StageConfig::Upload(c) => Arc::new(Upload::new(c.clone(), default()?)?),
         StageConfig::Chaos { transient_ratio, permanent_ratio, panic_ratio, delay } => Arc::new(Chaos {
             transient: *transient_ratio,
             permanent: *permanent_ratio,

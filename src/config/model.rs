@@ -959,4 +959,21 @@ fn yes() -> bool {
 pub enum UploadTarget {
     /// A local (or mounted) directory.
     Dir { path: PathBuf },
+    /// An Azure Blob Storage container (created if missing). Names are the
+    /// blob names; an existing blob of the same size is not uploaded again.
+    Blob {
+        /// Storage connection string (`AccountName=..;AccountKey=..`,
+        /// `BlobEndpoint=..;SharedAccessSignature=..`, or
+        /// `UseDevelopmentStorage=true` for Azurite), as `${VAR}`.
+        #[serde(default)]
+        connection_string: Option<Secret>,
+        /// Blob endpoint (`https://ACCOUNT.blob.core.windows.net`) for Entra ID.
+        #[serde(default)]
+        endpoint: Option<String>,
+        /// Entra ID credential for `endpoint` (needs the `eventhubs` feature,
+        /// which brings `azure_identity`).
+        #[serde(default)]
+        credential: Option<EntraCredential>,
+        container: String,
+    },
 }

@@ -151,6 +151,72 @@ impl Stage for Download {
 pub struct Upload {
     pub cfg: UploadConfig,
     pub output: usize,
+    blob: Option<(conveyor_blob::BlobClient, String, tokio::sync::OnceCell<()>)>,
+}
+
+/// A blob client from `connection_string`, or `endpoint` + Entra ID `credential`.
+pub fn blob_client(
+    connection_string: Option<&crate::config::Secret>,
+    endpoint: Option<&str>,
+    credential: Option<&crate::config::EntraCredential>,
+) -> Result<conveyor_blob::BlobClient, String> {
+    match (connection_string, endpoint, credential) {
+        (Some(cs), _, _) => conveyor_blob::BlobClient::from_connection_string(cs.expose()).map_err(|e| e.to_string()),
+        #[cfg(feature = "eventhubs")]
+        (None, Some(ep), Some(c)) => {
+            let source = crate::checkpoint::entra_token_source(c).map_err(|e| e.to_string())?;
+            conveyor_blob::BlobClient::new(ep, conveyor_blob::Credentials::Bearer(source)).map_err(|e| e.to_string())
+        }
+        _ => Err("a blob target needs `connection_string` (or `endpoint` + `credential` with Entra ID)".into()),
+    }
+}
+
+fn blob_failure(e: conveyor_blob::BlobError) -> StageError {
+    use conveyor_blob::Category as C;
+    let category = match e.category() {
+        C::Transient | C::Conflict => ErrorCategory::Transient,
+        C::Throttling => ErrorCategory::Throttling,
+        C::Auth => ErrorCategory::Auth,
+        C::Permanent => ErrorCategory::Permanent,
+    };
+    StageError::Other { category, kind: "blob".into(), message: e.to_string() }
+}
+
+impl Upload {
+    pub fn new(cfg: UploadConfig, output: usize) -> Result<Self, String> {
+        let blob = match &cfg.target {
+            UploadTarget::Dir { .. } => None,
+            UploadTarget::Blob { connection_string, endpoint, credential, container } => Some((
+                blob_client(connection_string.as_ref(), endpoint.as_deref(), credential.as_ref())?,
+                container.clone(),
+                tokio::sync::OnceCell::new(),
+            )),
+        };
+        Ok(Upload { cfg, output, blob })
+    }
+
+    /// Puts `src` as blob `name` unless a blob of that size exists; returns
+    /// the size, or `None` when the source is gone and nothing was uploaded.
+    async fn to_blob(&self, src: &Path, src_len: Option<u64>, name: &str, v: &Value) -> Result<Option<u64>, StageError> {
+        let Some((client, container, created)) = &self.blob else { return Ok(None) };
+        created
+            .get_or_try_init(|| async { client.create_container(container).await.map(|_| ()) })
+            .await
+            .map_err(blob_failure)?;
+        let existing = client.properties(container, name).await.map_err(blob_failure)?;
+        match (src_len, existing) {
+            (Some(s), Some(p)) if p.size == s => Ok(Some(s)),
+            (None, Some(p)) => Ok(Some(p.size)),
+            (None, None) => Ok(None),
+            (Some(s), _) => {
+                let body = tokio::fs::read(src).await.map_err(|e| io(e, "reading", src))?;
+                let ct = get(v, "cached.content_type").and_then(Value::as_str);
+                let opts = conveyor_blob::PutOptions { content_type: ct, ..Default::default() };
+                client.put(container, name, body.into(), opts).await.map_err(blob_failure)?;
+                Ok(Some(s))
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -166,12 +232,31 @@ impl Stage for Upload {
         if name.is_empty() || name.split('/').any(|s| s.is_empty() || s == "..") {
             return Err(permanent("bad_name", format!("object name {name:?} is empty or escapes the target")));
         }
-        let UploadTarget::Dir { path: root } = &self.cfg.target;
-        let dest = root.join(&name);
         let src_len = match tokio::fs::metadata(&src).await {
             Ok(m) => Some(m.len()),
             Err(_) => None,
         };
+        let root = match &self.cfg.target {
+            UploadTarget::Dir { path } => path,
+            UploadTarget::Blob { container, .. } => {
+                let Some(size) = self.to_blob(&src, src_len, &name, &v).await? else {
+                    return Err(permanent(
+                        "missing_file",
+                        format!("cached file {} is gone and blob {name} was never uploaded", src.display()),
+                    ));
+                };
+                if self.cfg.remove_cache && src_len.is_some() {
+                    tokio::fs::remove_file(&src).await.map_err(|e| io(e, "removing", &src))?;
+                }
+                let target = format!("{}/{container}", self.blob.as_ref().map(|b| b.0.endpoint()).unwrap_or_default());
+                set(&mut v, &self.cfg.into, json!({ "target": target, "name": name, "size": size }));
+                let mut m = OutboundMessage::from_message(msg);
+                m.payload = serde_json::to_vec(&v).expect("JSON").into();
+                out.push(Emit { output: self.output, message: m });
+                return Ok(());
+            }
+        };
+        let dest = root.join(&name);
         let dest_len = tokio::fs::metadata(&dest).await.ok().map(|m| m.len());
         let size = match (src_len, dest_len) {
             // already uploaded (a redelivery): nothing to do
@@ -294,16 +379,17 @@ mod tests {
                 .ends_with(".part"))
         );
 
-        let u = Upload {
-            cfg: UploadConfig {
+        let u = Upload::new(
+            UploadConfig {
                 path_field: "cached.path".into(),
                 target: UploadTarget::Dir { path: dir.path().join("store") },
                 name: "{{claim}}/{{cached.sha256}}.pdf".into(),
                 into: "result".into(),
                 remove_cache: true,
             },
-            output: 0,
-        };
+            0,
+        )
+        .unwrap();
         let r = one(&u, v.clone()).await.unwrap();
         let dest = dir.path().join("store").join(r["result"]["name"].as_str().unwrap());
         assert_eq!(std::fs::read(&dest).unwrap(), vec![7u8; 3000]);

@@ -63,6 +63,21 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+/// Longest a send may take (the SDK retries inside; a connection stuck in
+/// recovery is abandoned and reopened after this).
+const SEND_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The SDK's own retries of a send or open: bounded well inside
+/// [`SEND_TIMEOUT`], the worker retries beyond that with its own backoff.
+fn sdk_retries() -> azure_messaging_eventhubs::RetryOptions {
+    azure_messaging_eventhubs::RetryOptions {
+        initial_delay: azure_core::time::Duration::milliseconds(200),
+        max_delay: azure_core::time::Duration::seconds(5),
+        max_total_elapsed: azure_core::time::Duration::seconds(10),
+        max_retries: 6,
+    }
+}
+
 /// An entity on this transport.
 #[derive(Debug, Clone)]
 pub struct EhEntity {
@@ -205,7 +220,9 @@ impl EventHubsTransport {
         if let Some(p) = map.get(hub) {
             return Ok(p.clone());
         }
-        let mut b = ProducerClient::builder().with_application_id(format!("conveyor-{}", self.inner.name));
+        let mut b = ProducerClient::builder()
+            .with_application_id(format!("conveyor-{}", self.inner.name))
+            .with_retry_options(sdk_retries());
         if let Some(ep) = &self.inner.endpoint {
             b = b.with_custom_endpoint(ep.clone());
         }
@@ -219,12 +236,13 @@ impl EventHubsTransport {
         Ok(p)
     }
 
-    /// Opens a consumer client on `hub` in `group`.
-    async fn consumer_for(&self, hub: &str, group: &str, instance: &str) -> Result<ConsumerClient, TransportError> {
+    /// Opens a consumer client on `hub` in `group` (SDK error).
+    async fn open_consumer(&self, hub: &str, group: &str, instance: &str) -> Result<ConsumerClient, EventHubsError> {
         let mut b = ConsumerClient::builder()
             .with_consumer_group(group.to_string())
             .with_application_id(instance.to_string())
-            .with_instance_id(instance.to_string());
+            .with_instance_id(instance.to_string())
+            .with_retry_options(sdk_retries());
         if let Some(ep) = &self.inner.endpoint {
             b = b.with_custom_endpoint(ep.clone());
         }
@@ -232,7 +250,11 @@ impl EventHubsTransport {
             Auth::ConnectionString(cs) => b.open_with_connection_string(cs.expose(), Some(hub)).await,
             Auth::Entra { namespace, credential } => b.open(namespace, hub.to_string(), credential.clone()).await,
         }
-        .map_err(|e| self.map_err(hub, &e))
+    }
+
+    /// Opens a consumer client on `hub` in `group`.
+    async fn consumer_for(&self, hub: &str, group: &str, instance: &str) -> Result<ConsumerClient, TransportError> {
+        self.open_consumer(hub, group, instance).await.map_err(|e| self.map_err(hub, &e))
     }
 
     /// Sends one group of messages with the same target, in as few batches
@@ -323,7 +345,14 @@ impl Producer for EventHubsTransport {
             groups[i].1.push(m);
         }
         let sends = groups.iter().map(|(t, msgs)| self.send_group(&p, &e.hub, t, msgs));
-        let outcome = futures::future::join_all(sends).await;
+        let outcome = match tokio::time::timeout(SEND_TIMEOUT, futures::future::join_all(sends)).await {
+            Ok(o) => o,
+            Err(_) => vec![Err(other(
+                ErrorCategory::Transient,
+                "timeout",
+                format!("event hub {:?} on {}: send not acknowledged within {SEND_TIMEOUT:?}", e.hub, self.inner.name),
+            ))],
+        };
         if let Some(err) = outcome.into_iter().find_map(Result::err) {
             if err.category() == ErrorCategory::Transient {
                 // let the next send open a fresh client

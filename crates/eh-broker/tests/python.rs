@@ -53,6 +53,10 @@ fn ok(out: &Output) -> String {
 }
 
 async fn broker() -> Broker {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     Broker::start(BrokerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         ..Default::default()
@@ -107,7 +111,7 @@ async fn python_survives_faults() {
 
     // server-busy on the first two sends: the SDK retries and succeeds.
     b.faults().server_busy_sends(2);
-    let out = tool(&py, args(&["produce", "--conn", &cs, "--hub", "f", "--count", "10", "--prefix", "a"])).await;
+    let out = tool(&py, args(&["--log-level", "DEBUG", "produce", "--conn", &cs, "--hub", "f", "--count", "10", "--prefix", "a"])).await; eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(ok(&out).trim(), "produced 10");
     assert_eq!(b.faults().counts().server_busy, 2);
     assert_eq!(b.events("f").len(), 10);
@@ -120,11 +124,14 @@ async fn python_survives_faults() {
         })
     };
     tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    eprintln!("step: detach receivers");
     b.faults().detach_receivers("f");
     ok(&tool(&py, args(&["produce", "--conn", &cs, "--hub", "f", "--count", "10", "--prefix", "b"])).await);
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    eprintln!("step: drop connections");
     b.faults().drop_connections();
     ok(&tool(&py, args(&["produce", "--conn", &cs, "--hub", "f", "--count", "10", "--prefix", "c"])).await);
+    eprintln!("step: wait for the consumer");
     let out = consumer.await.unwrap();
     let stdout = ok(&out);
     let distinct: std::collections::BTreeSet<&str> = stdout.lines().map(|l| l.split('\t').next().unwrap()).collect();
@@ -134,6 +141,7 @@ async fn python_survives_faults() {
     assert!(counts.dropped_connections >= 1, "{counts:?}");
 
     // CBS 401: the producer fails (authentication is not retried).
+    eprintln!("step: cbs 401");
     b.faults().cbs_unauthorized(100);
     let out = tool(&py, args(&["produce", "--conn", &cs, "--hub", "f", "--count", "1"])).await;
     assert!(!out.status.success(), "produce must fail with CBS 401");

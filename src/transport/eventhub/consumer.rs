@@ -22,6 +22,17 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 /// Longest a revoke waits for the worker to finish the partition's batch.
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest opening a consumer connection may take before it is retried.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn timeout_error(what: &str) -> azure_messaging_eventhubs::EventHubsError {
+    azure_messaging_eventhubs::EventHubsError::from(azure_messaging_eventhubs::error::ErrorKind::AmqpError(
+        azure_core_amqp::AmqpError::from(azure_core_amqp::AmqpErrorKind::IdleTimeoutElapsed(
+            format!("timed out {what}").into(),
+        )),
+    ))
+}
+
 type Event = Result<Assignment, TransportError>;
 
 /// The recorded (acknowledged, not yet written) position of a partition.
@@ -231,7 +242,8 @@ impl Balancer {
     /// Last enqueued sequence numbers of owned partitions (for lag).
     async fn refresh_lag(&self) {
         for (pid, o) in &self.owned {
-            if let Ok(pp) = self.client.get_partition_properties(pid).await {
+            let props = tokio::time::timeout(Duration::from_secs(3), self.client.get_partition_properties(pid)).await;
+            if let Ok(Ok(pp)) = props {
                 o.shared.last_enqueued.store(pp.last_enqueued_sequence_number, std::sync::atomic::Ordering::Relaxed);
             }
         }
@@ -264,7 +276,9 @@ impl Balancer {
         let (tx, rx) = mpsc::channel(self.t.inner.cfg.prefetch.max(16) as usize);
         let pump = Pump {
             t: self.t.clone(),
-            client: self.client.clone(),
+            client: None,
+            group: self.group.clone(),
+            instance: format!("{}-p{pid}", self.owner_id),
             hub: self.hub.clone(),
             pid: pid.clone(),
             partition,
@@ -453,7 +467,12 @@ pub(crate) fn plan_claims(
 /// Reads one partition and feeds the reader's channel, without replays.
 struct Pump {
     t: EventHubsTransport,
-    client: Arc<ConsumerClient>,
+    /// The pump's own connection (one per partition, as Azure's SDKs do):
+    /// after any receive error it is closed and a fresh one is opened, so a
+    /// half-recovered connection never stalls the partition.
+    client: Option<ConsumerClient>,
+    group: String,
+    instance: String,
     hub: String,
     pid: String,
     partition: u32,
@@ -483,20 +502,7 @@ impl Pump {
                 Some(s) => StartLocation::SequenceNumber(s),
                 None => self.start.clone(),
             };
-            let opts = OpenReceiverOptions {
-                owner_level: Some(0),
-                prefetch: Some(self.prefetch),
-                start_position: Some(azure_messaging_eventhubs::StartPosition { location: start, inclusive: false }),
-                ..Default::default()
-            };
-            let outcome = match self.client.open_receiver_on_partition(self.pid.clone(), Some(opts)).await {
-                Ok(r) => {
-                    let o = self.pump(&r, &mut degraded, &mut backoff).await;
-                    let _ = tokio::time::timeout(Duration::from_secs(5), r.close()).await;
-                    o
-                }
-                Err(e) => Err(e),
-            };
+            let outcome = self.attempt(start, &mut degraded, &mut backoff).await;
             let e = match outcome {
                 Ok(()) => break, // stopped
                 Err(e) => e,
@@ -521,6 +527,48 @@ impl Pump {
             }
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
+    }
+
+    /// Opens a receiver at `start` (and a client, if none) and pumps.
+    async fn attempt(
+        &mut self,
+        start: StartLocation,
+        degraded: &mut bool,
+        backoff: &mut Duration,
+    ) -> Result<(), azure_messaging_eventhubs::EventHubsError> {
+        if self.client.is_none() {
+            let c = tokio::select! {
+                _ = self.stop.cancelled() => return Ok(()),
+                c = tokio::time::timeout(OPEN_TIMEOUT, self.t.open_consumer(&self.hub, &self.group, &self.instance)) => c,
+            };
+            match c {
+                Ok(Ok(c)) => self.client = Some(c),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(timeout_error("opening the consumer connection")),
+            }
+        }
+        let opts = OpenReceiverOptions {
+            owner_level: Some(0),
+            prefetch: Some(self.prefetch),
+            start_position: Some(azure_messaging_eventhubs::StartPosition { location: start, inclusive: false }),
+            ..Default::default()
+        };
+        let client = self.client.as_ref().expect("opened above");
+        let r = client.open_receiver_on_partition(self.pid.clone(), Some(opts)).await;
+        let outcome = match r {
+            Ok(r) => {
+                let o = self.pump(&r, degraded, backoff).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), r.close()).await;
+                o
+            }
+            Err(e) => Err(e),
+        };
+        if outcome.is_err() {
+            if let Some(c) = self.client.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(5), c.close()).await;
+            }
+        }
+        outcome
     }
 
     /// Forwards events until stopped (`Ok`) or the stream fails.
