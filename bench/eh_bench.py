@@ -97,7 +97,8 @@ def main():
     work = tempfile.mkdtemp(prefix="eh-bench.")
     port = free_port()
     broker = subprocess.Popen([a.conveyor, "dev", "eventhubs", "--listen", f"127.0.0.1:{port}",
-                               "--partitions", str(a.partitions)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                               "--partitions", str(a.partitions)], stdout=subprocess.PIPE,
+                              stderr=open(os.path.join(work, "broker.log"), "w"))
     try:
         broker.stdout.readline()
         conn = f"Endpoint=sb://127.0.0.1:{port};SharedAccessKeyName=bench;SharedAccessKey=bench;UseDevelopmentEmulator=true"

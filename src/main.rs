@@ -92,6 +92,7 @@ fn main() -> ExitCode {
         },
         #[cfg(feature = "eventhubs")]
         Command::Dev(conveyor::cli::DevCommand::Eventhubs(args)) => {
+            conveyor::telemetry::init(&config::LogConfig { format: config::LogFormat::Text, level: "info".into() });
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build();
             match rt.map(|rt| rt.block_on(conveyor_eh_broker::serve(args))) {
                 Ok(Ok(())) => ExitCode::SUCCESS,

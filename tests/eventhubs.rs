@@ -327,3 +327,74 @@ async fn rejected_credentials_make_the_worker_unready_until_they_work() {
     assert!(eventually(Duration::from_secs(20), async || get(rt.http_addr, "/readyz").await.unwrap().0 == 200).await);
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_pipeline_runs_on_event_hubs_with_uploads_to_azurite() {
+    let b = broker(4).await;
+    let az = Azurite::start();
+    let dir = tempfile::tempdir().unwrap();
+    let n = 60u64;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let blob = format!("{{ type: blob, connection_string: \"{}\", container: attachments }}", az.conn());
+    let text = std::fs::read_to_string(root.join("config/eventhubs.yaml"))
+        .unwrap()
+        .replace("${CONVEYOR_LISTEN:-127.0.0.1:9464}", "127.0.0.1:0")
+        .replace("${CONVEYOR_DATA:-./data}", &dir.path().display().to_string())
+        .replace("${CONVEYOR_SIM_LISTEN:-127.0.0.1:9470}", &format!("127.0.0.1:{}", free_port()))
+        .replace("${CONVEYOR_SIM_RATE:-20}", &format!("100\n    count: {n}"))
+        .replace(
+            "${EVENTHUB_CONNECTION_STRING:-Endpoint=sb://127.0.0.1:5672;SharedAccessKeyName=dev;SharedAccessKey=dev;UseDevelopmentEmulator=true}",
+            &eh_conn(&b),
+        )
+        .replace("${CHECKPOINT_STORAGE_CONNECTION_STRING:-UseDevelopmentStorage=true}", &az.conn())
+        .replace(&format!("target: {{ type: dir, path: \"{}/uploads\" }}", dir.path().display()), &format!("target: {blob}"));
+    assert!(text.contains("type: blob, connection_string") && !text.contains("type: dir"), "upload targets rewritten");
+    let cfg = dir.path().join("eventhubs.yaml");
+    std::fs::write(&cfg, text).unwrap();
+    let mut d = Daemon::start(&cfg);
+    let rows = |prefix: &str| -> BTreeSet<String> {
+        let mut ids = BTreeSet::new();
+        for p in std::fs::read_dir(dir.path().join("results")).map(|rd| rd.map(|e| e.unwrap().path()).collect::<Vec<_>>()).unwrap_or_default() {
+            if p.file_name().unwrap().to_string_lossy().starts_with(prefix) {
+                for l in std::fs::read_to_string(&p).unwrap_or_default().lines() {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
+                        ids.insert(v["id"].as_str().unwrap_or_default().to_string());
+                    }
+                }
+            }
+        }
+        ids
+    };
+    let t0 = std::time::Instant::now();
+    loop {
+        let m = get(d.addr, "/metrics").await.unwrap().1;
+        let xact_dead = metric_sum(&m, "conveyor_dead_lettered_total", "worker=\"xact-");
+        let claimx_dead = metric_sum(&m, "conveyor_dead_lettered_total", "worker=\"claimx-e");
+        if rows("xact-results").len() as f64 + xact_dead >= n as f64
+            && rows("claimx-entities").len() as f64 + claimx_dead >= n as f64
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(150),
+            "not every event arrived: xact {} rows + {xact_dead} dead, claimx {} rows + {claimx_dead} dead of {n}",
+            rows("xact-results").len(),
+            rows("claimx-entities").len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    d.signal("-TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(40)), Some(0));
+    // the results went through the hubs and every attachment is a blob in Azurite
+    let xact = rows("xact-results");
+    assert!(!xact.is_empty());
+    let blobs = az.client().list("attachments", "xact/").await.unwrap();
+    assert_eq!(blobs.len(), xact.len(), "one upload per xact result");
+    for hub in ["xact-enrichment-pending", "xact-downloads-cached", "claimx-entities-rows", "itel-cabinet-tracking"] {
+        assert!(!b.events(hub).is_empty(), "{hub} carried events");
+    }
+    // checkpoints in Azurite for the workers' consumer groups
+    let ns = format!("127.0.0.1:{}", b.local_addr().port());
+    let cps = az.client().list("conveyor-checkpoints", &format!("{ns}/xact-downloads-pending/xact-download/checkpoint/")).await.unwrap();
+    assert!(!cps.is_empty());
+}

@@ -78,6 +78,13 @@ fn sdk_retries() -> azure_messaging_eventhubs::RetryOptions {
     }
 }
 
+/// Largest batch Conveyor sends: Standard-tier hubs take 1 MiB; a hub with a
+/// lower limit (Basic: 256 KiB) gets batches of its own limit.
+const MAX_BATCH_BYTES: u64 = 1024 * 1024;
+
+/// Sends to one hub one at a time (the SDK serializes the link anyway).
+const SERIALIZE_SENDS: bool = false;
+
 /// An entity on this transport.
 #[derive(Debug, Clone)]
 pub struct EhEntity {
@@ -106,6 +113,10 @@ struct Inner {
     /// By hub name (what workers pass to `send`/`subscribe`).
     entities: RwLock<HashMap<String, EhEntity>>,
     producers: tokio::sync::Mutex<HashMap<String, Arc<ProducerClient>>>,
+    /// One send at a time per hub: the SDK serializes sends on a link anyway,
+    /// and concurrent sends on one link were seen to stall (a send awaiting an
+    /// outcome that never came) under load.
+    send_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     balancers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -135,6 +146,12 @@ pub fn parse_endpoint(cs: &str) -> Option<(String, bool)> {
     host.filter(|h| !h.is_empty()).map(|h| (h, emulator))
 }
 
+/// The connection string without `EntityPath` (a transport serves several
+/// hubs; the SDK refuses a hub that differs from `EntityPath`).
+fn without_entity_path(cs: &str) -> String {
+    cs.split(';').filter(|p| !p.trim().to_ascii_lowercase().starts_with("entitypath=")).collect::<Vec<_>>().join(";")
+}
+
 fn other(category: ErrorCategory, kind: &'static str, message: String) -> TransportError {
     TransportError::Other { category, kind, message }
 }
@@ -153,7 +170,8 @@ impl EventHubsTransport {
                     )
                 })?;
                 let endpoint = emulator.then(|| format!("amqp://{host}"));
-                (Auth::ConnectionString(cs.clone()), cfg.namespace.clone().unwrap_or(host), endpoint)
+                let cs = Secret::new(without_entity_path(cs.expose()));
+                (Auth::ConnectionString(cs), cfg.namespace.clone().unwrap_or(host), endpoint)
             }
             (None, Some(c)) => {
                 let ns = cfg.namespace.clone().unwrap_or_default();
@@ -187,6 +205,7 @@ impl EventHubsTransport {
                 store,
                 entities: RwLock::new(HashMap::new()),
                 producers: tokio::sync::Mutex::new(HashMap::new()),
+                send_locks: Mutex::new(HashMap::new()),
                 balancers: Mutex::new(Vec::new()),
             }),
         };
@@ -268,7 +287,7 @@ impl EventHubsTransport {
     ) -> Result<(), TransportError> {
         let mut i = 0;
         while i < msgs.len() {
-            let opts = EventDataBatchOptions {
+            let opts = |max: Option<u64>| EventDataBatchOptions {
                 partition_id: match target {
                     Target::Partition(p) => Some(p.to_string()),
                     _ => None,
@@ -277,9 +296,14 @@ impl EventHubsTransport {
                     Target::Key(k) => Some(k.clone()),
                     _ => None,
                 },
-                ..Default::default()
+                max_size_in_bytes: max,
             };
-            let batch = p.create_batch(Some(opts)).await.map_err(|e| self.map_err(hub, &e))?;
+            let batch = match p.create_batch(Some(opts(Some(MAX_BATCH_BYTES)))).await {
+                // the hub's limit is below ours: use the hub's
+                Err(e) if matches!(e.kind, EhKind::InvalidBatchSize { .. }) => p.create_batch(Some(opts(None))).await,
+                r => r,
+            }
+            .map_err(|e| self.map_err(hub, &e))?;
             while i < msgs.len() {
                 let added = batch.try_add_event_data(to_event(&msgs[i]), None).map_err(|e| self.map_err(hub, &e))?;
                 if !added {
@@ -344,8 +368,19 @@ impl Producer for EventHubsTransport {
             });
             groups[i].1.push(m);
         }
-        let sends = groups.iter().map(|(t, msgs)| self.send_group(&p, &e.hub, t, msgs));
-        let outcome = match tokio::time::timeout(SEND_TIMEOUT, futures::future::join_all(sends)).await {
+        let lock = self.inner.send_locks.lock().unwrap().entry(e.hub.clone()).or_default().clone();
+        let sends = async {
+            let _one_at_a_time = if SERIALIZE_SENDS { Some(lock.lock().await) } else { None };
+            let mut out = Vec::with_capacity(groups.len());
+            for (t, msgs) in &groups {
+                out.push(self.send_group(&p, &e.hub, t, msgs).await);
+                if out.last().is_some_and(Result::is_err) {
+                    break;
+                }
+            }
+            out
+        };
+        let outcome = match tokio::time::timeout(SEND_TIMEOUT, sends).await {
             Ok(o) => o,
             Err(_) => vec![Err(other(
                 ErrorCategory::Transient,

@@ -16,6 +16,12 @@
 //!   epochs (`com.microsoft:epoch`) with `amqp:link:stolen`.
 //! - Fault injection through [`Faults`].
 //!
+//! Client quirks the broker accommodates (found against the Python SDK's `pyamqp`):
+//! performatives are re-encoded with all their fields ([`wire`](crate) module), Begin
+//! carries an explicit `handle-max`, dispositions are always settled (receiver settle
+//! mode `first`), and deliveries to receivers are always pre-settled (sender settle mode
+//! `settled`) although Python asks for `unsettled`.
+//!
 //! Everything is in memory: no retention, no persistence, no TLS, no quotas (e.g. no
 //! limit of 5 receivers per consumer group and partition), no checkpoint store (that is
 //! blob storage, not Event Hubs). Hubs are created on first use.
@@ -115,13 +121,21 @@ impl Shared {
     }
 }
 
-/// A running broker. Dropping it without [`Broker::shutdown`] leaves the accept loop running
-/// until the runtime stops.
+/// A running broker. Dropping it stops it too (like [`Broker::shutdown`], without waiting).
 pub struct Broker {
     shared: Arc<Shared>,
     faults: Faults,
     local_addr: SocketAddr,
-    accept: JoinHandle<()>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+            self.shared.kill_connections();
+        }
+    }
 }
 
 impl Broker {
@@ -144,7 +158,7 @@ impl Broker {
             },
             shared,
             local_addr,
-            accept,
+            accept: Some(accept),
         })
     }
 
@@ -201,9 +215,11 @@ impl Broker {
     }
 
     /// Stops accepting, cuts every connection and ends all broker tasks.
-    pub async fn shutdown(self) {
-        self.accept.abort();
-        let _ = self.accept.await;
+    pub async fn shutdown(mut self) {
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+            let _ = accept.await;
+        }
         self.shared.kill_connections();
         tracing::info!(local_addr = %self.local_addr, "event hubs test broker stopped");
     }

@@ -46,8 +46,11 @@ fn decode_error(desc: impl Into<String>) -> definitions::Error {
     definitions::Error::new(AmqpError::DecodeError, Some(desc.into()), None)
 }
 
-/// Splits a delivery into events (message, size in bytes) and the batch's partition key.
-fn events_of(format: u32, message: AmqpMessage) -> Result<(Vec<(AmqpMessage, usize)>, Option<String>), String> {
+/// Events of one delivery: (message, size in bytes) each, and the batch's partition key.
+type Events = (Vec<(AmqpMessage, usize)>, Option<String>);
+
+/// Splits a delivery into its events.
+fn events_of(format: u32, message: AmqpMessage) -> Result<Events, String> {
     if format == BATCH_FORMAT {
         let envelope_key = annotation_string(&message, ANN_PARTITION_KEY);
         let sections = match message.body {
@@ -108,6 +111,11 @@ pub(crate) async fn produce(shared: Arc<Shared>, mut rx: Receiver, hub: Arc<Hub>
                 let n = events.len();
                 let first = hub.partitions[p as usize].append(events, key.as_deref());
                 debug!(%link, hub = %hub.name, partition = p, events = n, first_seq = first, "stored");
+                // Answer after a network-like pause: fe2o3-amqp 0.16's sender records an
+                // unsettled delivery only after its transfer is written, so an outcome
+                // that arrives within microseconds (loopback) can be missed and the
+                // client's send then waits forever. Azure answers in milliseconds.
+                tokio::time::sleep(ACK_DELAY).await;
                 if let Err(e) = rx.accept(info).await {
                     debug!(%link, error = ?e, "accept disposition failed");
                 }
@@ -133,6 +141,9 @@ enum Wake {
     Detached,
     Kicked(Option<definitions::Error>),
 }
+
+/// Pause before a send's outcome (see the produce loop).
+const ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
 
 pub(crate) async fn consume(
     mut tx: Sender,

@@ -259,10 +259,10 @@ fn kick_where(
     let mut n = 0;
     rx.retain_mut(|e| {
         if pred(e) {
-            if let Some(k) = e.kick.take() {
-                if k.send(error()).is_ok() {
-                    n += 1;
-                }
+            if let Some(k) = e.kick.take()
+                && k.send(error()).is_ok()
+            {
+                n += 1;
             }
             false
         } else {

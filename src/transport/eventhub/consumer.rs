@@ -22,6 +22,10 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 /// Longest a revoke waits for the worker to finish the partition's batch.
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest a partial batch waits to fill up (cancel-safe: what was taken
+/// from the channel is already in `out`).
+const FILL_WAIT: Duration = Duration::from_millis(5);
+
 /// Longest opening a consumer connection may take before it is retried.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -678,11 +682,19 @@ impl PartitionReader for EhReader {
             return std::future::pending().await;
         };
         let mut next = Some(first);
+        let fill_until = tokio::time::Instant::now() + FILL_WAIT;
         while let Some(d) = next.take() {
             self.pending.push_back((d.msg.position, d.offset));
             out.push(d.msg);
             if out.len() < max {
-                next = self.rx.try_recv().ok();
+                next = match self.rx.try_recv() {
+                    Ok(d) => Some(d),
+                    // a partial batch waits briefly to fill up: fewer, fuller sends
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        tokio::time::timeout_at(fill_until, self.rx.recv()).await.ok().flatten()
+                    }
+                    Err(_) => None,
+                };
             }
         }
         Ok(())

@@ -92,6 +92,10 @@ fn endpoint_of_connection_strings() {
         Some(("ns.servicebus.windows.net".to_string(), false))
     );
     assert_eq!(parse_endpoint("SharedAccessKey=x"), None);
+    assert_eq!(
+        without_entity_path("Endpoint=sb://n/;SharedAccessKeyName=k;SharedAccessKey=x;EntityPath=orders"),
+        "Endpoint=sb://n/;SharedAccessKeyName=k;SharedAccessKey=x"
+    );
 }
 
 fn owned(pid: &str, owner: Option<&str>, age_s: u64) -> Ownership {
