@@ -42,9 +42,13 @@ pub fn prefix(namespace: &str, hub: &str, group: &str, kind: &str) -> String {
 /// Opens the configured store; creates the blob container if missing.
 pub async fn open(transport: &str, cfg: &CheckpointStoreConfig) -> Result<Arc<dyn CheckpointStore>, TransportError> {
     match cfg {
-        CheckpointStoreConfig::File { path } => Ok(Arc::new(file::FileStore::open(path).map_err(|e| {
-            TransportError::Open { transport: transport.to_string(), path: path.display().to_string(), message: e.to_string() }
-        })?)),
+        CheckpointStoreConfig::File { path } => {
+            Ok(Arc::new(file::FileStore::open(path).map_err(|e| TransportError::Open {
+                transport: transport.to_string(),
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?))
+        }
         CheckpointStoreConfig::Blob { connection_string, endpoint, credential, container } => {
             let client = match (connection_string, endpoint, credential) {
                 (Some(cs), _, _) => conveyor_blob::BlobClient::from_connection_string(cs.expose()),
@@ -56,7 +60,9 @@ pub async fn open(transport: &str, cfg: &CheckpointStoreConfig) -> Result<Arc<dy
                     return Err(TransportError::Other {
                         category: ErrorCategory::Permanent,
                         kind: "config",
-                        message: format!("transports.{transport}.checkpoint_store needs a connection string or endpoint + credential"),
+                        message: format!(
+                            "transports.{transport}.checkpoint_store needs a connection string or endpoint + credential"
+                        ),
                     });
                 }
             }
@@ -93,9 +99,7 @@ pub fn store_error(transport: &str, e: azure_core::Error) -> TransportError {
 }
 
 /// An Entra ID credential of `azure_identity`.
-pub fn entra_credential(
-    c: &EntraCredential,
-) -> azure_core::Result<Arc<dyn azure_core::credentials::TokenCredential>> {
+pub fn entra_credential(c: &EntraCredential) -> azure_core::Result<Arc<dyn azure_core::credentials::TokenCredential>> {
     use azure_identity::*;
     Ok(match c {
         EntraCredential::Developer => DeveloperToolsCredential::new(None)?,

@@ -432,11 +432,16 @@ fn validate(c: &Config, cx: &mut Cx) -> Vec<ConfigWarning> {
     }
     for (name, w) in &c.workers {
         let on_eh = |key: &str| {
-            c.entities.get(key).and_then(|e| c.transports.get(&e.transport)).is_some_and(|t| matches!(t, TransportConfig::Eventhubs(_)))
+            c.entities
+                .get(key)
+                .and_then(|e| c.transports.get(&e.transport))
+                .is_some_and(|t| matches!(t, TransportConfig::Eventhubs(_)))
         };
         if on_eh(&w.input) {
             let g = w.group(name);
-            if !(g == "$Default" || (1..=50).contains(&g.len()) && g.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))) {
+            if !(g == "$Default"
+                || (1..=50).contains(&g.len()) && g.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)))
+            {
                 cx.error(
                     &owned(&["workers", name, "consumer_group"]),
                     &format!("{g:?} is not a valid Event Hubs consumer group (1–50 letters, digits, '.', '-', '_', or $Default); the default is the worker's name"),
@@ -598,12 +603,19 @@ fn check_eventhubs(cx: &mut Cx, name: &str, e: &EventHubsConfig) {
             if !lower.contains("endpoint=") {
                 cx.error(&at("connection_string"), "has no `Endpoint=sb://...` part (is the variable set?)");
             } else if !lower.contains("sharedaccesskey=") && !lower.contains("sharedaccesssignature=") {
-                cx.error(&at("connection_string"), "needs `SharedAccessKeyName`/`SharedAccessKey` or `SharedAccessSignature`");
+                cx.error(
+                    &at("connection_string"),
+                    "needs `SharedAccessKeyName`/`SharedAccessKey` or `SharedAccessSignature`",
+                );
             }
         }
-        (Some(_), _, Some(_)) => cx.error(&at("credential"), "use either `connection_string` or `credential`, not both"),
+        (Some(_), _, Some(_)) => {
+            cx.error(&at("credential"), "use either `connection_string` or `credential`, not both")
+        }
         (None, Some(_), Some(_)) => {}
-        (None, None, Some(_)) => cx.error(&at("namespace"), "`credential` needs `namespace: NS.servicebus.windows.net`"),
+        (None, None, Some(_)) => {
+            cx.error(&at("namespace"), "`credential` needs `namespace: NS.servicebus.windows.net`")
+        }
         (None, _, None) => cx.error(
             &owned(&["transports", name]),
             "needs `connection_string` (SAS) or `namespace` + `credential` (Entra ID)",
@@ -626,7 +638,9 @@ fn check_eventhubs(cx: &mut Cx, name: &str, e: &EventHubsConfig) {
     if e.prefetch == 0 {
         cx.error(&at("prefetch"), "must be at least 1");
     }
-    if let Some(CheckpointStoreConfig::Blob { connection_string, endpoint, credential, container }) = &e.checkpoint_store {
+    if let Some(CheckpointStoreConfig::Blob { connection_string, endpoint, credential, container }) =
+        &e.checkpoint_store
+    {
         let cs_at = |f: &str| owned(&["transports", name, "checkpoint_store", f]);
         match (connection_string, endpoint, credential) {
             (Some(_), None, None) | (None, Some(_), Some(_)) => {}

@@ -14,7 +14,9 @@ use tracing_subscriber::EnvFilter;
 pub fn init(cfg: &LogConfig) {
     let mut text = std::env::var("RUST_LOG").ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| cfg.level.clone());
     if !text.contains("azure") && !text.contains("fe2o3") {
-        text.push_str(",azure_messaging_eventhubs=warn,azure_core_amqp=warn,azure_core=warn,azure_identity=warn,fe2o3_amqp=warn");
+        text.push_str(
+            ",azure_messaging_eventhubs=warn,azure_core_amqp=warn,azure_core=warn,azure_identity=warn,fe2o3_amqp=warn",
+        );
     }
     let filter = EnvFilter::try_new(&text).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);

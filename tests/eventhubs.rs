@@ -61,9 +61,22 @@ async fn py_produce_spread(b: &Broker, hub: &str, parts: u32, per: usize, prefix
     for p in 0..parts {
         let pre = format!("{prefix}{p}-");
         let (code, out) = eh_tool_async(
-            ["produce", "--conn", &eh_conn(b), "--hub", hub, "--count", &per.to_string(), "--prefix", &pre, "--partition-id", &p.to_string(), "--batch"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "produce",
+                "--conn",
+                &eh_conn(b),
+                "--hub",
+                hub,
+                "--count",
+                &per.to_string(),
+                "--prefix",
+                &pre,
+                "--partition-id",
+                &p.to_string(),
+                "--batch",
+            ]
+            .map(String::from)
+            .to_vec(),
         )
         .await;
         assert_eq!(code, 0, "python produce failed: {out}");
@@ -85,9 +98,21 @@ async fn python_to_conveyor_to_python_and_a_restart_resumes_from_blob_checkpoint
     assert_eq!(got.len(), 2000, "no duplicates without failures");
     // the independent client reads what Conveyor produced
     let (code, out) = eh_tool_async(
-        ["consume", "--conn", &eh_conn(&b), "--hub", "out", "--group", "$Default", "--expect", "2000", "--timeout", "60"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "consume",
+            "--conn",
+            &eh_conn(&b),
+            "--hub",
+            "out",
+            "--group",
+            "$Default",
+            "--expect",
+            "2000",
+            "--timeout",
+            "60",
+        ]
+        .map(String::from)
+        .to_vec(),
     )
     .await;
     assert_eq!(code, 0, "python consumer saw too few events");
@@ -193,9 +218,22 @@ async fn two_processes_share_partitions_and_one_takes_over_when_the_other_is_kil
                 for p in 0..4 {
                     let pre = format!("y{round}.{p}-");
                     let (code, _) = eh_tool_async(
-                        ["produce", "--conn", &conn, "--hub", "jobs", "--count", "100", "--prefix", &pre, "--partition-id", &p.to_string(), "--batch"]
-                            .map(String::from)
-                            .to_vec(),
+                        [
+                            "produce",
+                            "--conn",
+                            &conn,
+                            "--hub",
+                            "jobs",
+                            "--count",
+                            "100",
+                            "--prefix",
+                            &pre,
+                            "--partition-id",
+                            &p.to_string(),
+                            "--batch",
+                        ]
+                        .map(String::from)
+                        .to_vec(),
                     )
                     .await;
                     assert_eq!(code, 0);
@@ -242,17 +280,19 @@ async fn broker_faults_are_retried_or_surfaced_and_nothing_is_lost() {
     assert_eq!(wait_out(&b, "dst", 500, Duration::from_secs(60)).await.len(), 500);
     // throttled sends (com.microsoft:server-busy) from Conveyor's producer: retried, not lost
     let conveyor::config::TransportConfig::Eventhubs(ehc) = &cfg.transports["hubs"] else { unreachable!() };
-    let t = EventHubsTransport::open(
-        "hubs",
-        ehc,
-        vec![EhEntity { key: "side".into(), hub: "side".into(), partitions: 2 }],
-    )
-    .await
-    .unwrap();
+    let t =
+        EventHubsTransport::open("hubs", ehc, vec![EhEntity { key: "side".into(), hub: "side".into(), partitions: 2 }])
+            .await
+            .unwrap();
     let p = t.producer();
     p.send("side", vec![OutboundMessage { payload: "warm".into(), ..Default::default() }]).await.unwrap();
     b.faults().server_busy_sends(2);
-    let r = p.send("side", (0..10).map(|i| OutboundMessage { payload: format!("busy{i}").into(), ..Default::default() }).collect()).await;
+    let r = p
+        .send(
+            "side",
+            (0..10).map(|i| OutboundMessage { payload: format!("busy{i}").into(), ..Default::default() }).collect(),
+        )
+        .await;
     assert!(b.faults().counts().server_busy >= 1, "the fault was applied");
     match r {
         // retried inside the SDK: every event arrived
@@ -354,7 +394,10 @@ async fn the_seed_pipeline_runs_on_event_hubs_with_uploads_to_azurite() {
     let mut d = Daemon::start(&cfg);
     let rows = |prefix: &str| -> BTreeSet<String> {
         let mut ids = BTreeSet::new();
-        for p in std::fs::read_dir(dir.path().join("results")).map(|rd| rd.map(|e| e.unwrap().path()).collect::<Vec<_>>()).unwrap_or_default() {
+        for p in std::fs::read_dir(dir.path().join("results"))
+            .map(|rd| rd.map(|e| e.unwrap().path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
             if p.file_name().unwrap().to_string_lossy().starts_with(prefix) {
                 for l in std::fs::read_to_string(&p).unwrap_or_default().lines() {
                     if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
@@ -395,6 +438,10 @@ async fn the_seed_pipeline_runs_on_event_hubs_with_uploads_to_azurite() {
     }
     // checkpoints in Azurite for the workers' consumer groups
     let ns = format!("127.0.0.1:{}", b.local_addr().port());
-    let cps = az.client().list("conveyor-checkpoints", &format!("{ns}/xact-downloads-pending/xact-download/checkpoint/")).await.unwrap();
+    let cps = az
+        .client()
+        .list("conveyor-checkpoints", &format!("{ns}/xact-downloads-pending/xact-download/checkpoint/"))
+        .await
+        .unwrap();
     assert!(!cps.is_empty());
 }

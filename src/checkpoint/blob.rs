@@ -22,8 +22,11 @@ impl CheckpointStore for BlobStore {
         let mut claimed = Vec::new();
         let mut first_error = None;
         for o in ownerships {
-            let name =
-                format!("{}{}", prefix(&o.fully_qualified_namespace, &o.event_hub_name, &o.consumer_group, "ownership"), o.partition_id);
+            let name = format!(
+                "{}{}",
+                prefix(&o.fully_qualified_namespace, &o.event_hub_name, &o.consumer_group, "ownership"),
+                o.partition_id
+            );
             let owner = o.owner_id.clone().unwrap_or_default();
             let condition = match &o.etag {
                 Some(e) => Condition::IfMatch(e.to_string()),

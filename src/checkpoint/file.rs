@@ -43,7 +43,13 @@ impl FileStore {
         for seg in name.split('/').filter(|s| !s.is_empty() && *s != "." && *s != "..") {
             let safe: String = seg
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || "-_.$".contains(c) { c.to_string() } else { format!("%{:02X}", c as u32 & 0xff) })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "-_.$".contains(c) {
+                        c.to_string()
+                    } else {
+                        format!("%{:02X}", c as u32 & 0xff)
+                    }
+                })
                 .collect();
             p.push(safe);
         }
@@ -233,7 +239,10 @@ mod tests {
         .unwrap();
         let cps = s.list_checkpoints("127.0.0.1:5672", "hub", "$default").await.unwrap();
         assert_eq!(cps.len(), 1);
-        assert_eq!((cps[0].partition_id.as_str(), cps[0].sequence_number, cps[0].offset.as_deref()), ("1", Some(41), Some("4096")));
+        assert_eq!(
+            (cps[0].partition_id.as_str(), cps[0].sequence_number, cps[0].offset.as_deref()),
+            ("1", Some(41), Some("4096"))
+        );
         assert!(dir.path().join("127.0.0.1%3A5672/hub/$default/checkpoint/1.json").exists());
     }
 }

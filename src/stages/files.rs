@@ -197,7 +197,13 @@ impl Upload {
 
     /// Puts `src` as blob `name` unless a blob of that size exists; returns
     /// the size, or `None` when the source is gone and nothing was uploaded.
-    async fn to_blob(&self, src: &Path, src_len: Option<u64>, name: &str, v: &Value) -> Result<Option<u64>, StageError> {
+    async fn to_blob(
+        &self,
+        src: &Path,
+        src_len: Option<u64>,
+        name: &str,
+        v: &Value,
+    ) -> Result<Option<u64>, StageError> {
         let Some((client, container, created)) = &self.blob else { return Ok(None) };
         created
             .get_or_try_init(|| async { client.create_container(container).await.map(|_| ()) })

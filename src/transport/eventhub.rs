@@ -534,12 +534,16 @@ fn classify_dyn(err: &(dyn std::error::Error + 'static)) -> Option<EhClass> {
 fn classify_kind(k: &EhKind) -> Option<EhClass> {
     match k {
         EhKind::InvalidBatchSize { .. } => Some(class(ErrorCategory::Permanent, "invalid_batch_size")),
-        EhKind::MissingCheckpointMetadata { .. } => Some(class(ErrorCategory::Permanent, "missing_checkpoint_metadata")),
+        EhKind::MissingCheckpointMetadata { .. } => {
+            Some(class(ErrorCategory::Permanent, "missing_checkpoint_metadata"))
+        }
         EhKind::ConsumerDisconnected(_) => {
             Some(EhClass { category: ErrorCategory::Transient, kind: "ownership_lost", ownership_lost: true })
         }
         EhKind::SendRejected(Some(d)) => Some(condition(<&str>::from(&d.condition))),
-        EhKind::SendRejected(None) | EhKind::SendNotAccepted(_) => Some(class(ErrorCategory::Permanent, "send_rejected")),
+        EhKind::SendRejected(None) | EhKind::SendNotAccepted(_) => {
+            Some(class(ErrorCategory::Permanent, "send_rejected"))
+        }
         EhKind::AmqpError(a) => classify_amqp(a.kind()),
         EhKind::AzureCore(a) => a.get_ref().and_then(|e| classify_dyn(e)),
         _ => None,
@@ -591,7 +595,9 @@ fn classify_amqp(k: &AmqpErrorKind) -> Option<EhClass> {
         | AmqpErrorKind::DetachError(_)
         | AmqpErrorKind::LinkStateError(_) => class(Transient, "link_detached"),
         AmqpErrorKind::IdleTimeoutElapsed(_) => class(Transient, "timeout"),
-        AmqpErrorKind::FramingError(_) | AmqpErrorKind::TransportImplementationError(_) => class(Transient, "connection_lost"),
+        AmqpErrorKind::FramingError(_) | AmqpErrorKind::TransportImplementationError(_) => {
+            class(Transient, "connection_lost")
+        }
         AmqpErrorKind::TransferLimitExceeded(_) => class(Throttling, "transfer_limit"),
         AmqpErrorKind::SendRejected => class(Permanent, "send_rejected"),
         AmqpErrorKind::AzureCore(a) => return a.get_ref().and_then(|e| classify_dyn(e)),

@@ -19,13 +19,9 @@ fn root() -> &'static Path {
 
 /// Starts the Event Hubs test broker on a free port.
 pub async fn broker(partitions: u32) -> Broker {
-    Broker::start(BrokerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        partitions,
-        max_message_size: 1_048_576,
-    })
-    .await
-    .expect("start the Event Hubs test broker")
+    Broker::start(BrokerConfig { listen: "127.0.0.1:0".parse().unwrap(), partitions, max_message_size: 1_048_576 })
+        .await
+        .expect("start the Event Hubs test broker")
 }
 
 /// The connection string both SDKs use for the local broker.

@@ -74,20 +74,12 @@ pub(crate) fn parse(address: &str) -> Path {
         }
     }
     match segs.as_slice() {
-        [hub] if !hub.is_empty() => Path::Send {
-            hub: (*hub).to_owned(),
-            partition: None,
-        },
-        [hub, p, id] if eq(p, "partitions") && !hub.is_empty() => Path::Send {
-            hub: (*hub).to_owned(),
-            partition: Some((*id).to_owned()),
-        },
+        [hub] if !hub.is_empty() => Path::Send { hub: (*hub).to_owned(), partition: None },
+        [hub, p, id] if eq(p, "partitions") && !hub.is_empty() => {
+            Path::Send { hub: (*hub).to_owned(), partition: Some((*id).to_owned()) }
+        }
         [hub, c, cg, p, id] if eq(c, "consumergroups") && eq(p, "partitions") && !hub.is_empty() => {
-            Path::Receive {
-                hub: (*hub).to_owned(),
-                consumer_group: (*cg).to_owned(),
-                partition: (*id).to_owned(),
-            }
+            Path::Receive { hub: (*hub).to_owned(), consumer_group: (*cg).to_owned(), partition: (*id).to_owned() }
         }
         _ => Path::Other(path.to_lowercase()),
     }
@@ -104,10 +96,7 @@ pub(crate) fn reply_key(address: &str) -> String {
 /// Selector text of a receive source, if any.
 pub(crate) fn selector_text(source: &Source) -> Option<String> {
     let filter = source.filter.as_ref()?;
-    let value = filter
-        .iter()
-        .find(|(k, _)| k.0.eq_ignore_ascii_case(SELECTOR_FILTER))
-        .map(|(_, v)| v)?;
+    let value = filter.iter().find(|(k, _)| k.0.eq_ignore_ascii_case(SELECTOR_FILTER)).map(|(_, v)| v)?;
     match value {
         Value::Described(d) => match &d.value {
             Value::String(s) => Some(s.clone()),
@@ -123,9 +112,7 @@ pub(crate) fn selector_text(source: &Source) -> Option<String> {
 pub(crate) fn parse_selector(text: &str) -> Result<StartPos, String> {
     let t = text.trim();
     let lower = t.to_ascii_lowercase();
-    let rest = lower
-        .strip_prefix("amqp.annotation.")
-        .ok_or_else(|| format!("unsupported selector {text:?}"))?;
+    let rest = lower.strip_prefix("amqp.annotation.").ok_or_else(|| format!("unsupported selector {text:?}"))?;
     let (field, rest) = ["x-opt-sequence-number", "x-opt-enqueued-time", "x-opt-offset"]
         .iter()
         .find_map(|f| rest.strip_prefix(f).map(|r| (*f, r)))
@@ -141,17 +128,11 @@ pub(crate) fn parse_selector(text: &str) -> Result<StartPos, String> {
         return Err(format!("unsupported selector operator in {text:?}"));
     };
     let rest = rest.trim();
-    let value = rest
-        .strip_prefix('\'')
-        .and_then(|r| r.strip_suffix('\''))
-        .unwrap_or(rest)
-        .trim();
+    let value = rest.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')).unwrap_or(rest).trim();
     if value == "@latest" {
         return Ok(StartPos::Latest);
     }
-    let number: i64 = value
-        .parse()
-        .map_err(|_| format!("selector value {value:?} is not a number in {text:?}"))?;
+    let number: i64 = value.parse().map_err(|_| format!("selector value {value:?} is not a number in {text:?}"))?;
     Ok(match field {
         "x-opt-offset" if number < 0 => StartPos::Earliest,
         "x-opt-offset" => StartPos::Offset { value: number, inclusive },
@@ -170,10 +151,7 @@ mod tests {
         assert_eq!(parse("$cbs"), Path::Node(Node::Cbs));
         assert_eq!(parse("amqps://h/$management"), Path::Node(Node::Management));
         assert_eq!(parse("sb://127.0.0.1:5672/hub/$Management"), Path::Node(Node::Management));
-        assert_eq!(
-            parse("amqps://ns.servicebus.windows.net/Hub1"),
-            Path::Send { hub: "Hub1".into(), partition: None }
-        );
+        assert_eq!(parse("amqps://ns.servicebus.windows.net/Hub1"), Path::Send { hub: "Hub1".into(), partition: None });
         assert_eq!(
             parse("amqps://127.0.0.1:5672/hub/partitions/2"),
             Path::Send { hub: "hub".into(), partition: Some("2".into()) }

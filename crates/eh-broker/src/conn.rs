@@ -42,25 +42,15 @@ struct AcceptAnySasl;
 
 impl SaslAcceptor for AcceptAnySasl {
     fn mechanisms(&self) -> Array<Symbol> {
-        Array::from(vec![
-            Symbol::from("ANONYMOUS"),
-            Symbol::from("PLAIN"),
-            Symbol::from("MSSBCBS"),
-        ])
+        Array::from(vec![Symbol::from("ANONYMOUS"), Symbol::from("PLAIN"), Symbol::from("MSSBCBS")])
     }
 
     fn on_init(&mut self, _init: SaslInit) -> SaslServerFrame {
-        SaslServerFrame::Outcome(SaslOutcome {
-            code: SaslCode::Ok,
-            additional_data: None,
-        })
+        SaslServerFrame::Outcome(SaslOutcome { code: SaslCode::Ok, additional_data: None })
     }
 
     fn on_response(&mut self, _response: SaslResponse) -> SaslServerFrame {
-        SaslServerFrame::Outcome(SaslOutcome {
-            code: SaslCode::Ok,
-            additional_data: None,
-        })
+        SaslServerFrame::Outcome(SaslOutcome { code: SaslCode::Ok, additional_data: None })
     }
 }
 

@@ -44,9 +44,7 @@ pub(crate) struct FaultState {
 }
 
 fn take_one(armed: &AtomicU32) -> bool {
-    armed
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-        .is_ok()
+    armed.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
 }
 
 impl FaultState {

@@ -25,7 +25,8 @@ pub fn key_hash(key: &str) -> i16 {
 #[inline]
 fn mix(a: &mut u32, b: &mut u32, c: &mut u32) {
     // lookup3 `mix()`: six rounds of subtract / xor-rotate / add.
-    for (x, y, z, r) in [(0u8, 2u8, 1u8, 4u32), (1, 0, 2, 6), (2, 1, 0, 8), (0, 2, 1, 16), (1, 0, 2, 19), (2, 1, 0, 4)] {
+    for (x, y, z, r) in [(0u8, 2u8, 1u8, 4u32), (1, 0, 2, 6), (2, 1, 0, 8), (0, 2, 1, 16), (1, 0, 2, 19), (2, 1, 0, 4)]
+    {
         let mut v = [*a, *b, *c];
         let (xi, yi, zi) = (x as usize, y as usize, z as usize);
         v[xi] = v[xi].wrapping_sub(v[yi]);
@@ -58,18 +59,12 @@ fn final_mix(a: &mut u32, b: &mut u32, c: &mut u32) {
 
 /// lookup3 `hashlittle2`, byte-wise (endianness-independent) reading: returns `(c, b)`.
 fn hashlittle2(data: &[u8], seed_c: u32, seed_b: u32) -> (u32, u32) {
-    let init = 0xdead_beef_u32
-        .wrapping_add(data.len() as u32)
-        .wrapping_add(seed_c);
+    let init = 0xdead_beef_u32.wrapping_add(data.len() as u32).wrapping_add(seed_c);
     let (mut a, mut b, mut c) = (init, init, init.wrapping_add(seed_b));
 
     // Little-endian word from up to four bytes (missing bytes count as zero).
     let word = |bytes: &[u8]| -> u32 {
-        bytes
-            .iter()
-            .take(4)
-            .enumerate()
-            .fold(0u32, |acc, (i, &byte)| acc | (u32::from(byte) << (8 * i)))
+        bytes.iter().take(4).enumerate().fold(0u32, |acc, (i, &byte)| acc | (u32::from(byte) << (8 * i)))
     };
 
     let mut rest = data;
@@ -85,13 +80,8 @@ fn hashlittle2(data: &[u8], seed_c: u32, seed_b: u32) -> (u32, u32) {
         // Zero-length tail: no final mixing.
         return (c, b);
     }
-    let chunk = |from: usize| -> u32 {
-        if rest.len() > from {
-            word(&rest[from..rest.len().min(from + 4)])
-        } else {
-            0
-        }
-    };
+    let chunk =
+        |from: usize| -> u32 { if rest.len() > from { word(&rest[from..rest.len().min(from + 4)]) } else { 0 } };
     a = a.wrapping_add(chunk(0));
     b = b.wrapping_add(chunk(4));
     c = c.wrapping_add(chunk(8));
@@ -112,10 +102,7 @@ mod tests {
             ("7149583486996073602", 12977),
             ("FWfAT", -22341),
             ("sOdeEAsyQoEuEFPGerWO", -6503),
-            (
-                "FAyAIctPeCgmiwLKbJcyswoHglHVjQdvtBowLACDNORsYvOcLddNJYDmhAVkbyLOrHTKLneMNcbgWVlasVywOByANjs",
-                5226,
-            ),
+            ("FAyAIctPeCgmiwLKbJcyswoHglHVjQdvtBowLACDNORsYvOcLddNJYDmhAVkbyLOrHTKLneMNcbgWVlasVywOByANjs", 5226),
             (
                 "1XYM6!(7(lF5wq4k4m*e$Nc!1ezLJv*1YK1Y-C^*&B$O)lq^iUkG(TNzXG;Zi#z2Og*Qq0#^*k):vXh$3,C7We7%W0meJ;b3,rQCg^J;^twXgs5E$$hWKxqp",
                 23950,

@@ -75,11 +75,7 @@ pub struct BrokerConfig {
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        BrokerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 5672)),
-            partitions: 4,
-            max_message_size: 1_048_576,
-        }
+        BrokerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 5672)), partitions: 4, max_message_size: 1_048_576 }
     }
 }
 
@@ -152,14 +148,7 @@ impl Broker {
         });
         let accept = tokio::spawn(conn::accept_loop(listener, shared.clone()));
         tracing::info!(%local_addr, "event hubs test broker listening");
-        Ok(Broker {
-            faults: Faults {
-                shared: shared.clone(),
-            },
-            shared,
-            local_addr,
-            accept: Some(accept),
-        })
+        Ok(Broker { faults: Faults { shared: shared.clone() }, shared, local_addr, accept: Some(accept) })
     }
 
     /// The bound address.
@@ -170,10 +159,7 @@ impl Broker {
     /// A connection string for this broker (both SDKs dial plain AMQP with it; the Rust
     /// SDK also needs `with_custom_endpoint(format!("amqp://{addr}"))`).
     pub fn connection_string(&self) -> String {
-        format!(
-            "Endpoint=sb://{};SharedAccessKeyName=k;SharedAccessKey=x;UseDevelopmentEmulator=true",
-            self.local_addr
-        )
+        format!("Endpoint=sb://{};SharedAccessKeyName=k;SharedAccessKey=x;UseDevelopmentEmulator=true", self.local_addr)
     }
 
     /// Fault switches.

@@ -177,10 +177,7 @@ pub(crate) async fn consume(
             }
         }
         for record in batch {
-            let sendable = Sendable::builder()
-                .message(Message::clone(&record.message))
-                .settled(true)
-                .build();
+            let sendable = Sendable::builder().message(Message::clone(&record.message)).settled(true).build();
             let sent = tokio::select! {
                 r = tx.send(sendable) => Ok(r),
                 k = &mut kicked, if kick_open => Err(k.ok()),

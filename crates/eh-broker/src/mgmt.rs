@@ -13,8 +13,8 @@
 //! without `reply-to` to the reply link whose source is the node (Python).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fe2o3_amqp::link::delivery::Sendable;
@@ -108,10 +108,8 @@ fn app_prop(m: &AmqpMessage, key: &str) -> Option<String> {
 }
 
 fn reply(request: &AmqpMessage, status: i32, description: &str, body: Value) -> AmqpMessage {
-    let correlation = request
-        .properties
-        .as_ref()
-        .and_then(|p| p.message_id.clone().or_else(|| p.correlation_id.clone()));
+    let correlation =
+        request.properties.as_ref().and_then(|p| p.message_id.clone().or_else(|| p.correlation_id.clone()));
     let mut props = Properties::builder().build();
     props.correlation_id = correlation;
     let mut ap = OrderedMap::new();

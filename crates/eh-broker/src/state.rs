@@ -37,10 +37,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// One stored event, annotations already applied.
@@ -87,10 +84,7 @@ pub(crate) struct Partition {
 
 /// Result of registering a receiver.
 pub(crate) enum Admission {
-    Admitted {
-        guard: RxGuard,
-        kicked: oneshot::Receiver<definitions::Error>,
-    },
+    Admitted { guard: RxGuard, kicked: oneshot::Receiver<definitions::Error> },
     Refused(String),
 }
 
@@ -138,22 +132,14 @@ impl Partition {
             let offset = log.bytes;
             let own_key = annotation_string(&message, ANN_PARTITION_KEY);
             let key = own_key.or_else(|| partition_key.map(str::to_owned));
-            let anns = message
-                .message_annotations
-                .get_or_insert_with(|| MessageAnnotations(Default::default()));
+            let anns = message.message_annotations.get_or_insert_with(|| MessageAnnotations(Default::default()));
             anns.0.insert(sym_key(ANN_SEQUENCE), Value::Long(seq));
             anns.0.insert(sym_key(ANN_OFFSET), Value::String(offset.to_string()));
             anns.0.insert(sym_key(ANN_ENQUEUED), Value::Timestamp(Timestamp::from_milliseconds(ms)));
             if let Some(k) = &key {
                 anns.0.insert(sym_key(ANN_PARTITION_KEY), Value::String(k.clone()));
             }
-            log.records.push(Arc::new(Record {
-                seq,
-                offset,
-                enqueued_ms: ms,
-                partition_key: key,
-                message,
-            }));
+            log.records.push(Arc::new(Record { seq, offset, enqueued_ms: ms, partition_key: key, message }));
         }
         let len = log.records.len();
         drop(log);
@@ -189,8 +175,9 @@ impl Partition {
             StartPos::Offset { value, inclusive } => {
                 recs.partition_point(|r| if inclusive { r.offset < value } else { r.offset <= value })
             }
-            StartPos::EnqueuedTime { ms, inclusive } => recs
-                .partition_point(|r| if inclusive { r.enqueued_ms < ms } else { r.enqueued_ms <= ms }),
+            StartPos::EnqueuedTime { ms, inclusive } => {
+                recs.partition_point(|r| if inclusive { r.enqueued_ms < ms } else { r.enqueued_ms <= ms })
+            }
         }
     }
 
@@ -198,11 +185,7 @@ impl Partition {
     /// the epoch rules; existing receivers that lose are kicked with `amqp:link:stolen`.
     pub fn admit(self: &Arc<Self>, consumer_group: &str, epoch: Option<i64>) -> Admission {
         let mut rx = lock(&self.receivers);
-        let highest = rx
-            .iter()
-            .filter(|e| e.consumer_group == consumer_group)
-            .filter_map(|e| e.epoch)
-            .max();
+        let highest = rx.iter().filter(|e| e.consumer_group == consumer_group).filter_map(|e| e.epoch).max();
         match (epoch, highest) {
             (Some(e), Some(h)) if e < h => {
                 return Admission::Refused(format!(
@@ -221,27 +204,18 @@ impl Partition {
                     "New receiver with epoch {e} was created on partition {}; this receiver is disconnected",
                     self.id
                 );
-                kick_where(&mut rx, |en| en.consumer_group == consumer_group, || {
-                    definitions::Error::new(LinkError::Stolen, Some(desc.clone()), None)
-                });
+                kick_where(
+                    &mut rx,
+                    |en| en.consumer_group == consumer_group,
+                    || definitions::Error::new(LinkError::Stolen, Some(desc.clone()), None),
+                );
             }
             (None, None) => {}
         }
         let (tx, kicked) = oneshot::channel();
         let id = NEXT_RX_ID.fetch_add(1, Ordering::Relaxed);
-        rx.push(RxEntry {
-            id,
-            consumer_group: consumer_group.to_owned(),
-            epoch,
-            kick: Some(tx),
-        });
-        Admission::Admitted {
-            guard: RxGuard {
-                partition: self.clone(),
-                id,
-            },
-            kicked,
-        }
+        rx.push(RxEntry { id, consumer_group: consumer_group.to_owned(), epoch, kick: Some(tx) });
+        Admission::Admitted { guard: RxGuard { partition: self.clone(), id }, kicked }
     }
 
     /// Kicks receivers (all consumer groups when `consumer_group` is None); returns how many.
@@ -251,11 +225,7 @@ impl Partition {
     }
 }
 
-fn kick_where(
-    rx: &mut Vec<RxEntry>,
-    pred: impl Fn(&RxEntry) -> bool,
-    error: impl Fn() -> definitions::Error,
-) -> u32 {
+fn kick_where(rx: &mut Vec<RxEntry>, pred: impl Fn(&RxEntry) -> bool, error: impl Fn() -> definitions::Error) -> u32 {
     let mut n = 0;
     rx.retain_mut(|e| {
         if pred(e) {
@@ -310,10 +280,7 @@ pub(crate) struct State {
 
 impl State {
     pub fn new(default_partitions: u32) -> Self {
-        State {
-            default_partitions: default_partitions.max(1),
-            hubs: Mutex::new(HashMap::new()),
-        }
+        State { default_partitions: default_partitions.max(1), hubs: Mutex::new(HashMap::new()) }
     }
 
     /// The hub, created with the default partition count when missing.

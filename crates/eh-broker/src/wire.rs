@@ -130,6 +130,74 @@ fn field_count(frame_type: u8, code: u64) -> Option<u32> {
     })
 }
 
+/// Field counts of described lists nested in performatives that pyamqp reads
+/// by position (the error of a `rejected` outcome or of a close/detach, the
+/// source and target of an attach, ...).
+fn nested_field_count(code: u64) -> Option<u32> {
+    Some(match code {
+        0x1d => 3,  // error
+        0x23 => 2,  // received
+        0x25 => 1,  // rejected
+        0x27 => 3,  // modified
+        0x28 => 11, // source
+        0x29 => 7,  // target
+        _ => return None,
+    })
+}
+
+/// `fields` (`count` AMQP values) with every nested described list padded,
+/// followed by nulls up to `want` fields.
+fn rewrite_fields(fields: &[u8], count: u32, want: u32) -> Option<(Vec<u8>, u32)> {
+    let mut out = Vec::with_capacity(fields.len() + 16);
+    let mut i = 0;
+    for _ in 0..count {
+        let end = skip_value(fields, i)?;
+        rewrite_value(&fields[i..end], &mut out);
+        i = end;
+    }
+    if i != fields.len() {
+        return None;
+    }
+    let n = count.max(want);
+    out.resize(out.len() + (n - count) as usize, 0x40);
+    Some((out, n))
+}
+
+/// Copies one AMQP value, padding it if it is a described list we know.
+fn rewrite_value(v: &[u8], out: &mut Vec<u8>) {
+    let padded = (|| {
+        if v.first() != Some(&0x00) {
+            return None;
+        }
+        let (code, at) = match *v.get(1)? {
+            0x53 => (u64::from(*v.get(2)?), 3),
+            0x80 => (u64::from_be_bytes(v.get(2..10)?.try_into().ok()?), 10),
+            _ => return None,
+        };
+        let want = nested_field_count(code)?;
+        let (count, fields_start, list_end) = match *v.get(at)? {
+            0x45 => (0, at + 1, at + 1),
+            0xC0 => (u32::from(*v.get(at + 2)?), at + 3, at + 2 + *v.get(at + 1)? as usize),
+            0xD0 => {
+                let size = u32::from_be_bytes(v.get(at + 1..at + 5)?.try_into().ok()?) as usize;
+                (u32::from_be_bytes(v.get(at + 5..at + 9)?.try_into().ok()?), at + 9, at + 5 + size)
+            }
+            _ => return None,
+        };
+        if list_end != v.len() {
+            return None;
+        }
+        let (f, n) = rewrite_fields(&v[fields_start..list_end], count, want)?;
+        let mut o = v[..at].to_vec();
+        encode_list(&f, n, &mut o);
+        Some(o)
+    })();
+    match padded {
+        Some(p) => out.extend_from_slice(&p),
+        None => out.extend_from_slice(v),
+    }
+}
+
 /// A performative's list inside a frame body.
 struct Perf {
     code: u64,
@@ -168,13 +236,7 @@ fn parse_perf(body: &[u8]) -> Option<Perf> {
     if list_end > body.len() || fields_start > list_end {
         return None;
     }
-    Some(Perf {
-        code,
-        list_start,
-        list_end,
-        fields_start,
-        count,
-    })
+    Some(Perf { code, list_start, list_end, fields_start, count })
 }
 
 /// Offset just after the AMQP value starting at `i`.
@@ -193,9 +255,7 @@ fn skip_value(b: &[u8], i: usize) -> Option<usize> {
         0x80..=0x84 => i + 8,
         0x94 | 0x98 => i + 16,
         0xA0..=0xA3 | 0xC0..=0xC1 | 0xE0 => i + 1 + *b.get(i)? as usize,
-        0xB0..=0xB3 | 0xD0..=0xD1 | 0xF0 => {
-            i + 4 + u32::from_be_bytes(b.get(i..i + 4)?.try_into().ok()?) as usize
-        }
+        0xB0..=0xB3 | 0xD0..=0xD1 | 0xF0 => i + 4 + u32::from_be_bytes(b.get(i..i + 4)?.try_into().ok()?) as usize,
         _ => return None,
     };
     (end <= b.len()).then_some(end)
@@ -234,12 +294,11 @@ fn rebuild(frame: &[u8], dir: Dir) -> Option<Vec<u8>> {
     let (new_fields, new_count) = match dir {
         Dir::Outbound => {
             let want = field_count(frame_type, perf.code)?;
-            if perf.count >= want {
+            let (f, n) = rewrite_fields(fields, perf.count, want)?;
+            if n == perf.count && f == fields {
                 return None;
             }
-            let mut f = fields.to_vec();
-            f.resize(f.len() + (want - perf.count) as usize, 0x40);
-            (f, want)
+            (f, n)
         }
         Dir::Inbound => {
             if frame_type != 0 || perf.code != 0x10 || perf.count < 3 {
@@ -298,6 +357,27 @@ mod tests {
     }
 
     #[test]
+    fn pads_nested_error_of_rejected() {
+        // disposition(role, first=0, last=null, settled=true, state=rejected(error(condition)))
+        let err = [0x00, 0x53, 0x1d, 0xC0, 0x05, 0x01, 0xA3, 0x02, b'x', b'y'];
+        let mut rejected = vec![0x00, 0x53, 0x25, 0xC0, (err.len() + 1) as u8, 0x01];
+        rejected.extend_from_slice(&err);
+        let mut fields = vec![0x41, 0x43, 0x40, 0x41];
+        fields.extend_from_slice(&rejected);
+        let mut body = vec![0x00, 0x53, 0x15, 0xC0, (fields.len() + 1) as u8, 0x05];
+        body.extend_from_slice(&fields);
+        let f = frame(0, &body);
+        let out = rebuild(&f, Dir::Outbound).expect("rewritten");
+        let b = &out[8..];
+        let perf = parse_perf(b).unwrap();
+        assert_eq!(perf.count, 6, "disposition padded to 6 fields");
+        // the nested error now has 3 fields: condition, null, null
+        let tail = &b[perf.fields_start..perf.list_end];
+        let needle = [0x00, 0x53, 0x1d, 0xC0, 0x07, 0x03, 0xA3, 0x02, b'x', b'y', 0x40, 0x40];
+        assert!(tail.windows(needle.len()).any(|w| w == needle), "{tail:x?}");
+    }
+
+    #[test]
     fn pads_transfer_keeps_payload() {
         // transfer(handle=0 small uint, delivery-id=uint0) + payload
         let mut body = vec![0x00, 0x53, 0x14, 0xC0, 0x03, 0x02, 0x43, 0x43];
@@ -311,9 +391,8 @@ mod tests {
     #[test]
     fn lowers_client_max_frame_size() {
         // open("c", "h", max-frame-size=65536 as uint)
-        let body = [
-            0x00, 0x53, 0x10, 0xC0, 0x0C, 0x03, 0xA1, 0x01, b'c', 0xA1, 0x01, b'h', 0x70, 0x00, 0x01, 0x00, 0x00,
-        ];
+        let body =
+            [0x00, 0x53, 0x10, 0xC0, 0x0C, 0x03, 0xA1, 0x01, b'c', 0xA1, 0x01, b'h', 0x70, 0x00, 0x01, 0x00, 0x00];
         let fixed = rebuild(&frame(0, &body), Dir::Inbound).unwrap();
         let b = &fixed[8..];
         let perf = parse_perf(b).unwrap();

@@ -13,9 +13,7 @@ fn repo() -> PathBuf {
 }
 
 fn python() -> Option<PathBuf> {
-    let p = std::env::var_os("EH_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".cache/pyenv/bin/python"));
+    let p = std::env::var_os("EH_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo().join(".cache/pyenv/bin/python"));
     assert!(p.exists(), "no Python venv at {} (run scripts/setup.sh, or set EH_PYTHON)", p.display());
     Some(p)
 }
@@ -23,11 +21,7 @@ fn python() -> Option<PathBuf> {
 async fn tool(py: &Path, args: Vec<String>) -> Output {
     let py = py.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        Command::new(py)
-            .arg(repo().join("tests/py/eh_tool.py"))
-            .args(args)
-            .output()
-            .expect("run eh_tool.py")
+        Command::new(py).arg(repo().join("tests/py/eh_tool.py")).args(args).output().expect("run eh_tool.py")
     })
     .await
     .unwrap()
@@ -53,12 +47,7 @@ async fn broker() -> Broker {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    Broker::start(BrokerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
+    Broker::start(BrokerConfig { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() }).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,22 +55,56 @@ async fn python_round_trip_keys_partitions_props() {
     let Some(py) = python() else { return };
     let b = broker().await;
     let cs = b.connection_string();
-    let out = tool(&py, args(&["produce", "--conn", &cs, "--hub", "Py1", "--count", "20", "--prefix", "k", "--batch", "--partition-key", "k1"])).await;
+    let out = tool(
+        &py,
+        args(&[
+            "produce",
+            "--conn",
+            &cs,
+            "--hub",
+            "Py1",
+            "--count",
+            "20",
+            "--prefix",
+            "k",
+            "--batch",
+            "--partition-key",
+            "k1",
+        ]),
+    )
+    .await;
     assert_eq!(ok(&out).trim(), "produced 20");
-    let out = tool(&py, args(&["produce", "--conn", &cs, "--hub", "py1", "--count", "8", "--prefix", "p", "--partition-id", "2"])).await;
+    let out = tool(
+        &py,
+        args(&["produce", "--conn", &cs, "--hub", "py1", "--count", "8", "--prefix", "p", "--partition-id", "2"]),
+    )
+    .await;
     assert_eq!(ok(&out).trim(), "produced 8");
 
     let events = b.events("PY1");
     assert_eq!(events.len(), 28);
     let key_p = partition_for_key("k1", 4);
-    assert!(events.iter().filter(|e| e.body.starts_with(b"k")).all(|e| e.partition == key_p && e.partition_key.as_deref() == Some("k1")));
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.body.starts_with(b"k"))
+            .all(|e| e.partition == key_p && e.partition_key.as_deref() == Some("k1"))
+    );
     assert!(events.iter().filter(|e| e.body.starts_with(b"p")).all(|e| e.partition == 2));
 
     let props = ok(&tool(&py, args(&["props", "--conn", &cs, "--hub", "py1"])).await);
     assert!(props.contains("\"partition_ids\""), "{props}");
-    assert!(props.contains("\"last_enqueued_sequence_number\": 7") || props.contains("\"last_enqueued_sequence_number\": 19"), "{props}");
+    assert!(
+        props.contains("\"last_enqueued_sequence_number\": 7")
+            || props.contains("\"last_enqueued_sequence_number\": 19"),
+        "{props}"
+    );
 
-    let out = ok(&tool(&py, args(&["consume", "--conn", &cs, "--hub", "py1", "--group", "$Default", "--expect", "28", "--timeout", "30"])).await);
+    let out = ok(&tool(
+        &py,
+        args(&["consume", "--conn", &cs, "--hub", "py1", "--group", "$Default", "--expect", "28", "--timeout", "30"]),
+    )
+    .await);
     let mut got: Vec<(String, u32, i64)> = out
         .lines()
         .map(|l| {

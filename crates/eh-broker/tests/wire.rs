@@ -22,13 +22,9 @@ const BATCH_FORMAT: u32 = 0x8001_3700;
 const T: Duration = Duration::from_secs(10);
 
 async fn broker(partitions: u32) -> Broker {
-    Broker::start(BrokerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        partitions,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
+    Broker::start(BrokerConfig { listen: "127.0.0.1:0".parse().unwrap(), partitions, ..Default::default() })
+        .await
+        .unwrap()
 }
 
 async fn connect(b: &Broker) -> ConnectionHandle<()> {
@@ -42,9 +38,7 @@ async fn connect(b: &Broker) -> ConnectionHandle<()> {
 }
 
 fn text_message(body: &str) -> Message<Body<Value>> {
-    Message::builder()
-        .body(Body::Data(Batch::new(vec![Data(Binary::from(body.as_bytes().to_vec()))])))
-        .build()
+    Message::builder().body(Body::Data(Batch::new(vec![Data(Binary::from(body.as_bytes().to_vec()))]))).build()
 }
 
 fn keyed(body: &str, key: Option<&str>) -> Message<Body<Value>> {
@@ -59,10 +53,8 @@ fn keyed(body: &str, key: Option<&str>) -> Message<Body<Value>> {
 
 /// An Event Hubs batch: envelope with one data section per serialized message.
 fn batch(bodies: &[&str], key: Option<&str>) -> Sendable<Body<Value>> {
-    let sections: Vec<Data> = bodies
-        .iter()
-        .map(|b| Data(Binary::from(serde_amqp::to_vec(&Serializable(keyed(b, key))).unwrap())))
-        .collect();
+    let sections: Vec<Data> =
+        bodies.iter().map(|b| Data(Binary::from(serde_amqp::to_vec(&Serializable(keyed(b, key))).unwrap()))).collect();
     let mut envelope = keyed("", key);
     envelope.body = Body::Data(Batch::new(sections));
     Sendable::builder().message(envelope).message_format(BATCH_FORMAT).build()
@@ -85,10 +77,7 @@ fn selector(text: &str, numeric: bool) -> Value {
     } else {
         Descriptor::Name(Symbol::from("apache.org:selector-filter:string"))
     };
-    Value::Described(Box::new(Described {
-        descriptor,
-        value: Value::String(text.to_owned()),
-    }))
+    Value::Described(Box::new(Described { descriptor, value: Value::String(text.to_owned()) }))
 }
 
 async fn open_receiver(
@@ -186,10 +175,8 @@ async fn management_and_cbs_replies_have_the_sdk_types() {
         .await
         .unwrap();
 
-    let out = tx
-        .send(request("READ", "com.microsoft:eventhub", "Orders", None, 7, "eventhubs_management"))
-        .await
-        .unwrap();
+    let out =
+        tx.send(request("READ", "com.microsoft:eventhub", "Orders", None, 7, "eventhubs_management")).await.unwrap();
     assert!(matches!(out, Outcome::Accepted(_)));
     let reply = recv(&mut rx).await;
     assert_eq!(reply.properties.as_ref().unwrap().correlation_id, Some(MessageId::Ulong(7)));
@@ -199,7 +186,9 @@ async fn management_and_cbs_replies_have_the_sdk_types() {
     assert!(matches!(field(&map, "created_at"), Value::Timestamp(_)));
     assert_eq!(field(&map, "partition_count"), &Value::Int(3));
     match field(&map, "partition_ids") {
-        Value::Array(a) => assert_eq!(a.0, vec![Value::String("0".into()), Value::String("1".into()), Value::String("2".into())]),
+        Value::Array(a) => {
+            assert_eq!(a.0, vec![Value::String("0".into()), Value::String("1".into()), Value::String("2".into())])
+        }
         other => panic!("partition_ids is not an array: {other:?}"),
     }
 
@@ -266,9 +255,10 @@ async fn batches_keys_annotations_and_selectors() {
 
     // Earliest, numeric descriptor (Rust SDK).
     let src = format!("amqps://ns/hub/ConsumerGroups/$Default/Partitions/{want}");
-    let mut rx = open_receiver(&mut s, "r-earliest", &src, Some(selector("amqp.annotation.x-opt-offset > '-1'", true)), None)
-        .await
-        .unwrap();
+    let mut rx =
+        open_receiver(&mut s, "r-earliest", &src, Some(selector("amqp.annotation.x-opt-offset > '-1'", true)), None)
+            .await
+            .unwrap();
     let m0 = recv(&mut rx).await;
     assert_eq!(body_text(&m0), "k0");
     assert_eq!(annotation(&m0, "x-opt-sequence-number"), Some(&Value::Long(0)));
@@ -283,24 +273,43 @@ async fn batches_keys_annotations_and_selectors() {
     assert_eq!(annotation(&m1, "x-opt-sequence-number"), Some(&Value::Long(1)));
 
     // Sequence number, symbolic descriptor (Python), exclusive and inclusive.
-    let mut rx2 = open_receiver(&mut s, "r-seq", &src, Some(selector("amqp.annotation.x-opt-sequence-number > '1'", false)), None)
-        .await
-        .unwrap();
+    let mut rx2 = open_receiver(
+        &mut s,
+        "r-seq",
+        &src,
+        Some(selector("amqp.annotation.x-opt-sequence-number > '1'", false)),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(body_text(&recv(&mut rx2).await), "k2");
-    let mut rx3 = open_receiver(&mut s, "r-seq-incl", &src, Some(selector("amqp.annotation.x-opt-sequence-number >='1'", true)), None)
-        .await
-        .unwrap();
+    let mut rx3 = open_receiver(
+        &mut s,
+        "r-seq-incl",
+        &src,
+        Some(selector("amqp.annotation.x-opt-sequence-number >='1'", true)),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(body_text(&recv(&mut rx3).await), "k1");
     // Offset exclusive: after k0.
-    let mut rx4 = open_receiver(&mut s, "r-off", &src, Some(selector(&format!("amqp.annotation.x-opt-offset > '{off0}'"), true)), None)
-        .await
-        .unwrap();
+    let mut rx4 = open_receiver(
+        &mut s,
+        "r-off",
+        &src,
+        Some(selector(&format!("amqp.annotation.x-opt-offset > '{off0}'"), true)),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(body_text(&recv(&mut rx4).await), "k1");
 
     // Latest (and no filter = latest): only new events arrive.
-    let mut latest = open_receiver(&mut s, "r-latest", &src, Some(selector("amqp.annotation.x-opt-offset > '@latest'", true)), None)
-        .await
-        .unwrap();
+    let mut latest =
+        open_receiver(&mut s, "r-latest", &src, Some(selector("amqp.annotation.x-opt-offset > '@latest'", true)), None)
+            .await
+            .unwrap();
     let mut nofilter = open_receiver(&mut s, "r-none", &src, None, None).await.unwrap();
     tx.send(batch(&["new"], Some("user-42"))).await.unwrap();
     assert_eq!(body_text(&recv(&mut latest).await), "new");
@@ -336,12 +345,21 @@ async fn epochs_and_faults() {
     let e1 = open_receiver(&mut s, "e1", src, earliest(), Some(1)).await.unwrap();
     expect_link_error(plain, ErrorCondition::LinkError(LinkError::Stolen)).await;
     // Lower epoch and non-epoch are refused while e1 lives.
-    expect_link_error(open_receiver(&mut s, "e0", src, earliest(), Some(0)).await, ErrorCondition::LinkError(LinkError::Stolen)).await;
-    expect_link_error(open_receiver(&mut s, "plain2", src, earliest(), None).await, ErrorCondition::LinkError(LinkError::Stolen)).await;
+    expect_link_error(
+        open_receiver(&mut s, "e0", src, earliest(), Some(0)).await,
+        ErrorCondition::LinkError(LinkError::Stolen),
+    )
+    .await;
+    expect_link_error(
+        open_receiver(&mut s, "plain2", src, earliest(), None).await,
+        ErrorCondition::LinkError(LinkError::Stolen),
+    )
+    .await;
     // Other consumer groups are independent.
-    let mut other = open_receiver(&mut s, "other-cg", "amqps://ns/eh/ConsumerGroups/cg2/Partitions/0", earliest(), None)
-        .await
-        .unwrap();
+    let mut other =
+        open_receiver(&mut s, "other-cg", "amqps://ns/eh/ConsumerGroups/cg2/Partitions/0", earliest(), None)
+            .await
+            .unwrap();
     // Equal epoch wins over the current one.
     let e1b = open_receiver(&mut s, "e1b", src, earliest(), Some(1)).await;
     expect_link_error(Ok(e1), ErrorCondition::LinkError(LinkError::Stolen)).await;
@@ -364,10 +382,9 @@ async fn epochs_and_faults() {
     // server-busy: the next send is rejected, the one after accepted.
     b.faults().server_busy_sends(1);
     match tx.send(text_message("busy")).await.unwrap() {
-        Outcome::Rejected(r) => assert_eq!(
-            r.error.unwrap().condition,
-            ErrorCondition::Custom(Symbol::from("com.microsoft:server-busy"))
-        ),
+        Outcome::Rejected(r) => {
+            assert_eq!(r.error.unwrap().condition, ErrorCondition::Custom(Symbol::from("com.microsoft:server-busy")))
+        }
         other => panic!("expected rejected, got {other:?}"),
     }
     assert!(matches!(tx.send(text_message("ok")).await.unwrap(), Outcome::Accepted(_)));

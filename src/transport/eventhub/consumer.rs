@@ -209,8 +209,11 @@ impl Balancer {
             }
         };
         self.health(None);
-        let now_owned: HashMap<String, Ownership> =
-            claimed.into_iter().filter(|o| o.owner_id.as_deref() == Some(&self.owner_id)).map(|o| (o.partition_id.clone(), o)).collect();
+        let now_owned: HashMap<String, Ownership> = claimed
+            .into_iter()
+            .filter(|o| o.owner_id.as_deref() == Some(&self.owner_id))
+            .map(|o| (o.partition_id.clone(), o))
+            .collect();
         let lost: Vec<String> = self.owned.keys().filter(|p| !now_owned.contains_key(*p)).cloned().collect();
         for pid in lost {
             tracing::info!(hub = %self.hub, group = %self.group, partition = %pid, "partition ownership lost");
@@ -254,7 +257,8 @@ impl Balancer {
     }
 
     fn assign(&mut self, pid: String, o: Ownership, cp: Option<Checkpoint>) {
-        let partition = pid.parse().unwrap_or_else(|_| self.partitions.iter().position(|p| *p == pid).unwrap_or(0) as u32);
+        let partition =
+            pid.parse().unwrap_or_else(|_| self.partitions.iter().position(|p| *p == pid).unwrap_or(0) as u32);
         let committed = Committed {
             seq: cp.as_ref().and_then(|c| c.sequence_number),
             offset: cp.as_ref().and_then(|c| c.offset.clone()),
@@ -272,10 +276,8 @@ impl Balancer {
             hub = %self.hub, group = %self.group, partition = %pid, owner = %self.owner_id,
             checkpoint = ?committed.seq, "partition assigned"
         );
-        let shared = Arc::new(Shared {
-            committed: Mutex::new(committed),
-            last_enqueued: std::sync::atomic::AtomicI64::new(-1),
-        });
+        let shared =
+            Arc::new(Shared { committed: Mutex::new(committed), last_enqueued: std::sync::atomic::AtomicI64::new(-1) });
         let stop = self.stop.child_token();
         let (tx, rx) = mpsc::channel(self.t.inner.cfg.prefetch.max(16) as usize);
         let pump = Pump {
@@ -381,8 +383,12 @@ impl Balancer {
             .collect();
         if !release.is_empty() {
             match self.store.claim_ownership(&release).await {
-                Ok(r) => tracing::info!(hub = %self.hub, group = %self.group, released = r.len(), "partition ownership released"),
-                Err(e) => tracing::warn!(hub = %self.hub, error = %store_error(&self.t.inner.name, e), "cannot release ownership"),
+                Ok(r) => {
+                    tracing::info!(hub = %self.hub, group = %self.group, released = r.len(), "partition ownership released")
+                }
+                Err(e) => {
+                    tracing::warn!(hub = %self.hub, error = %store_error(&self.t.inner.name, e), "cannot release ownership")
+                }
             }
         }
         self.owned.clear();
@@ -422,7 +428,8 @@ pub(crate) fn plan_claims(
     let extra = p % n;
     let mine = counts[me];
     let with_extra = counts.values().filter(|c| **c > min).count();
-    let mut claims: Vec<Ownership> = live.iter().filter(|o| o.owner_id.as_deref() == Some(me)).map(|o| (*o).clone()).collect();
+    let mut claims: Vec<Ownership> =
+        live.iter().filter(|o| o.owner_id.as_deref() == Some(me)).map(|o| (*o).clone()).collect();
     let want = if mine < min {
         min - mine
     } else if mine == min && extra > 0 && with_extra < extra {
@@ -442,7 +449,8 @@ pub(crate) fn plan_claims(
             ..base.clone()
         })
     };
-    let mut free: Vec<&String> = partitions.iter().filter(|pid| !live.iter().any(|o| &o.partition_id == *pid)).collect();
+    let mut free: Vec<&String> =
+        partitions.iter().filter(|pid| !live.iter().any(|o| &o.partition_id == *pid)).collect();
     fastrand::shuffle(&mut free);
     for pid in free.into_iter().take(want) {
         let mut o = template(pid);

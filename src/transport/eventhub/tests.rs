@@ -6,7 +6,11 @@ use std::time::SystemTime;
 
 fn described(cond: &str) -> AmqpError {
     let c: AmqpErrorCondition = cond.parse().unwrap();
-    AmqpError::from(AmqpErrorKind::AmqpDescribedError(AmqpDescribedError::new(c, Some("x".into()), AmqpOrderedMap::new())))
+    AmqpError::from(AmqpErrorKind::AmqpDescribedError(AmqpDescribedError::new(
+        c,
+        Some("x".into()),
+        AmqpOrderedMap::new(),
+    )))
 }
 
 fn eh(a: AmqpError) -> EventHubsError {
@@ -40,18 +44,39 @@ fn classification_table() {
             false,
         ),
         ("rejected", EventHubsError::from(EhKind::SendRejected(None)), Permanent, "send_rejected", false),
-        ("connection dropped", eh(AmqpError::from(AmqpErrorKind::ConnectionDropped(io()))), Transient, "connection_lost", false),
-        ("link detached", eh(AmqpError::from(AmqpErrorKind::LinkDetachedByRemote(io()))), Transient, "link_detached", false),
+        (
+            "connection dropped",
+            eh(AmqpError::from(AmqpErrorKind::ConnectionDropped(io()))),
+            Transient,
+            "connection_lost",
+            false,
+        ),
+        (
+            "link detached",
+            eh(AmqpError::from(AmqpErrorKind::LinkDetachedByRemote(io()))),
+            Transient,
+            "link_detached",
+            false,
+        ),
         ("idle timeout", eh(AmqpError::from(AmqpErrorKind::IdleTimeoutElapsed(io()))), Transient, "timeout", false),
         ("detach forced", eh(described("amqp:link:detach-forced")), Transient, "link_detached", false),
         ("connection forced", eh(described("amqp:connection:forced")), Transient, "connection_forced", false),
         ("service timeout", eh(described("com.microsoft:timeout")), Transient, "timeout", false),
         ("management 500", status(500), Transient, "management_error", false),
         ("link stolen", eh(described("amqp:link:stolen")), Transient, "ownership_lost", true),
-        ("consumer disconnected", EventHubsError::from(EhKind::ConsumerDisconnected(None)), Transient, "ownership_lost", true),
+        (
+            "consumer disconnected",
+            EventHubsError::from(EhKind::ConsumerDisconnected(None)),
+            Transient,
+            "ownership_lost",
+            true,
+        ),
         (
             "wrapped in azure_core",
-            EventHubsError::from(azure_core::Error::new(azure_core::error::ErrorKind::Other, described("amqp:unauthorized-access"))),
+            EventHubsError::from(azure_core::Error::new(
+                azure_core::error::ErrorKind::Other,
+                described("amqp:unauthorized-access"),
+            )),
             Auth,
             "unauthorized",
             false,
@@ -84,7 +109,9 @@ fn redacts_keys_and_signatures() {
 #[test]
 fn endpoint_of_connection_strings() {
     assert_eq!(
-        parse_endpoint("Endpoint=sb://127.0.0.1:5672;SharedAccessKeyName=k;SharedAccessKey=x;UseDevelopmentEmulator=true"),
+        parse_endpoint(
+            "Endpoint=sb://127.0.0.1:5672;SharedAccessKeyName=k;SharedAccessKey=x;UseDevelopmentEmulator=true"
+        ),
         Some(("127.0.0.1:5672".to_string(), true))
     );
     assert_eq!(
@@ -133,16 +160,19 @@ fn balancing_converges_to_fair_shares() {
     assert_eq!(mine(&c, "b").len(), 1, "steal one");
     assert!(c.iter().all(|o| o.etag.is_some()), "steals are conditional on the listed etag");
     // 2 each: nobody moves
-    let listed = vec![owned("0", Some("a"), 1), owned("1", Some("a"), 1), owned("2", Some("b"), 1), owned("3", Some("b"), 1)];
+    let listed =
+        vec![owned("0", Some("a"), 1), owned("1", Some("a"), 1), owned("2", Some("b"), 1), owned("3", Some("b"), 1)];
     assert_eq!(mine(&plan_claims(&base, &parts, &listed, "b", exp, now), "b"), vec!["2", "3"]);
     assert_eq!(mine(&plan_claims(&base, &parts, &listed, "a", exp, now), "a"), vec!["0", "1"]);
     // a died (expired): b takes its partitions
-    let listed = vec![owned("0", Some("a"), 90), owned("1", Some("a"), 90), owned("2", Some("b"), 1), owned("3", Some("b"), 1)];
+    let listed =
+        vec![owned("0", Some("a"), 90), owned("1", Some("a"), 90), owned("2", Some("b"), 1), owned("3", Some("b"), 1)];
     assert_eq!(mine(&plan_claims(&base, &parts, &listed, "b", exp, now), "b"), vec!["0", "1", "2", "3"]);
     // released (owner empty): free for the taking
     let listed = vec![owned("0", None, 1), owned("1", None, 1), owned("2", Some("b"), 1), owned("3", Some("b"), 1)];
     assert_eq!(mine(&plan_claims(&base, &parts, &listed, "b", exp, now), "b").len(), 4);
     // 3 owners over 4 partitions: whoever has 1 stays put when one already has 2
-    let listed = vec![owned("0", Some("a"), 1), owned("1", Some("a"), 1), owned("2", Some("b"), 1), owned("3", Some("c"), 1)];
+    let listed =
+        vec![owned("0", Some("a"), 1), owned("1", Some("a"), 1), owned("2", Some("b"), 1), owned("3", Some("c"), 1)];
     assert_eq!(mine(&plan_claims(&base, &parts, &listed, "c", exp, now), "c"), vec!["3"]);
 }
