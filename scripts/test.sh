@@ -19,7 +19,7 @@ kafka_out=$(scripts/kafka/start.sh 0 "$kafka_dir")
 export CONVEYOR_TEST_KAFKA=$(sed -n 's/.*bootstrap=\([^ ]*\).*/\1/p' <<<"$kafka_out")
 echo "test Kafka broker at $CONVEYOR_TEST_KAFKA"
 set +e
-cargo test --locked --workspace --all-targets 2>&1 | tee "$log"
+cargo test --locked --workspace --all-targets --no-fail-fast 2>&1 | tee "$log"
 cargo_rc=${PIPESTATUS[0]}
 set -e
 read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p+0, f+0 }' "$log")

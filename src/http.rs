@@ -65,8 +65,9 @@ async fn healthz() -> Response {
 async fn readyz(State(s): State<HttpState>) -> Response {
     let report = s.health.report();
     let draining = s.draining.load(Ordering::Relaxed);
-    let ready = report.ready && !draining;
     let cfg = (s.config)();
+    // generation 0: the first config is still being applied
+    let ready = report.ready && !draining && cfg.generation > 0;
     let body = serde_json::json!({
         "ready": ready,
         "service": s.service,
