@@ -282,15 +282,14 @@ fn validate(c: &Config, cx: &mut Cx) -> Vec<ConfigWarning> {
                 );
             }
         }
-        if let StageConfig::Chaos { transient_ratio, permanent_ratio, panic_ratio, .. } = &w.stage {
-            if [transient_ratio, permanent_ratio, panic_ratio].iter().any(|r| !(0.0..=1.0).contains(*r))
-                || transient_ratio + permanent_ratio + panic_ratio > 1.0
-            {
-                cx.error(
-                    &owned(&["workers", name, "stage"]),
-                    "chaos ratios must each be within 0–1 and add up to at most 1",
-                );
-            }
+        if let StageConfig::Chaos { transient_ratio, permanent_ratio, panic_ratio, .. } = &w.stage
+            && ([transient_ratio, permanent_ratio, panic_ratio].iter().any(|r| !(0.0..=1.0).contains(*r))
+                || transient_ratio + permanent_ratio + panic_ratio > 1.0)
+        {
+            cx.error(
+                &owned(&["workers", name, "stage"]),
+                "chaos ratios must each be within 0–1 and add up to at most 1",
+            );
         }
         if let StageConfig::Map(m) = &w.stage {
             for (i, r) in m.route.iter().enumerate() {
@@ -303,23 +302,23 @@ fn validate(c: &Config, cx: &mut Cx) -> Vec<ConfigWarning> {
                     );
                 }
             }
-            if let Some(schema) = &m.schema {
-                if let Err(e) = jsonschema::validator_for(schema) {
-                    cx.error(&owned(&["workers", name, "stage", "schema"]), &format!("not a valid JSON Schema: {e}"));
-                }
+            if let Some(schema) = &m.schema
+                && let Err(e) = jsonschema::validator_for(schema)
+            {
+                cx.error(&owned(&["workers", name, "stage", "schema"]), &format!("not a valid JSON Schema: {e}"));
             }
         }
         if let StageConfig::Http(h) = &w.stage {
             if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&h.method.to_ascii_uppercase().as_str()) {
                 cx.error(&owned(&["workers", name, "stage", "method"]), "must be GET, POST, PUT, PATCH or DELETE");
             }
-            if let Some(o) = &h.on_error {
-                if !w.outputs.contains_key(o) {
-                    cx.error(
-                        &owned(&["workers", name, "stage", "on_error"]),
-                        &format!("no output named {o:?} in this worker's `outputs`"),
-                    );
-                }
+            if let Some(o) = &h.on_error
+                && !w.outputs.contains_key(o)
+            {
+                cx.error(
+                    &owned(&["workers", name, "stage", "on_error"]),
+                    &format!("no output named {o:?} in this worker's `outputs`"),
+                );
             }
             if let Some(a) = &h.auth {
                 for var in a.bearer_env.iter().chain(a.env.iter()) {
@@ -621,10 +620,10 @@ fn check_eventhubs(cx: &mut Cx, name: &str, e: &EventHubsConfig) {
             "needs `connection_string` (SAS) or `namespace` + `credential` (Entra ID)",
         ),
     }
-    if let Some(ep) = &e.custom_endpoint {
-        if !(ep.starts_with("amqp://") || ep.starts_with("amqps://")) {
-            cx.error(&at("custom_endpoint"), "must start with amqp:// or amqps://");
-        }
+    if let Some(ep) = &e.custom_endpoint
+        && !(ep.starts_with("amqp://") || ep.starts_with("amqps://"))
+    {
+        cx.error(&at("custom_endpoint"), "must start with amqp:// or amqps://");
     }
     if e.update_interval.get().is_zero() {
         cx.error(&at("update_interval"), "must be longer than 0s");

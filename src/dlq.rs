@@ -103,10 +103,10 @@ fn rfc3339(t: SystemTime) -> String {
 /// The trace id of a message: W3C `traceparent`'s trace-id, else an
 /// `x-trace-id` header, else a new random id.
 pub fn trace_id(h: &Headers) -> String {
-    if let Some(tp) = h.get_str("traceparent") {
-        if let Some(id) = tp.split('-').nth(1).filter(|id| id.len() == 32) {
-            return id.to_string();
-        }
+    if let Some(tp) = h.get_str("traceparent")
+        && let Some(id) = tp.split('-').nth(1).filter(|id| id.len() == 32)
+    {
+        return id.to_string();
     }
     if let Some(id) = h.get_str("x-trace-id") {
         return id.to_string();

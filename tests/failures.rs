@@ -125,7 +125,7 @@ impl Stage for Flaky {
         let n = seen.entry(id).or_default();
         *n += 1;
         if *n <= k {
-            let cat = if i % 2 == 0 { ErrorCategory::Transient } else { ErrorCategory::Throttling };
+            let cat = if i.is_multiple_of(2) { ErrorCategory::Transient } else { ErrorCategory::Throttling };
             return Err(StageError::other(cat, "flaky", format!("attempt {n}")));
         }
         out.push(Emit { output: 0, message: OutboundMessage::from_message(m) });

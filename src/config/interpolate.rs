@@ -32,27 +32,26 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
             i += 3;
             continue;
         }
-        if b == b'$' && bytes.get(i + 1) == Some(&b'{') {
-            if let Some(end) = text[i + 2..].find('}') {
-                let inner = &text[i + 2..i + 2 + end];
-                let (name, default) = match inner.split_once(":-") {
-                    Some((n, d)) => (n, Some(d)),
-                    None => (inner, None),
-                };
-                let valid = !name.is_empty() && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
-                if valid {
-                    match lookup(name).filter(|v| !(v.is_empty() && default.is_some())) {
-                        Some(v) => out.push_str(&v),
-                        None => match default {
-                            Some(d) => out.push_str(d),
-                            None => {
-                                missing.push(Unresolved { var: name.to_string(), line, column: i - line_start + 1 })
-                            }
-                        },
-                    }
-                    i += 2 + end + 1;
-                    continue;
+        if b == b'$'
+            && bytes.get(i + 1) == Some(&b'{')
+            && let Some(end) = text[i + 2..].find('}')
+        {
+            let inner = &text[i + 2..i + 2 + end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (inner, None),
+            };
+            let valid = !name.is_empty() && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+            if valid {
+                match lookup(name).filter(|v| !(v.is_empty() && default.is_some())) {
+                    Some(v) => out.push_str(&v),
+                    None => match default {
+                        Some(d) => out.push_str(d),
+                        None => missing.push(Unresolved { var: name.to_string(), line, column: i - line_start + 1 }),
+                    },
                 }
+                i += 2 + end + 1;
+                continue;
             }
         }
         // push the whole UTF-8 character starting at i

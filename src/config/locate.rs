@@ -106,10 +106,8 @@ impl MarkedEventReceiver for Receiver {
                     self.leave_value();
                 }
             }
-            Event::Alias(_) => {
-                if !self.enter_value(&mark) {
-                    self.leave_value();
-                }
+            Event::Alias(_) if !self.enter_value(&mark) => {
+                self.leave_value();
             }
             Event::MappingStart(..) | Event::SequenceStart(..) => {
                 // complex keys are not indexed; treat the container as a value

@@ -65,12 +65,11 @@ impl Download {
     async fn fetch(&self, url: &str) -> Result<Value, StageError> {
         let name = hex(Sha256::digest(url.as_bytes()));
         let (path, meta) = (self.cfg.cache_dir.join(&name), self.cfg.cache_dir.join(format!("{name}.json")));
-        if let Ok(m) = tokio::fs::read(&meta).await {
-            if let Ok(v) = serde_json::from_slice::<Value>(&m) {
-                if tokio::fs::metadata(&path).await.is_ok() {
-                    return Ok(v);
-                }
-            }
+        if let Ok(m) = tokio::fs::read(&meta).await
+            && let Ok(v) = serde_json::from_slice::<Value>(&m)
+            && tokio::fs::metadata(&path).await.is_ok()
+        {
+            return Ok(v);
         }
         let parsed = reqwest::Url::parse(url).map_err(|e| permanent("bad_url", format!("URL {url:?}: {e}")))?;
         let mut resp = self.client.get(parsed).send().await.map_err(|e| {

@@ -112,36 +112,36 @@ pub fn set(v: &mut Value, path: &str, value: Value) {
 /// Whether `c` holds for `v`.
 pub fn matches(v: &Value, c: &Condition) -> bool {
     let f = get(v, &c.field).filter(|f| !f.is_null());
-    if let Some(e) = c.exists {
-        if f.is_some() != e {
-            return false;
-        }
+    if let Some(e) = c.exists
+        && f.is_some() != e
+    {
+        return false;
     }
-    if let Some(eq) = &c.equals {
-        if f != Some(eq) {
-            return false;
-        }
+    if let Some(eq) = &c.equals
+        && f != Some(eq)
+    {
+        return false;
     }
-    if let Some(ne) = &c.not_equals {
-        if f == Some(ne) {
-            return false;
-        }
+    if let Some(ne) = &c.not_equals
+        && f == Some(ne)
+    {
+        return false;
     }
-    if let Some(set) = &c.one_of {
-        if !f.is_some_and(|f| set.contains(f)) {
-            return false;
-        }
+    if let Some(set) = &c.one_of
+        && !f.is_some_and(|f| set.contains(f))
+    {
+        return false;
     }
     let num = f.and_then(Value::as_f64);
-    if let Some(gt) = c.gt {
-        if !num.is_some_and(|n| n > gt) {
-            return false;
-        }
+    if let Some(gt) = c.gt
+        && !num.is_some_and(|n| n > gt)
+    {
+        return false;
     }
-    if let Some(lt) = c.lt {
-        if !num.is_some_and(|n| n < lt) {
-            return false;
-        }
+    if let Some(lt) = c.lt
+        && !num.is_some_and(|n| n < lt)
+    {
+        return false;
     }
     true
 }
@@ -163,14 +163,14 @@ impl Stage for MapStage {
         if !v.is_object() {
             return Err(StageError::InvalidJson("expected a JSON object".into()));
         }
-        if let Some(s) = &self.schema {
-            if let Err(e) = s.validate(&v) {
-                return Err(StageError::other(
-                    ErrorCategory::Permanent,
-                    "schema",
-                    format!("payload does not match the schema at {}: {e}", e.instance_path()),
-                ));
-            }
+        if let Some(s) = &self.schema
+            && let Err(e) = s.validate(&v)
+        {
+            return Err(StageError::other(
+                ErrorCategory::Permanent,
+                "schema",
+                format!("payload does not match the schema at {}: {e}", e.instance_path()),
+            ));
         }
         if let Some(missing) = self.require.iter().find(|f| get(&v, f).is_none_or(Value::is_null)) {
             return Err(StageError::MissingField(missing.clone()));

@@ -53,11 +53,9 @@ impl State {
             .file
             .as_ref()
             .is_some_and(|f| f.bytes >= cfg.max_file_bytes || f.opened.elapsed() >= cfg.max_file_age.get());
-        if rotate {
-            if let Some(mut f) = self.file.take() {
-                f.writer.flush().map_err(|e| io(e, "writing", &f.path))?;
-                f.writer.get_ref().sync_data().map_err(|e| io(e, "syncing", &f.path))?;
-            }
+        if rotate && let Some(mut f) = self.file.take() {
+            f.writer.flush().map_err(|e| io(e, "writing", &f.path))?;
+            f.writer.get_ref().sync_data().map_err(|e| io(e, "syncing", &f.path))?;
         }
         if self.file.is_none() {
             std::fs::create_dir_all(&cfg.dir).map_err(|e| io(e, "creating", &cfg.dir))?;

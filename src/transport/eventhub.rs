@@ -516,10 +516,10 @@ fn classify_dyn(err: &(dyn std::error::Error + 'static)) -> Option<EhClass> {
         return classify_amqp(a.kind());
     }
     if let Some(a) = err.downcast_ref::<azure_core::Error>() {
-        if let Some(inner) = a.get_ref() {
-            if let Some(c) = classify_dyn(inner) {
-                return Some(c);
-            }
+        if let Some(inner) = a.get_ref()
+            && let Some(c) = classify_dyn(inner)
+        {
+            return Some(c);
         }
         if let azure_core::error::ErrorKind::Credential = a.kind() {
             return Some(class(ErrorCategory::Auth, "credential"));

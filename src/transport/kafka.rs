@@ -462,10 +462,10 @@ impl ConsumerContext for Ctx {
                 }
             }
         }
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-            if !matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::NoOffset)) {
-                tracing::warn!(topic = %self.topic, error = %e, "commit on revoke failed; the next owner may see duplicates");
-            }
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync)
+            && !matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::NoOffset))
+        {
+            tracing::warn!(topic = %self.topic, error = %e, "commit on revoke failed; the next owner may see duplicates");
         }
     }
 
@@ -519,10 +519,10 @@ fn poll_loop(consumer: Arc<BaseConsumer<Ctx>>, stop: Arc<AtomicBool>) {
         }
     }
     // shutdown: the worker's lanes are done; commit what they stored, leave
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        if !matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::NoOffset)) {
-            tracing::warn!(topic = %consumer.context().topic, error = %e, "final commit failed; uncommitted messages will be redelivered");
-        }
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync)
+        && !matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::NoOffset))
+    {
+        tracing::warn!(topic = %consumer.context().topic, error = %e, "final commit failed; uncommitted messages will be redelivered");
     }
     consumer.unsubscribe();
     let end = Instant::now() + Duration::from_secs(5);

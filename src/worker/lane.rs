@@ -145,11 +145,11 @@ pub(super) async fn run(
 
         // 3. produce everything and wait for the acknowledgements
         for e in emits.drain(..) {
-            if let Some((default, tees)) = &spec.tee {
-                if e.output == *default {
-                    for t in tees {
-                        per_output[*t].push(e.message.clone());
-                    }
+            if let Some((default, tees)) = &spec.tee
+                && e.output == *default
+            {
+                for t in tees {
+                    per_output[*t].push(e.message.clone());
                 }
             }
             per_output[e.output].push(e.message);
@@ -353,30 +353,22 @@ async fn process(
         health.record_error(category, err.to_string());
 
         let retryable = matches!(category, ErrorCategory::Transient | ErrorCategory::Throttling);
-        if let (Some(r), true) = (&spec.retry, retryable) {
-            if attempts < r.max_attempts {
-                let delay = retry::delay_for(&r.schedule, attempts);
-                log_failure(
-                    spec,
-                    msg,
-                    &err,
-                    attempts,
-                    "message failed; scheduled for a delayed retry",
-                    Some(delay),
-                    None,
-                );
-                let m = retry::to_retry(
-                    msg,
-                    &msg.headers,
-                    &spec.input,
-                    &spec.name,
-                    attempts,
-                    time_to_ms(first),
-                    delay,
-                    &err.to_string(),
-                );
-                return Outcome::Retry(m, category);
-            }
+        if let (Some(r), true) = (&spec.retry, retryable)
+            && attempts < r.max_attempts
+        {
+            let delay = retry::delay_for(&r.schedule, attempts);
+            log_failure(spec, msg, &err, attempts, "message failed; scheduled for a delayed retry", Some(delay), None);
+            let m = retry::to_retry(
+                msg,
+                &msg.headers,
+                &spec.input,
+                &spec.name,
+                attempts,
+                time_to_ms(first),
+                delay,
+                &err.to_string(),
+            );
+            return Outcome::Retry(m, category);
         }
         let give_up = match category {
             ErrorCategory::Permanent => true,
@@ -385,20 +377,18 @@ async fn process(
             }
             ErrorCategory::Auth => false,
         };
-        if give_up {
-            if let Some(dl) = &spec.dead_letter {
-                log_failure(spec, msg, &err, attempts, "message dead-lettered", None, Some(&dl.entity));
-                let f = Failure {
-                    category,
-                    kind: err.kind(),
-                    message: &err.to_string(),
-                    first_failure: first,
-                    last_failure: now,
-                    attempts,
-                };
-                let cx = Context { transport: spec.transport.kind(), consumer_group: &spec.group, worker: &spec.name };
-                return Outcome::Dead(Envelope::new(msg, &f, &cx).to_message(msg.key.clone()), category);
-            }
+        if give_up && let Some(dl) = &spec.dead_letter {
+            log_failure(spec, msg, &err, attempts, "message dead-lettered", None, Some(&dl.entity));
+            let f = Failure {
+                category,
+                kind: err.kind(),
+                message: &err.to_string(),
+                first_failure: first,
+                last_failure: now,
+                attempts,
+            };
+            let cx = Context { transport: spec.transport.kind(), consumer_group: &spec.group, worker: &spec.name };
+            return Outcome::Dead(Envelope::new(msg, &f, &cx).to_message(msg.key.clone()), category);
         }
         if category == ErrorCategory::Auth && !paused {
             paused = true;

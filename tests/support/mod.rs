@@ -151,10 +151,8 @@ pub struct KafkaBroker {
 
 impl KafkaBroker {
     pub fn get(own: bool) -> KafkaBroker {
-        if !own {
-            if let Some(b) = std::env::var("CONVEYOR_TEST_KAFKA").ok().filter(|b| !b.is_empty()) {
-                return KafkaBroker { bootstrap: b, dir: None };
-            }
+        if !own && let Some(b) = std::env::var("CONVEYOR_TEST_KAFKA").ok().filter(|b| !b.is_empty()) {
+            return KafkaBroker { bootstrap: b, dir: None };
         }
         let dir = tempfile::tempdir().unwrap();
         let bootstrap = Self::start_in(dir.path(), "0");

@@ -217,6 +217,8 @@ fn writer(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Write>) {
     }
 }
 
+// redb's own error type is large; this runs once per group commit
+#[allow(clippy::result_large_err)]
 fn apply(db: &Database, batch: &[Write], buf: &mut BytesMut) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
     {

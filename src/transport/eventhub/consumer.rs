@@ -575,10 +575,10 @@ impl Pump {
             }
             Err(e) => Err(e),
         };
-        if outcome.is_err() {
-            if let Some(c) = self.client.take() {
-                let _ = tokio::time::timeout(Duration::from_secs(5), c.close()).await;
-            }
+        if outcome.is_err()
+            && let Some(c) = self.client.take()
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.close()).await;
         }
         outcome
     }
