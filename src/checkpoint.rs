@@ -49,40 +49,25 @@ pub async fn open(transport: &str, cfg: &CheckpointStoreConfig) -> Result<Arc<dy
                 message: e.to_string(),
             })?))
         }
-        CheckpointStoreConfig::Blob { connection_string, endpoint, credential, container } => {
-            let client = match (connection_string, endpoint, credential) {
-                (Some(cs), _, _) => conveyor_blob::BlobClient::from_connection_string(cs.expose()),
-                (None, Some(ep), Some(c)) => {
-                    let source = entra_token_source(c).map_err(|e| store_error(transport, e))?;
-                    conveyor_blob::BlobClient::new(ep, conveyor_blob::Credentials::Bearer(source))
-                }
-                _ => {
-                    return Err(TransportError::Other {
-                        category: ErrorCategory::Permanent,
-                        kind: "config",
-                        message: format!(
-                            "transports.{transport}.checkpoint_store needs a connection string or endpoint + credential"
-                        ),
-                    });
-                }
-            }
-            .map_err(|e| blob_error(transport, &e))?;
-            client.create_container(container).await.map_err(|e| blob_error(transport, &e))?;
-            Ok(Arc::new(blob::BlobStore::new(client, container.clone())))
+        CheckpointStoreConfig::Blob(loc) => {
+            let client = crate::stages::blob_client(loc).map_err(|message| TransportError::Other {
+                category: ErrorCategory::Permanent,
+                kind: "config",
+                message: format!("transports.{transport}.checkpoint_store: {message}"),
+            })?;
+            client.create_container(&loc.container).await.map_err(|e| blob_error(transport, &e))?;
+            Ok(Arc::new(blob::BlobStore::new(client, loc.container.clone())))
         }
     }
 }
 
 /// A `TransportError` from a blob call, keeping its category.
 pub fn blob_error(transport: &str, e: &conveyor_blob::BlobError) -> TransportError {
-    use conveyor_blob::Category as C;
-    let category = match e.category() {
-        C::Transient | C::Conflict => ErrorCategory::Transient,
-        C::Throttling => ErrorCategory::Throttling,
-        C::Auth => ErrorCategory::Auth,
-        C::Permanent => ErrorCategory::Permanent,
-    };
-    TransportError::Other { category, kind: "checkpoint_store", message: format!("{transport}: checkpoint store: {e}") }
+    TransportError::Other {
+        category: e.category().into(),
+        kind: "checkpoint_store",
+        message: format!("{transport}: checkpoint store: {e}"),
+    }
 }
 
 /// A `TransportError` from a checkpoint-store call (an `azure_core` error

@@ -116,6 +116,19 @@ pub fn kafka_error(code: &str) -> ErrorCategory {
     }
 }
 
+impl From<conveyor_blob::Category> for ErrorCategory {
+    /// Blob Storage errors; a lost ETag race (`Conflict`) is worth retrying.
+    fn from(c: conveyor_blob::Category) -> Self {
+        use conveyor_blob::Category as C;
+        match c {
+            C::Transient | C::Conflict => ErrorCategory::Transient,
+            C::Throttling => ErrorCategory::Throttling,
+            C::Auth => ErrorCategory::Auth,
+            C::Permanent => ErrorCategory::Permanent,
+        }
+    }
+}
+
 /// Category of an AMQP error condition from Event Hubs.
 pub fn amqp_condition(condition: &str) -> ErrorCategory {
     use ErrorCategory::*;

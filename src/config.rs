@@ -308,6 +308,9 @@ fn validate(c: &Config, cx: &mut Cx) -> Vec<ConfigWarning> {
                 cx.error(&owned(&["workers", name, "stage", "schema"]), &format!("not a valid JSON Schema: {e}"));
             }
         }
+        if let StageConfig::Upload(UploadConfig { target: UploadTarget::Blob(loc), .. }) = &w.stage {
+            check_blob_location(cx, &["workers", name, "stage", "target"], loc);
+        }
         if let StageConfig::Http(h) = &w.stage {
             if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&h.method.to_ascii_uppercase().as_str()) {
                 cx.error(&owned(&["workers", name, "stage", "method"]), "must be GET, POST, PUT, PATCH or DELETE");
@@ -637,24 +640,26 @@ fn check_eventhubs(cx: &mut Cx, name: &str, e: &EventHubsConfig) {
     if e.prefetch == 0 {
         cx.error(&at("prefetch"), "must be at least 1");
     }
-    if let Some(CheckpointStoreConfig::Blob { connection_string, endpoint, credential, container }) =
-        &e.checkpoint_store
-    {
-        let cs_at = |f: &str| owned(&["transports", name, "checkpoint_store", f]);
-        match (connection_string, endpoint, credential) {
-            (Some(_), None, None) | (None, Some(_), Some(_)) => {}
-            _ => cx.error(
-                &owned(&["transports", name, "checkpoint_store"]),
-                "needs `connection_string`, or `endpoint` + `credential` (Entra ID)",
-            ),
-        }
-        let valid = (3..=63).contains(&container.len())
-            && container.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            && !container.starts_with('-')
-            && !container.ends_with('-')
-            && !container.contains("--");
-        if !valid {
-            cx.error(&cs_at("container"), "must be 3–63 lower-case letters, digits and single hyphens");
-        }
+    if let Some(CheckpointStoreConfig::Blob(loc)) = &e.checkpoint_store {
+        check_blob_location(cx, &["transports", name, "checkpoint_store"], loc);
+    }
+}
+
+/// A blob location needs one way in, and a valid container name.
+fn check_blob_location(cx: &mut Cx, at: &[&str], loc: &BlobLocation) {
+    match (&loc.connection_string, &loc.endpoint, &loc.credential) {
+        (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+        _ => cx.error(&owned(at), "needs `connection_string`, or `endpoint` + `credential` (Entra ID)"),
+    }
+    let c = &loc.container;
+    let valid = (3..=63).contains(&c.len())
+        && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
+        && !c.starts_with('-')
+        && !c.ends_with('-')
+        && !c.contains("--");
+    if !valid {
+        let mut path = at.to_vec();
+        path.push("container");
+        cx.error(&owned(&path), "must be 3–63 lower-case letters, digits and single hyphens");
     }
 }

@@ -14,7 +14,7 @@ mod passthrough;
 mod sink;
 
 pub use chaos::{Chaos, fate as chaos_fate};
-pub use files::{Download, Upload};
+pub use files::{Download, Upload, blob_client};
 pub use http::HttpStage;
 pub use map::MapStage;
 pub use passthrough::Passthrough;

@@ -4,7 +4,7 @@
 mod support;
 
 use conveyor::classify::ErrorCategory;
-use conveyor::config::{Secret, UploadConfig, UploadTarget};
+use conveyor::config::{BlobLocation, Secret, UploadConfig, UploadTarget};
 use conveyor::stages::Upload;
 use conveyor::stages::{Emit, Stage};
 use conveyor::transport::{Headers, PipelineMessage};
@@ -37,12 +37,12 @@ async fn uploads_once_to_azurite_and_classifies_an_unreachable_service() {
     std::fs::write(&file, vec![42u8; 5000]).unwrap();
     let cfg = UploadConfig {
         path_field: "cached.path".into(),
-        target: UploadTarget::Blob {
+        target: UploadTarget::Blob(BlobLocation {
             connection_string: Some(Secret::new(az.conn())),
             endpoint: None,
             credential: None,
             container: "attachments".into(),
-        },
+        }),
         name: "{{claim}}/{{cached.sha256}}.pdf".into(),
         into: "result".into(),
         remove_cache: true,

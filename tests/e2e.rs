@@ -234,22 +234,7 @@ fn the_seed_pipeline_delivers_every_event_once_and_dead_letters_the_malformed() 
     let cfg = default_config_in(dir.path(), 400, Some(n));
     let mut d = Daemon::start(&cfg);
     // wait until every event of both sources is a result row or a dead letter
-    let count_rows = |prefix: &str| -> usize {
-        let mut ids = BTreeSet::new();
-        for p in std::fs::read_dir(dir.path().join("results"))
-            .map(|rd| rd.map(|e| e.unwrap().path()).collect::<Vec<_>>())
-            .unwrap_or_default()
-        {
-            if p.file_name().unwrap().to_string_lossy().starts_with(prefix) {
-                for l in std::fs::read_to_string(&p).unwrap_or_default().lines() {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
-                        ids.insert(v["id"].as_str().unwrap_or_default().to_string());
-                    }
-                }
-            }
-        }
-        ids.len()
-    };
+    let count_rows = |prefix: &str| result_ids(dir.path(), prefix).len();
     let t0 = Instant::now();
     loop {
         let m = d.metrics();

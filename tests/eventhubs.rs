@@ -392,22 +392,7 @@ async fn the_seed_pipeline_runs_on_event_hubs_with_uploads_to_azurite() {
     let cfg = dir.path().join("eventhubs.yaml");
     std::fs::write(&cfg, text).unwrap();
     let mut d = Daemon::start(&cfg);
-    let rows = |prefix: &str| -> BTreeSet<String> {
-        let mut ids = BTreeSet::new();
-        for p in std::fs::read_dir(dir.path().join("results"))
-            .map(|rd| rd.map(|e| e.unwrap().path()).collect::<Vec<_>>())
-            .unwrap_or_default()
-        {
-            if p.file_name().unwrap().to_string_lossy().starts_with(prefix) {
-                for l in std::fs::read_to_string(&p).unwrap_or_default().lines() {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
-                        ids.insert(v["id"].as_str().unwrap_or_default().to_string());
-                    }
-                }
-            }
-        }
-        ids
-    };
+    let rows = |prefix: &str| result_ids(dir.path(), prefix);
     let t0 = std::time::Instant::now();
     loop {
         let m = get(d.addr, "/metrics").await.unwrap().1;

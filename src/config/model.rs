@@ -257,6 +257,28 @@ pub enum EntraCredential {
     WorkloadIdentity,
 }
 
+/// An Azure Blob Storage container and how to reach it (checkpoint stores,
+/// upload targets).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BlobLocation {
+    /// Storage connection string (`AccountName=..;AccountKey=..`,
+    /// `BlobEndpoint=..;SharedAccessSignature=..`, or
+    /// `UseDevelopmentStorage=true` for Azurite), as `${VAR}`. Or use
+    /// `endpoint` + `credential`.
+    #[serde(default)]
+    pub connection_string: Option<Secret>,
+    /// Blob endpoint (`https://ACCOUNT.blob.core.windows.net`) for Entra ID.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Entra ID credential for `endpoint` (needs the `eventhubs` feature,
+    /// which brings `azure_identity`).
+    #[serde(default)]
+    pub credential: Option<EntraCredential>,
+    /// Container (created if missing).
+    pub container: String,
+}
+
 /// `checkpoint_store:` of an Event Hubs transport.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
@@ -265,22 +287,7 @@ pub enum CheckpointStoreConfig {
     /// (`<namespace>/<hub>/<group>/checkpoint/<partition>`, lower-cased),
     /// so consumers written with the Python or .NET SDKs can hand over to
     /// Conveyor without replaying. Ownership claims use ETags.
-    Blob {
-        /// Storage connection string (`AccountName=..;AccountKey=..` or
-        /// `BlobEndpoint=..;SharedAccessSignature=..`, or
-        /// `UseDevelopmentStorage=true` for Azurite). Or use `endpoint` +
-        /// `credential`.
-        #[serde(default)]
-        connection_string: Option<Secret>,
-        /// Blob endpoint (`https://ACCOUNT.blob.core.windows.net`) for Entra ID.
-        #[serde(default)]
-        endpoint: Option<String>,
-        /// Entra ID credential for `endpoint`.
-        #[serde(default)]
-        credential: Option<EntraCredential>,
-        /// Container (created if missing).
-        container: String,
-    },
+    Blob(BlobLocation),
     /// A local directory, for a single node: no sharing across machines.
     File {
         /// Directory; one small JSON file per checkpoint and ownership.
@@ -443,7 +450,9 @@ impl TransportConfig {
             }
             TransportConfig::Eventhubs(e) => {
                 let mut s = e.connection_string.as_ref().map(|p| p.expose().to_string()).unwrap_or_default();
-                if let Some(CheckpointStoreConfig::Blob { connection_string: Some(c), .. }) = &e.checkpoint_store {
+                if let Some(CheckpointStoreConfig::Blob(BlobLocation { connection_string: Some(c), .. })) =
+                    &e.checkpoint_store
+                {
                     s.push('\n');
                     s.push_str(c.expose());
                 }
@@ -961,19 +970,5 @@ pub enum UploadTarget {
     Dir { path: PathBuf },
     /// An Azure Blob Storage container (created if missing). Names are the
     /// blob names; an existing blob of the same size is not uploaded again.
-    Blob {
-        /// Storage connection string (`AccountName=..;AccountKey=..`,
-        /// `BlobEndpoint=..;SharedAccessSignature=..`, or
-        /// `UseDevelopmentStorage=true` for Azurite), as `${VAR}`.
-        #[serde(default)]
-        connection_string: Option<Secret>,
-        /// Blob endpoint (`https://ACCOUNT.blob.core.windows.net`) for Entra ID.
-        #[serde(default)]
-        endpoint: Option<String>,
-        /// Entra ID credential for `endpoint` (needs the `eventhubs` feature,
-        /// which brings `azure_identity`).
-        #[serde(default)]
-        credential: Option<EntraCredential>,
-        container: String,
-    },
+    Blob(BlobLocation),
 }

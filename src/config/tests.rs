@@ -125,3 +125,25 @@ fn hash_changes_with_content() {
     let b = load(&GOOD.replace("concurrency: 4", "concurrency: 2")).unwrap().hash;
     assert_ne!(a, b);
 }
+
+#[test]
+fn blob_locations_are_checked_the_same_for_checkpoints_and_uploads() {
+    let eh = GOOD.replace(
+        "  local: { type: embedded }",
+        r#"  local: { type: embedded }
+  hubs:
+    type: eventhubs
+    connection_string: "Endpoint=sb://ns/;SharedAccessKeyName=k;SharedAccessKey=x"
+    checkpoint_store: { type: blob, connection_string: "UseDevelopmentStorage=true", container: Bad_Name }"#,
+    );
+    let e = load(&eh).unwrap_err().to_string();
+    assert!(e.contains("transports.hubs.checkpoint_store.container"), "{e}");
+    let typo = eh.replace("container: Bad_Name", "containr: ok");
+    assert!(load(&typo).unwrap_err().to_string().contains("containr"));
+    let upload = GOOD.replace(
+        "stage: { type: passthrough }",
+        r#"stage: { type: upload, name: "{{id}}", target: { type: blob, endpoint: "https://a.blob.core.windows.net", container: files } }"#,
+    );
+    let e = load(&upload).unwrap_err().to_string();
+    assert!(e.contains("workers.orders-forward.stage.target") && e.contains("credential"), "{e}");
+}

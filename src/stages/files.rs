@@ -20,7 +20,7 @@ use super::http::render;
 use super::map::{get, set};
 use super::{Emit, Stage, StageError};
 use crate::classify::{self, ErrorCategory};
-use crate::config::{DownloadConfig, UploadConfig, UploadTarget};
+use crate::config::{BlobLocation, DownloadConfig, UploadConfig, UploadTarget};
 use crate::transport::{OutboundMessage, PipelineMessage};
 use async_trait::async_trait;
 use serde_json::{Value, json};
@@ -153,43 +153,29 @@ pub struct Upload {
     blob: Option<(conveyor_blob::BlobClient, String, tokio::sync::OnceCell<()>)>,
 }
 
-/// A blob client from `connection_string`, or `endpoint` + Entra ID `credential`.
-pub fn blob_client(
-    connection_string: Option<&crate::config::Secret>,
-    endpoint: Option<&str>,
-    credential: Option<&crate::config::EntraCredential>,
-) -> Result<conveyor_blob::BlobClient, String> {
-    match (connection_string, endpoint, credential) {
+/// A client for `loc`: its connection string, or its endpoint with an Entra ID
+/// credential (with the `eventhubs` feature, which brings `azure_identity`).
+pub fn blob_client(loc: &BlobLocation) -> Result<conveyor_blob::BlobClient, String> {
+    match (&loc.connection_string, &loc.endpoint, &loc.credential) {
         (Some(cs), _, _) => conveyor_blob::BlobClient::from_connection_string(cs.expose()).map_err(|e| e.to_string()),
         #[cfg(feature = "eventhubs")]
         (None, Some(ep), Some(c)) => {
             let source = crate::checkpoint::entra_token_source(c).map_err(|e| e.to_string())?;
             conveyor_blob::BlobClient::new(ep, conveyor_blob::Credentials::Bearer(source)).map_err(|e| e.to_string())
         }
-        _ => Err("a blob target needs `connection_string` (or `endpoint` + `credential` with Entra ID)".into()),
+        _ => Err("blob storage needs `connection_string` (or `endpoint` + `credential` with Entra ID)".into()),
     }
 }
 
 fn blob_failure(e: conveyor_blob::BlobError) -> StageError {
-    use conveyor_blob::Category as C;
-    let category = match e.category() {
-        C::Transient | C::Conflict => ErrorCategory::Transient,
-        C::Throttling => ErrorCategory::Throttling,
-        C::Auth => ErrorCategory::Auth,
-        C::Permanent => ErrorCategory::Permanent,
-    };
-    StageError::Other { category, kind: "blob".into(), message: e.to_string() }
+    StageError::Other { category: e.category().into(), kind: "blob".into(), message: e.to_string() }
 }
 
 impl Upload {
     pub fn new(cfg: UploadConfig, output: usize) -> Result<Self, String> {
         let blob = match &cfg.target {
             UploadTarget::Dir { .. } => None,
-            UploadTarget::Blob { connection_string, endpoint, credential, container } => Some((
-                blob_client(connection_string.as_ref(), endpoint.as_deref(), credential.as_ref())?,
-                container.clone(),
-                tokio::sync::OnceCell::new(),
-            )),
+            UploadTarget::Blob(loc) => Some((blob_client(loc)?, loc.container.clone(), tokio::sync::OnceCell::new())),
         };
         Ok(Upload { cfg, output, blob })
     }
@@ -243,7 +229,7 @@ impl Stage for Upload {
         };
         let root = match &self.cfg.target {
             UploadTarget::Dir { path } => path,
-            UploadTarget::Blob { container, .. } => {
+            UploadTarget::Blob(BlobLocation { container, .. }) => {
                 let Some(size) = self.to_blob(&src, src_len, &name, &v).await? else {
                     return Err(permanent(
                         "missing_file",

@@ -13,7 +13,7 @@
 //! message size: messages with an explicit partition go to that partition,
 //! messages with a key go in batches with that `partition_key` (the service
 //! hashes it, so a key always lands on one partition), the rest are spread
-//! by the service. Batches of one send go out concurrently; a send returns
+//! by the service. The batches of one send go out in turn; a send returns
 //! when every batch is accepted. Event Hubs returns no positions for sends:
 //! `ProduceResult.position` is -1.
 //!
@@ -82,9 +82,6 @@ fn sdk_retries() -> azure_messaging_eventhubs::RetryOptions {
 /// lower limit (Basic: 256 KiB) gets batches of its own limit.
 const MAX_BATCH_BYTES: u64 = 1024 * 1024;
 
-/// Sends to one hub one at a time (the SDK serializes the link anyway).
-const SERIALIZE_SENDS: bool = false;
-
 /// An entity on this transport.
 #[derive(Debug, Clone)]
 pub struct EhEntity {
@@ -113,10 +110,6 @@ struct Inner {
     /// By hub name (what workers pass to `send`/`subscribe`).
     entities: RwLock<HashMap<String, EhEntity>>,
     producers: tokio::sync::Mutex<HashMap<String, Arc<ProducerClient>>>,
-    /// One send at a time per hub: the SDK serializes sends on a link anyway,
-    /// and concurrent sends on one link were seen to stall (a send awaiting an
-    /// outcome that never came) under load.
-    send_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     balancers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -205,7 +198,6 @@ impl EventHubsTransport {
                 store,
                 entities: RwLock::new(HashMap::new()),
                 producers: tokio::sync::Mutex::new(HashMap::new()),
-                send_locks: Mutex::new(HashMap::new()),
                 balancers: Mutex::new(Vec::new()),
             }),
         };
@@ -368,27 +360,22 @@ impl Producer for EventHubsTransport {
             });
             groups[i].1.push(m);
         }
-        let lock = self.inner.send_locks.lock().unwrap().entry(e.hub.clone()).or_default().clone();
+        // groups go out one after another (the SDK sends on a link one at a
+        // time anyway); the first failure stops the rest
         let sends = async {
-            let _one_at_a_time = if SERIALIZE_SENDS { Some(lock.lock().await) } else { None };
-            let mut out = Vec::with_capacity(groups.len());
             for (t, msgs) in &groups {
-                out.push(self.send_group(&p, &e.hub, t, msgs).await);
-                if out.last().is_some_and(Result::is_err) {
-                    break;
-                }
+                self.send_group(&p, &e.hub, t, msgs).await?;
             }
-            out
+            Ok(())
         };
-        let outcome = match tokio::time::timeout(SEND_TIMEOUT, sends).await {
-            Ok(o) => o,
-            Err(_) => vec![Err(other(
+        let outcome = tokio::time::timeout(SEND_TIMEOUT, sends).await.unwrap_or_else(|_| {
+            Err(other(
                 ErrorCategory::Transient,
                 "timeout",
                 format!("event hub {:?} on {}: send not acknowledged within {SEND_TIMEOUT:?}", e.hub, self.inner.name),
-            ))],
-        };
-        if let Some(err) = outcome.into_iter().find_map(Result::err) {
+            ))
+        });
+        if let Err(err) = outcome {
             if err.category() == ErrorCategory::Transient {
                 // let the next send open a fresh client
                 self.inner.producers.lock().await.remove(&e.hub);

@@ -359,3 +359,21 @@ pub fn seed_store(path: &Path, entities: &[(&str, u32)], entity: &str, ids: impl
         t.flush().await.unwrap();
     });
 }
+
+/// Ids of the result rows a sink wrote under `dir/results` to files whose
+/// names start with `prefix` (lines that do not parse are skipped: a sink may
+/// be mid-write).
+pub fn result_ids(dir: &Path, prefix: &str) -> std::collections::BTreeSet<String> {
+    let mut ids = std::collections::BTreeSet::new();
+    let files = std::fs::read_dir(dir.join("results")).map(|rd| rd.map(|e| e.unwrap().path()).collect::<Vec<_>>());
+    for p in files.unwrap_or_default() {
+        if p.file_name().unwrap().to_string_lossy().starts_with(prefix) {
+            for l in std::fs::read_to_string(&p).unwrap_or_default().lines() {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
+                    ids.insert(v["id"].as_str().unwrap_or_default().to_string());
+                }
+            }
+        }
+    }
+    ids
+}

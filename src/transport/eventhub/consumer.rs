@@ -246,14 +246,19 @@ impl Balancer {
         self.refresh_lag().await;
     }
 
-    /// Last enqueued sequence numbers of owned partitions (for lag).
+    /// Last enqueued sequence numbers of owned partitions (for lag); bounded
+    /// as a whole, so a stuck management link never delays renewals.
     async fn refresh_lag(&self) {
-        for (pid, o) in &self.owned {
-            let props = tokio::time::timeout(Duration::from_secs(3), self.client.get_partition_properties(pid)).await;
-            if let Ok(Ok(pp)) = props {
-                o.shared.last_enqueued.store(pp.last_enqueued_sequence_number, std::sync::atomic::Ordering::Relaxed);
+        let all = async {
+            for (pid, o) in &self.owned {
+                if let Ok(pp) = self.client.get_partition_properties(pid).await {
+                    o.shared
+                        .last_enqueued
+                        .store(pp.last_enqueued_sequence_number, std::sync::atomic::Ordering::Relaxed);
+                }
             }
-        }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), all).await;
     }
 
     fn assign(&mut self, pid: String, o: Ownership, cp: Option<Checkpoint>) {
