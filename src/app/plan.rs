@@ -85,7 +85,9 @@ pub fn plan(cfg: &Config) -> BTreeMap<String, TaskPlan> {
             ents.insert(r.via.clone());
             retry.entry(&r.via).or_default().insert(w.input.clone());
         }
-        let fp = combine(&json(w), cfg, &ents);
+        let mut own = json(w);
+        own.extend_from_slice(w.secret_material().as_bytes());
+        let fp = combine(&own, cfg, &ents);
         out.insert(
             name.clone(),
             TaskPlan { kind: TaskKind::Worker, fingerprint: fp, input: Some(w.input.clone()), entities: ents },
@@ -147,5 +149,20 @@ workers:
         assert_ne!(a["one"].fingerprint, c["one"].fingerprint);
         assert_ne!(a["two"].fingerprint, c["two"].fingerprint);
         assert_eq!(c["two"].input.as_deref(), Some("mid"));
+    }
+
+    #[test]
+    fn a_changed_upload_secret_changes_the_worker() {
+        let up = |key: &str| {
+            BASE.replace(
+                "two: { input: mid, outputs: { default: out }, concurrency: 2 }",
+                &format!(
+                    "two: {{ input: mid, outputs: {{ default: out }}, stage: {{ type: upload, name: \"{{{{id}}}}\", target: {{ type: blob, connection_string: \"AccountName=a;AccountKey={key}\", container: files }} }} }}"
+                ),
+            )
+        };
+        let (a, b) = (plan(&load(&up("k1"))), plan(&load(&up("k2"))));
+        assert_eq!(a["one"].fingerprint, b["one"].fingerprint);
+        assert_ne!(a["two"].fingerprint, b["two"].fingerprint, "the secret is hashed in, not printed");
     }
 }

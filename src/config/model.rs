@@ -675,6 +675,18 @@ impl WorkerConfig {
     pub fn group<'a>(&'a self, worker: &'a str) -> &'a str {
         self.consumer_group.as_deref().unwrap_or(worker)
     }
+
+    /// The secret values in this worker's stage (hashed into its fingerprint
+    /// so a changed upload credential restarts the worker; never printed).
+    pub fn secret_material(&self) -> String {
+        match &self.stage {
+            StageConfig::Upload(UploadConfig {
+                target: UploadTarget::Blob(BlobLocation { connection_string: Some(c), .. }),
+                ..
+            }) => c.expose().to_string(),
+            _ => String::new(),
+        }
+    }
 }
 
 /// Where a consumer group with no committed position begins.
