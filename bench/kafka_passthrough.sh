@@ -17,7 +17,8 @@
 #
 # Env: CONVEYOR (binary, default target/release/conveyor), KEEP=1 keeps the
 # work dir (broker data, configs, stage logs), STAGES="a b c" (subset/order),
-# BATCH_SIZE (Conveyor worker batch_size, default 1000), PYTHON (default python3).
+# BATCH_SIZE (Conveyor worker batch_size, default 1000), KAFKA_PROPERTIES (extra
+# librdkafka properties for Conveyor, YAML flow-map body: "linger.ms: 20"), PYTHON (default python3).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -91,7 +92,7 @@ cfg=$work/conveyor.yaml
 cat > "$cfg" <<EOF
 service: { name: bench, http: { listen: "127.0.0.1:0" }, shutdown_grace: 30s, log: { format: json, level: warn } }
 transports:
-  kafka: { type: kafka, bootstrap_servers: "$bootstrap" }
+  kafka: { type: kafka, bootstrap_servers: "$bootstrap", properties: { ${KAFKA_PROPERTIES:-} } }
 entities:
   in:  { transport: kafka, partitions: $PARTS, name: bench-in }
   out: { transport: kafka, partitions: $PARTS, name: bench-out-conveyor }

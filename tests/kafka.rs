@@ -417,3 +417,52 @@ fn the_seed_pipeline_runs_on_kafka_unchanged() {
     d.signal("-TERM");
     assert_eq!(d.wait_exit(Duration::from_secs(40)), Some(0));
 }
+
+/// The shared producer reports every message's own partition and offset, in
+/// the order sent, and places keys with the Java client's (and aiokafka's)
+/// murmur2 hash, so a key stays on its partition whichever side of a
+/// migration produced it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_results_follow_send_order_and_keys_hash_like_the_java_client() {
+    use conveyor::transport::kafka::{KafkaEntity, KafkaTransport};
+    use conveyor::transport::{OutboundMessage, Producer, Transport, key_partition};
+    let broker = KafkaBroker::get(false);
+    let t = topic("keys");
+    let cfg: conveyor::config::KafkaConfig =
+        serde_yaml::from_str(&format!("bootstrap_servers: \"{}\"\ncreate_topics: true", broker.bootstrap)).unwrap();
+    let entity = KafkaEntity { key: "keys".into(), topic: t.clone(), partitions: 6 };
+    let kafka = KafkaTransport::open("kafka", &cfg, vec![entity]).await.unwrap();
+    let msg = |i: usize| OutboundMessage {
+        key: Some(format!("key-{i}").into_bytes().into()),
+        headers: Default::default(),
+        payload: format!("{{\"n\":{i}}}").into_bytes().into(),
+        partition: None,
+        timestamp_ms: None,
+    };
+    let mut last: std::collections::HashMap<u32, i64> = Default::default();
+    for round in 0..3 {
+        let batch: Vec<OutboundMessage> = (round * 500..(round + 1) * 500).map(msg).collect();
+        let results = kafka.send(&t, batch).await.unwrap();
+        assert_eq!(results.len(), 500);
+        for (j, r) in results.iter().enumerate() {
+            let i = round * 500 + j;
+            assert_eq!(r.partition, key_partition(format!("key-{i}").as_bytes(), 6), "message {i}");
+            let prev = last.insert(r.partition, r.position).unwrap_or(-1);
+            assert!(r.position > prev, "message {i}: offset {} after {prev} on partition {}", r.position, r.partition);
+        }
+    }
+    // every offset handed out exists: the partitions' high watermarks are
+    // exactly one past the last offsets reported
+    let (b, t2) = (broker.bootstrap.clone(), t.clone());
+    let high: Vec<i64> = tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
+        (0..6).map(|p| c.fetch_watermarks(&t2, p, Duration::from_secs(10)).unwrap().1).collect()
+    })
+    .await
+    .unwrap();
+    for (p, h) in high.iter().enumerate() {
+        assert_eq!(*h, last.get(&(p as u32)).map_or(0, |o| o + 1), "partition {p}");
+    }
+    kafka.close().await;
+}

@@ -16,9 +16,17 @@
 //! partitions away. Cooperative-sticky assignment works the same way
 //! (`partition.assignment.strategy: cooperative-sticky` in `properties`).
 //!
+//! Consumed payloads are not copied: a message's payload `Bytes` points into
+//! librdkafka's fetch buffer and keeps that message alive until the last
+//! clone is dropped (the one `unsafe` block of the crate, see `hold`).
+//!
 //! **Producer.** One idempotent producer per transport, shared by every
 //! worker. A send waits for every delivery report; `QueueFull` waits
-//! (backpressure) and never drops. Memory is bounded by librdkafka's
+//! (backpressure) and never drops. Delivery reports fill per-batch slots and
+//! wake the sender once per batch, not once per message. Keys are placed with
+//! `murmur2_random`, the Java client's and aiokafka's hash, so a key lands on
+//! the same partition whichever producer wrote it during a migration (a
+//! `partitioner` in `properties` overrides it). Memory is bounded by librdkafka's
 //! `queue.buffering.max.messages` / `queue.buffering.max.kbytes` (producer)
 //! and `queued.max.messages.kbytes` (consumer, per partition queue).
 //!
@@ -40,11 +48,12 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use futures::task::AtomicWaker;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -74,7 +83,7 @@ pub struct KafkaTransport {
 struct Inner {
     name: String,
     cfg: KafkaConfig,
-    producer: FutureProducer,
+    producer: ThreadedProducer<ProducerCtx>,
     /// By topic.
     entities: std::sync::RwLock<HashMap<String, KafkaEntity>>,
     pollers: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -147,9 +156,13 @@ impl KafkaTransport {
         let mut pc = base_config(cfg);
         pc.set("enable.idempotence", "true");
         pc.set("linger.ms", "5");
+        // the Java client's (and aiokafka's) key hash, so a key lands on the
+        // same partition whichever producer wrote it during a migration
+        pc.set("partitioner", "murmur2_random");
         pc.set("message.timeout.ms", "300000");
         apply_properties(&mut pc, cfg);
-        let producer: FutureProducer = pc.create().map_err(|e| map_err(name, &e))?;
+        let producer: ThreadedProducer<ProducerCtx> =
+            pc.create_with_context(ProducerCtx).map_err(|e| map_err(name, &e))?;
         let t = KafkaTransport {
             inner: Arc::new(Inner {
                 name: name.to_string(),
@@ -233,56 +246,128 @@ impl KafkaTransport {
     }
 }
 
+/// The acknowledgements of one `send` call. librdkafka's delivery callback
+/// (on the producer's polling thread) fills one slot per message and wakes
+/// the sender once, when the last report is in: no future, channel or wake-up
+/// per message.
+struct Acks {
+    remaining: AtomicUsize,
+    partitions: Box<[AtomicI32]>,
+    offsets: Box<[AtomicI64]>,
+    error: Mutex<Option<KafkaError>>,
+    waker: AtomicWaker,
+}
+
+impl Acks {
+    fn new(n: usize) -> Acks {
+        Acks {
+            remaining: AtomicUsize::new(n),
+            partitions: (0..n).map(|_| AtomicI32::new(-1)).collect(),
+            offsets: (0..n).map(|_| AtomicI64::new(-1)).collect(),
+            error: Mutex::new(None),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    /// `n` reports will never come (their messages were not enqueued).
+    fn forget(&self, n: usize) {
+        if n > 0 && self.remaining.fetch_sub(n, Ordering::AcqRel) == n {
+            self.waker.wake();
+        }
+    }
+
+    async fn all(&self) {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.remaining.load(Ordering::Acquire) == 0 {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// One message's delivery-report handle: its batch and its slot there.
+pub struct Pending(Arc<Acks>, usize);
+
+/// The shared producer's context: routes delivery reports to their batches.
+pub struct ProducerCtx;
+
+impl ClientContext for ProducerCtx {}
+
+impl ProducerContext for ProducerCtx {
+    type DeliveryOpaque = Box<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
+        let Pending(acks, i) = *pending;
+        match result {
+            Ok(m) => {
+                acks.partitions[i].store(m.partition(), Ordering::Relaxed);
+                acks.offsets[i].store(m.offset(), Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                acks.error.lock().unwrap().get_or_insert_with(|| e.clone());
+            }
+        }
+        acks.forget(1);
+    }
+}
+
 #[async_trait]
 impl Producer for KafkaTransport {
     async fn send(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, TransportError> {
         let e = self.entity(entity)?;
         let label: Arc<str> = e.key.as_str().into();
-        let mut pending = Vec::with_capacity(batch.len());
-        for m in &batch {
-            let headers = (!m.headers.is_empty()).then(|| {
-                m.headers.iter().fold(OwnedHeaders::new_with_capacity(m.headers.0.len()), |h, (k, v)| {
-                    h.insert(Header { key: k, value: Some(&v[..]) })
-                })
-            });
+        let n = batch.len();
+        let acks = Arc::new(Acks::new(n));
+        for (i, m) in batch.iter().enumerate() {
+            let mut rec: BaseRecord<'_, [u8], [u8], Box<Pending>> =
+                BaseRecord::with_opaque_to(&e.topic, Box::new(Pending(acks.clone(), i))).payload(&m.payload[..]);
+            if let Some(k) = &m.key {
+                rec = rec.key(&k[..]);
+            }
+            if let Some(p) = m.partition {
+                rec = rec.partition(p as i32);
+            }
+            if let Some(ts) = m.timestamp_ms {
+                rec = rec.timestamp(ts);
+            }
+            if !m.headers.is_empty() {
+                rec = rec.headers(m.headers.iter().fold(
+                    OwnedHeaders::new_with_capacity(m.headers.0.len()),
+                    |h, (k, v)| h.insert(Header { key: k, value: Some(&v[..]) }),
+                ));
+            }
             loop {
-                let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&e.topic).payload(&m.payload[..]);
-                if let Some(k) = &m.key {
-                    rec = rec.key(&k[..]);
-                }
-                if let Some(p) = m.partition {
-                    rec = rec.partition(p as i32);
-                }
-                if let Some(ts) = m.timestamp_ms {
-                    rec = rec.timestamp(ts);
-                }
-                if let Some(h) = &headers {
-                    rec = rec.headers(h.clone());
-                }
-                match self.inner.producer.send_result(rec) {
-                    Ok(f) => {
-                        pending.push(f);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                match self.inner.producer.send(rec) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         // backpressure: wait for librdkafka's queue to drain
+                        rec = back;
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
-                    Err((err, _)) => return Err(map_err(&self.inner.name, &err)),
+                    Err((err, _)) => {
+                        // the messages already enqueued are delivered (or
+                        // not) on their own; the caller sends the batch again
+                        acks.forget(n - i);
+                        return Err(map_err(&self.inner.name, &err));
+                    }
                 }
             }
         }
-        let mut out = Vec::with_capacity(pending.len());
-        for f in futures::future::join_all(pending).await {
-            match f {
-                Ok(Ok(d)) => {
-                    out.push(ProduceResult { entity: label.clone(), partition: d.partition as u32, position: d.offset })
-                }
-                Ok(Err((err, _))) => return Err(map_err(&self.inner.name, &err)),
-                Err(_) => return Err(TransportError::Closed { transport: self.inner.name.clone() }),
-            }
+        acks.all().await;
+        if let Some(err) = acks.error.lock().unwrap().take() {
+            return Err(map_err(&self.inner.name, &err));
         }
-        Ok(out)
+        Ok((0..n)
+            .map(|i| ProduceResult {
+                entity: label.clone(),
+                partition: acks.partitions[i].load(Ordering::Relaxed) as u32,
+                position: acks.offsets[i].load(Ordering::Relaxed),
+            })
+            .collect())
     }
 }
 
@@ -566,32 +651,65 @@ struct KafkaReader {
     strays: Arc<Mutex<HashMap<u32, VecDeque<OwnedMessage>>>>,
 }
 
-fn to_message<M: Message>(m: &M, label: &Arc<str>) -> PipelineMessage {
-    let headers = match m.headers() {
+/// Headers, copied (they are small and few).
+fn headers_of<M: Message>(m: &M) -> Headers {
+    match m.headers() {
         Some(h) => Headers(
             h.iter().map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice).unwrap_or_default())).collect(),
         ),
         None => Headers::default(),
-    };
-    // key and payload share one reference-counted buffer: one allocation per
-    // message, and clones (outputs, DLQ envelopes) are counter increments
-    let (k, p) = (m.key(), m.payload().unwrap_or_default());
-    let mut buf = bytes::BytesMut::with_capacity(k.map_or(0, |k| k.len()) + p.len());
-    if let Some(k) = k {
-        buf.extend_from_slice(k);
     }
-    buf.extend_from_slice(p);
-    let mut all = buf.freeze();
-    let key = k.map(|k| all.split_to(k.len()));
+}
+
+/// A message from a stray queue (already owned: copied once by librdkafka's
+/// `detach`).
+fn owned_to_message(m: &OwnedMessage, label: &Arc<str>) -> PipelineMessage {
     PipelineMessage {
         entity: label.clone(),
         partition: m.partition() as u32,
         position: m.offset(),
-        key,
-        headers,
-        payload: all,
+        key: m.key().map(Bytes::copy_from_slice),
+        headers: headers_of(m),
+        payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
         timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
     }
+}
+
+/// A consumed librdkafka message kept alive as the backing store of its
+/// payload `Bytes`: the payload is never copied on the consume side.
+struct HeldMessage {
+    // declared first, so it is destroyed before the consumer reference
+    msg: BorrowedMessage<'static>,
+    _consumer: Arc<BaseConsumer<Ctx>>,
+}
+
+impl AsRef<[u8]> for HeldMessage {
+    fn as_ref(&self) -> &[u8] {
+        self.msg.payload().unwrap_or_default()
+    }
+}
+
+/// A polled message as a [`PipelineMessage`] whose payload points into
+/// librdkafka's fetch buffer (zero-copy); the key is copied (small).
+#[allow(unsafe_code)]
+fn hold(m: BorrowedMessage<'_>, consumer: &Arc<BaseConsumer<Ctx>>, label: &Arc<str>) -> PipelineMessage {
+    let meta = PipelineMessage {
+        entity: label.clone(),
+        partition: m.partition() as u32,
+        position: m.offset(),
+        key: m.key().map(Bytes::copy_from_slice),
+        headers: headers_of(&m),
+        payload: Bytes::new(),
+        timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+    };
+    if m.payload().is_none_or(|p| p.is_empty()) {
+        return meta;
+    }
+    // SAFETY: a `BorrowedMessage` borrows its consumer only to keep the
+    // consumer alive while the message exists; `HeldMessage` does that with
+    // an owned `Arc` of the same consumer, dropped after the message.
+    let msg: BorrowedMessage<'static> = unsafe { std::mem::transmute(m) };
+    PipelineMessage { payload: Bytes::from_owner(HeldMessage { msg, _consumer: consumer.clone() }), ..meta }
 }
 
 impl KafkaReader {
@@ -600,7 +718,7 @@ impl KafkaReader {
         if let Some(q) = strays.get_mut(&self.partition) {
             while out.len() < max {
                 match q.pop_front() {
-                    Some(m) => out.push(to_message(&m, &self.label)),
+                    Some(m) => out.push(owned_to_message(&m, &self.label)),
                     None => break,
                 }
             }
@@ -611,7 +729,7 @@ impl KafkaReader {
     fn poll_some(&self, max: usize, out: &mut Vec<PipelineMessage>) -> Result<(), TransportError> {
         while out.len() < max {
             match self.queue.poll(Duration::ZERO) {
-                Some(Ok(m)) => push(&m, &self.label, out),
+                Some(Ok(m)) => out.push(hold(m, &self.consumer, &self.label)),
                 Some(Err(e)) => {
                     if out.is_empty() {
                         return Err(map_err(&self.transport, &e));
@@ -625,10 +743,6 @@ impl KafkaReader {
         }
         Ok(())
     }
-}
-
-fn push(m: &BorrowedMessage<'_>, label: &Arc<str>, out: &mut Vec<PipelineMessage>) {
-    out.push(to_message(m, label));
 }
 
 #[async_trait]
