@@ -47,6 +47,18 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// Most threads the daemon's blocking pool may run (file stages, the
+/// embedded store's readers). Tokio's default (512) let a burst of fsyncs
+/// start a hundred-odd threads, each with its own malloc arena: more resident
+/// memory for no throughput (measured in `bench/pipeline.sh`).
+pub const BLOCKING_THREADS: usize = 32;
+
+/// The daemon's async runtime: multi-threaded, one worker per core, a
+/// bounded blocking pool.
+pub fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(BLOCKING_THREADS).build()
+}
+
 /// Why the runtime could not start, change or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {

@@ -38,6 +38,76 @@ pub enum BenchCommand {
     /// The naive rdkafka copy loop (baseline of bench/kafka_passthrough.sh).
     #[cfg(feature = "kafka")]
     KafkaNaive(kafka_naive::NaiveArgs),
+    /// The simulated APIs' round-trip ceiling (baseline of bench/pipeline.sh):
+    /// the in-process simulator and a pooled HTTP client, nothing else.
+    Http(HttpArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Requests in all.
+    #[arg(long, default_value_t = 40_000)]
+    pub requests: u64,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Body bytes of the attachment requests (every other request fetches
+    /// one; the rest are enrichment calls, as in the seed pipeline).
+    #[arg(long, default_value_t = 8192)]
+    pub attachment_bytes: usize,
+}
+
+/// `conveyor bench http`: GETs against the simulated APIs, alternating an
+/// enrichment call and an attachment download, as fast as `concurrency`
+/// allows; prints requests/s and requests per CPU-second of this process.
+async fn http_ceiling(a: HttpArgs) -> Result<(), String> {
+    let cfg = crate::config::SimulationConfig {
+        enabled: true,
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        latency: Default::default(),
+        error_rate: 0.0,
+        attachment_bytes: a.attachment_bytes,
+    };
+    let stop = CancellationToken::new();
+    let addr = crate::simulation::serve(&cfg, stop.clone()).await.map_err(|e| e.to_string())?;
+    let client = reqwest::Client::new();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (t0, c0) = (Instant::now(), cpu_seconds());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..a.concurrency.max(1) {
+        let (client, next, total) = (client.clone(), next.clone(), a.requests);
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<(), String>(());
+                }
+                let url = if i % 2 == 0 {
+                    format!("http://{addr}/xact/enrich/C{i}")
+                } else {
+                    format!("http://{addr}/files/A{i}.pdf")
+                };
+                let r = client.get(url).send().await.map_err(|e| e.to_string())?;
+                if !r.status().is_success() {
+                    return Err(format!("HTTP {}", r.status()));
+                }
+                r.bytes().await.map_err(|e| e.to_string())?;
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| e.to_string())??;
+    }
+    let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
+    stop.cancel();
+    let n = a.requests as f64;
+    println!(
+        "simulated API round trips: {} requests in {secs:.2}s = {:.0} req/s; {cpu:.2} CPU-s ({:.0} req per CPU-s)",
+        a.requests,
+        n / secs,
+        n / cpu.max(1e-9)
+    );
+    Ok(())
 }
 
 #[derive(Debug, Clone, Args)]
@@ -73,9 +143,11 @@ struct Sample {
 
 pub fn main(args: BenchArgs) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
-    #[cfg(feature = "kafka")]
-    if let Some(BenchCommand::KafkaNaive(a)) = args.command.clone() {
-        return rt.block_on(kafka_naive::run(a));
+    match args.command.clone() {
+        #[cfg(feature = "kafka")]
+        Some(BenchCommand::KafkaNaive(a)) => return rt.block_on(kafka_naive::run(a)),
+        Some(BenchCommand::Http(a)) => return rt.block_on(http_ceiling(a)),
+        None => {}
     }
     let modes: Vec<bool> = match args.mode.as_str() {
         "memory" => vec![false],

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
             for w in &loaded.warnings {
                 tracing::warn!(warning = %w, "config warning");
             }
-            let rt = match tokio::runtime::Runtime::new() {
+            let rt = match conveyor::app::build_runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the async runtime: {e}");

@@ -2,19 +2,25 @@
 //!
 //! **download** streams the URL found at `url_field` into `cache_dir`,
 //! hashing as it goes, and adds `{path, size, sha256, content_type, url}` at
-//! `into`. The cache name is the SHA-256 of the URL, written to a `.part`
-//! file and renamed when complete (a sidecar `.json` keeps the metadata), so
-//! a redelivered message finds the file and does not fetch it again. Over
+//! `into`. The cache name is the SHA-256 of the URL; the body is written to a
+//! `.part` file, synced, and renamed when complete, then a sidecar `.json`
+//! keeps the metadata, so a redelivered message finds the file and does not
+//! fetch it again. Bodies up to 1 MiB are kept in memory and written in one
+//! blocking call; bigger ones spill to the `.part` file as they stream. Over
 //! `max_bytes` (by `Content-Length` or while streaming) or a content type
 //! outside `content_types` fails as `Permanent`; HTTP statuses are
 //! classified as in the `http` stage; network errors are `Transient`.
 //!
 //! **upload** puts the cached file under a name rendered from the message,
-//! skips it when an object of that name and size exists (idempotent),
-//! writes via a temporary name and rename, removes the cache file only after
-//! success, and adds `{target, name, size}` at `into`. Target today: a
-//! directory; Azure Blob Storage comes with the Event Hubs work (it shares
-//! the Azure client crates).
+//! skips it when an object of that name and size exists (idempotent), and
+//! adds `{target, name, size}` at `into`. To a directory it hard-links the
+//! cached file in place under a temporary name and renames it (no copy and
+//! no new inode when cache and target share a file system; a synced copy
+//! otherwise); to Azure Blob Storage it puts the blob. It removes the cache
+//! file (and a download's metadata sidecar) only after success.
+//!
+//! All file work of one message runs in one blocking-pool call: one thread
+//! hand-off per message, not one per file operation.
 
 use super::http::render;
 use super::map::{get, set};
@@ -26,7 +32,6 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use tokio::io::AsyncWriteExt;
 
 fn hex(d: impl AsRef<[u8]>) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
@@ -38,6 +43,42 @@ fn permanent(kind: &str, m: String) -> StageError {
 
 fn io(e: std::io::Error, what: &str, p: &Path) -> StageError {
     StageError::Io(format!("{what} {}: {e}", p.display()))
+}
+
+/// Runs blocking file work on tokio's blocking pool. A stage groups all the
+/// file operations of one message into one call: one thread hand-off per
+/// message instead of one per `tokio::fs` operation.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StageError> + Send + 'static,
+) -> Result<T, StageError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StageError::Io(format!("file task failed: {e}")))?
+}
+
+/// A downloaded body is kept in memory up to this size, then spilled to its
+/// `.part` file as it streams.
+const SPILL_BYTES: usize = 1 << 20;
+
+/// The metadata sidecar of a download cache file (`<sha256 of the URL>`).
+fn sidecar(cache_file: &Path) -> Option<PathBuf> {
+    let name = cache_file.file_name()?.to_str()?;
+    (name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| cache_file.with_file_name(format!("{name}.json")))
+}
+
+/// Writes `data` to `f`, creating `part` (and its directory) first if needed.
+fn append(f: Option<std::fs::File>, part: &Path, data: &[u8]) -> Result<std::fs::File, StageError> {
+    use std::io::Write;
+    let mut f = match f {
+        Some(f) => f,
+        None => {
+            if let Some(dir) = part.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| io(e, "creating", dir))?;
+            }
+            std::fs::File::create(part).map_err(|e| io(e, "creating", part))?
+        }
+    };
+    f.write_all(data).map_err(|e| io(e, "writing", part))?;
+    Ok(f)
 }
 
 pub struct Download {
@@ -65,10 +106,15 @@ impl Download {
     async fn fetch(&self, url: &str) -> Result<Value, StageError> {
         let name = hex(Sha256::digest(url.as_bytes()));
         let (path, meta) = (self.cfg.cache_dir.join(&name), self.cfg.cache_dir.join(format!("{name}.json")));
-        if let Ok(m) = tokio::fs::read(&meta).await
-            && let Ok(v) = serde_json::from_slice::<Value>(&m)
-            && tokio::fs::metadata(&path).await.is_ok()
-        {
+        let (p2, m2) = (path.clone(), meta.clone());
+        let cached = blocking(move || {
+            Ok(std::fs::read(&m2)
+                .ok()
+                .and_then(|m| serde_json::from_slice::<Value>(&m).ok())
+                .filter(|_| std::fs::metadata(&p2).is_ok()))
+        })
+        .await?;
+        if let Some(v) = cached {
             return Ok(v);
         }
         let parsed = reqwest::Url::parse(url).map_err(|e| permanent("bad_url", format!("URL {url:?}: {e}")))?;
@@ -95,37 +141,50 @@ impl Download {
                 format!("{url}: {len} bytes is over the limit of {}", self.cfg.max_bytes),
             ));
         }
-        tokio::fs::create_dir_all(&self.cfg.cache_dir).await.map_err(|e| io(e, "creating", &self.cfg.cache_dir))?;
         let part = self.cfg.cache_dir.join(format!("{name}.part"));
-        let mut f = tokio::fs::File::create(&part).await.map_err(|e| io(e, "creating", &part))?;
+        // small bodies stay in memory and reach the disk in one blocking
+        // call; bigger ones spill to the `.part` file as they stream
         let (mut size, mut h) = (0u64, Sha256::new());
-        loop {
-            let chunk = resp
-                .chunk()
-                .await
-                .map_err(|e| StageError::other(ErrorCategory::Transient, "read", format!("GET {url}: {e}")));
-            let chunk = match chunk {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut file: Option<std::fs::File> = None;
+        let failed = loop {
+            let chunk = match resp.chunk().await {
                 Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = tokio::fs::remove_file(&part).await;
-                    return Err(e);
-                }
+                Ok(None) => break None,
+                Err(e) => break Some(StageError::other(ErrorCategory::Transient, "read", format!("GET {url}: {e}"))),
             };
             size += chunk.len() as u64;
             if size > self.cfg.max_bytes {
-                drop(f);
-                let _ = tokio::fs::remove_file(&part).await;
-                return Err(permanent("too_large", format!("{url}: over the limit of {} bytes", self.cfg.max_bytes)));
+                break Some(permanent("too_large", format!("{url}: over the limit of {} bytes", self.cfg.max_bytes)));
             }
             h.update(&chunk);
-            f.write_all(&chunk).await.map_err(|e| io(e, "writing", &part))?;
+            buf.extend_from_slice(&chunk);
+            if buf.len() >= SPILL_BYTES {
+                let (data, f, p) = (std::mem::take(&mut buf), file.take(), part.clone());
+                match blocking(move || append(f, &p, &data)).await {
+                    Ok(f) => file = Some(f),
+                    Err(e) => break Some(e),
+                }
+            }
+        };
+        if let Some(e) = failed {
+            if file.is_some() || !buf.is_empty() {
+                drop(file);
+                let _ = tokio::fs::remove_file(&part).await;
+            }
+            return Err(e);
         }
-        f.sync_all().await.map_err(|e| io(e, "syncing", &part))?;
-        drop(f);
-        tokio::fs::rename(&part, &path).await.map_err(|e| io(e, "renaming", &part))?;
         let v = json!({ "path": path.display().to_string(), "size": size, "sha256": hex(h.finalize()), "content_type": ct, "url": url });
-        tokio::fs::write(&meta, serde_json::to_vec(&v).expect("JSON")).await.map_err(|e| io(e, "writing", &meta))?;
+        let sidecar = serde_json::to_vec(&v).expect("JSON");
+        blocking(move || {
+            // the data is on disk before the sidecar that vouches for it
+            let f = append(file, &part, &buf)?;
+            f.sync_all().map_err(|e| io(e, "syncing", &part))?;
+            drop(f);
+            std::fs::rename(&part, &path).map_err(|e| io(e, "renaming", &part))?;
+            std::fs::write(&meta, sidecar).map_err(|e| io(e, "writing", &meta))
+        })
+        .await?;
         Ok(v)
     }
 }
@@ -223,13 +282,10 @@ impl Stage for Upload {
         if name.is_empty() || name.split('/').any(|s| s.is_empty() || s == "..") {
             return Err(permanent("bad_name", format!("object name {name:?} is empty or escapes the target")));
         }
-        let src_len = match tokio::fs::metadata(&src).await {
-            Ok(m) => Some(m.len()),
-            Err(_) => None,
-        };
         let root = match &self.cfg.target {
             UploadTarget::Dir { path } => path,
             UploadTarget::Blob(BlobLocation { container, .. }) => {
+                let src_len = tokio::fs::metadata(&src).await.ok().map(|m| m.len());
                 let Some(size) = self.to_blob(&src, src_len, &name, &v).await? else {
                     return Err(permanent(
                         "missing_file",
@@ -238,6 +294,9 @@ impl Stage for Upload {
                 };
                 if self.cfg.remove_cache && src_len.is_some() {
                     tokio::fs::remove_file(&src).await.map_err(|e| io(e, "removing", &src))?;
+                    if let Some(m) = sidecar(&src) {
+                        let _ = tokio::fs::remove_file(m).await;
+                    }
                 }
                 let target = format!("{}/{container}", self.blob.as_ref().map(|b| b.0.endpoint()).unwrap_or_default());
                 set(&mut v, &self.cfg.into, json!({ "target": target, "name": name, "size": size }));
@@ -248,36 +307,48 @@ impl Stage for Upload {
             }
         };
         let dest = root.join(&name);
-        let dest_len = tokio::fs::metadata(&dest).await.ok().map(|m| m.len());
-        let size = match (src_len, dest_len) {
-            // already uploaded (a redelivery): nothing to do
-            (Some(s), Some(d)) if s == d => s,
-            (None, Some(d)) => d,
-            (None, None) => {
-                return Err(permanent(
-                    "missing_file",
-                    format!("cached file {} is gone and {} was never uploaded", src.display(), dest.display()),
-                ));
-            }
-            (Some(s), _) => {
-                if let Some(parent) = dest.parent() {
-                    tokio::fs::create_dir_all(parent).await.map_err(|e| io(e, "creating", parent))?;
+        let remove_cache = self.cfg.remove_cache;
+        let size = blocking(move || {
+            let src_len = std::fs::metadata(&src).ok().map(|m| m.len());
+            let dest_len = std::fs::metadata(&dest).ok().map(|m| m.len());
+            let size = match (src_len, dest_len) {
+                // already uploaded (a redelivery): nothing to do
+                (Some(s), Some(d)) if s == d => s,
+                (None, Some(d)) => d,
+                (None, None) => {
+                    return Err(permanent(
+                        "missing_file",
+                        format!("cached file {} is gone and {} was never uploaded", src.display(), dest.display()),
+                    ));
                 }
-                let tmp = dest.with_extension("uploading");
-                tokio::fs::copy(&src, &tmp).await.map_err(|e| io(e, "copying to", &tmp))?;
-                tokio::fs::File::open(&tmp)
-                    .await
-                    .map_err(|e| io(e, "opening", &tmp))?
-                    .sync_all()
-                    .await
-                    .map_err(|e| io(e, "syncing", &tmp))?;
-                tokio::fs::rename(&tmp, &dest).await.map_err(|e| io(e, "renaming", &tmp))?;
-                s
+                (Some(s), _) => {
+                    if let Some(parent) = dest.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| io(e, "creating", parent))?;
+                    }
+                    let tmp = dest.with_extension("uploading");
+                    let _ = std::fs::remove_file(&tmp);
+                    // same file system: a hard link shares the cached data,
+                    // already synced by the download (no copy, no new inode);
+                    // otherwise a copy, synced
+                    if std::fs::hard_link(&src, &tmp).is_err() {
+                        std::fs::copy(&src, &tmp).map_err(|e| io(e, "copying to", &tmp))?;
+                        std::fs::File::open(&tmp)
+                            .and_then(|f| f.sync_all())
+                            .map_err(|e| io(e, "syncing", &tmp))?;
+                    }
+                    std::fs::rename(&tmp, &dest).map_err(|e| io(e, "renaming", &tmp))?;
+                    s
+                }
+            };
+            if remove_cache && src_len.is_some() {
+                std::fs::remove_file(&src).map_err(|e| io(e, "removing", &src))?;
+                if let Some(m) = sidecar(&src) {
+                    let _ = std::fs::remove_file(m);
+                }
             }
-        };
-        if self.cfg.remove_cache && src_len.is_some() {
-            tokio::fs::remove_file(&src).await.map_err(|e| io(e, "removing", &src))?;
-        }
+            Ok(size)
+        })
+        .await?;
         set(&mut v, &self.cfg.into, json!({ "target": root.display().to_string(), "name": name, "size": size }));
         let mut m = OutboundMessage::from_message(msg);
         m.payload = serde_json::to_vec(&v).expect("JSON").into();
@@ -304,6 +375,7 @@ mod tests {
                     match name.as_str() {
                         "doc.pdf" => ([("content-type", "application/pdf")], vec![7u8; 3000]).into_response(),
                         "big.pdf" => ([("content-type", "application/pdf")], vec![1u8; 200_000]).into_response(),
+                        "large.pdf" => ([("content-type", "application/pdf")], vec![3u8; 2_500_000]).into_response(),
                         "page.html" => ([("content-type", "text/html")], b"<html/>".to_vec()).into_response(),
                         _ => axum::http::StatusCode::NOT_FOUND.into_response(),
                     }
@@ -385,9 +457,29 @@ mod tests {
         let dest = dir.path().join("store").join(r["result"]["name"].as_str().unwrap());
         assert_eq!(std::fs::read(&dest).unwrap(), vec![7u8; 3000]);
         assert!(!Path::new(v["cached"]["path"].as_str().unwrap()).exists(), "cache removed after success");
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("cache")).unwrap().map(|e| e.unwrap().path()).collect();
+        assert!(left.is_empty(), "the cache file and its metadata sidecar are gone: {left:?}");
         // redelivery after the cache was removed: already uploaded, fine
         let r2 = one(&u, v).await.unwrap();
         assert_eq!(r2["result"], r["result"]);
+
+        // a body over the in-memory limit streams through its .part file
+        let d2 = Download::new(DownloadConfig { max_bytes: 10_000_000, ..d.cfg.clone() }, 0).unwrap();
+        let lv = one(&d2, json!({ "claim": "c2", "att": { "url": format!("http://{a}/f/large.pdf") } })).await.unwrap();
+        assert_eq!(lv["cached"]["size"], 2_500_000);
+        assert_eq!(lv["cached"]["sha256"], hex(Sha256::digest(vec![3u8; 2_500_000])));
+        let lr = one(&u, lv).await.unwrap();
+        let ldest = dir.path().join("store").join(lr["result"]["name"].as_str().unwrap());
+        assert_eq!(std::fs::read(&ldest).unwrap(), vec![3u8; 2_500_000]);
+
+        // a file that is not a download cache entry: its neighbours stay
+        let own = dir.path().join("report");
+        std::fs::write(&own, b"mine").unwrap();
+        std::fs::write(dir.path().join("report.json"), b"{}").unwrap();
+        let ov = json!({ "claim": "c3", "cached": { "path": own.display().to_string(), "sha256": "abc" } });
+        one(&u, ov).await.unwrap();
+        assert!(!own.exists(), "uploaded and removed");
+        assert!(dir.path().join("report.json").exists(), "not a cache sidecar: kept");
         let e =
             one(&u, json!({ "claim": "../x", "cached": { "path": "/nonexistent", "sha256": "z" } })).await.unwrap_err();
         assert_eq!(e.category(), ErrorCategory::Permanent);

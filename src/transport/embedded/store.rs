@@ -101,7 +101,7 @@ impl Store {
     pub fn open(dir: &Path) -> Result<(Store, WriterHandle), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create directory: {e}"))?;
         let db = Database::builder()
-            .set_cache_size(32 << 20)
+            .set_cache_size(8 << 20)
             .create(dir.join("conveyor.redb"))
             .map_err(|e| match e {
                 redb::DatabaseError::DatabaseAlreadyOpen => {
