@@ -58,6 +58,28 @@ async fn blocking<T: Send + 'static>(
 /// `.part` file as it streams.
 const SPILL_BYTES: usize = 1 << 20;
 
+/// The extended attribute that holds a download cache file's metadata. File
+/// systems without user xattrs get a `<name>.json` sidecar instead (one more
+/// file to create and delete per download).
+const META_XATTR: &str = "user.conveyor.download";
+
+/// A cache file's metadata: its xattr, else its sidecar (`None` if neither,
+/// or if the file itself is missing).
+fn read_meta(path: &Path, sidecar_path: &Path) -> Option<Value> {
+    let mut buf = [0u8; 4096];
+    let v = match rustix::fs::getxattr(path, META_XATTR, &mut buf[..]) {
+        Ok(n) => serde_json::from_slice::<Value>(&buf[..n]).ok(),
+        Err(_) => None,
+    };
+    match v {
+        Some(v) => Some(v),
+        None => std::fs::read(sidecar_path)
+            .ok()
+            .and_then(|m| serde_json::from_slice::<Value>(&m).ok())
+            .filter(|_| std::fs::metadata(path).is_ok()),
+    }
+}
+
 /// The metadata sidecar of a download cache file (`<sha256 of the URL>`).
 fn sidecar(cache_file: &Path) -> Option<PathBuf> {
     let name = cache_file.file_name()?.to_str()?;
@@ -107,13 +129,7 @@ impl Download {
         let name = hex(Sha256::digest(url.as_bytes()));
         let (path, meta) = (self.cfg.cache_dir.join(&name), self.cfg.cache_dir.join(format!("{name}.json")));
         let (p2, m2) = (path.clone(), meta.clone());
-        let cached = blocking(move || {
-            Ok(std::fs::read(&m2)
-                .ok()
-                .and_then(|m| serde_json::from_slice::<Value>(&m).ok())
-                .filter(|_| std::fs::metadata(&p2).is_ok()))
-        })
-        .await?;
+        let cached = blocking(move || Ok(read_meta(&p2, &m2))).await?;
         if let Some(v) = cached {
             return Ok(v);
         }
@@ -175,14 +191,22 @@ impl Download {
             return Err(e);
         }
         let v = json!({ "path": path.display().to_string(), "size": size, "sha256": hex(h.finalize()), "content_type": ct, "url": url });
-        let sidecar = serde_json::to_vec(&v).expect("JSON");
+        let metadata = serde_json::to_vec(&v).expect("JSON");
         blocking(move || {
-            // the data is on disk before the sidecar that vouches for it
             let f = append(file, &part, &buf)?;
+            // the metadata rides on the file (synced with it) where the file
+            // system allows; otherwise the data is on disk before the
+            // sidecar that vouches for it
+            let on_file =
+                metadata.len() <= 4096 && rustix::fs::fsetxattr(&f, META_XATTR, &metadata, rustix::fs::XattrFlags::empty()).is_ok();
             f.sync_all().map_err(|e| io(e, "syncing", &part))?;
             drop(f);
             std::fs::rename(&part, &path).map_err(|e| io(e, "renaming", &part))?;
-            std::fs::write(&meta, sidecar).map_err(|e| io(e, "writing", &meta))
+            if on_file {
+                Ok(())
+            } else {
+                std::fs::write(&meta, metadata).map_err(|e| io(e, "writing", &meta))
+            }
         })
         .await?;
         Ok(v)
@@ -330,7 +354,12 @@ impl Stage for Upload {
                     // same file system: a hard link shares the cached data,
                     // already synced by the download (no copy, no new inode);
                     // otherwise a copy, synced
-                    if std::fs::hard_link(&src, &tmp).is_err() {
+                    if std::fs::hard_link(&src, &tmp).is_ok() {
+                        if remove_cache {
+                            // the shared inode carries the cache's metadata
+                            let _ = rustix::fs::removexattr(&tmp, META_XATTR);
+                        }
+                    } else {
                         std::fs::copy(&src, &tmp).map_err(|e| io(e, "copying to", &tmp))?;
                         std::fs::File::open(&tmp)
                             .and_then(|f| f.sync_all())
