@@ -492,6 +492,18 @@ mod tests {
         let r2 = one(&u, v).await.unwrap();
         assert_eq!(r2["result"], r["result"]);
 
+        // metadata too big for the xattr (a long URL): kept in a sidecar,
+        // found again on redelivery, removed with the cache file
+        let long = json!({ "claim": "c4", "att": { "url": format!("http://{a}/f/doc.pdf?pad={}", "p".repeat(5000)) } });
+        let sv = one(&d, long.clone()).await.unwrap();
+        let before = hits.load(Ordering::Relaxed);
+        assert_eq!(one(&d, long).await.unwrap()["cached"], sv["cached"]);
+        assert_eq!(hits.load(Ordering::Relaxed), before, "found through the sidecar: not fetched again");
+        let cache_file = PathBuf::from(sv["cached"]["path"].as_str().unwrap());
+        assert!(sidecar(&cache_file).unwrap().exists());
+        one(&u, sv).await.unwrap();
+        assert!(!cache_file.exists() && !sidecar(&cache_file).unwrap().exists());
+
         // a body over the in-memory limit streams through its .part file
         let d2 = Download::new(DownloadConfig { max_bytes: 10_000_000, ..d.cfg.clone() }, 0).unwrap();
         let lv = one(&d2, json!({ "claim": "c2", "att": { "url": format!("http://{a}/f/large.pdf") } })).await.unwrap();
