@@ -949,9 +949,73 @@ pub fn check_brokers(cfg: &Config) -> Vec<String> {
             }
         }
     }
-    #[cfg(not(feature = "kafka"))]
+    #[cfg(feature = "eventhubs")]
+    {
+        let hubs: Vec<(&String, &crate::config::EventHubsConfig)> = cfg
+            .transports
+            .iter()
+            .filter_map(|(n, t)| match t {
+                TransportConfig::Eventhubs(c) => Some((n, c)),
+                _ => None,
+            })
+            .collect();
+        if !hubs.is_empty() {
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => {
+                    for (tname, c) in hubs {
+                        rt.block_on(check_hubs(cfg, tname, c, &mut warnings));
+                    }
+                }
+                Err(e) => warnings.push(format!("cannot compare Event Hubs partition counts: {e}")),
+            }
+        }
+    }
+    #[cfg(not(any(feature = "kafka", feature = "eventhubs")))]
     let _ = cfg;
     warnings
+}
+
+/// `conveyor check` for one Event Hubs transport: each entity's hub must
+/// exist with the configured partition count. The first hub that cannot be
+/// read ends the check of that transport with one warning (an unreachable
+/// namespace would otherwise cost a timeout per entity).
+#[cfg(feature = "eventhubs")]
+async fn check_hubs(cfg: &Config, tname: &str, c: &crate::config::EventHubsConfig, warnings: &mut Vec<String>) {
+    use crate::transport::eventhub::EventHubsTransport;
+    let ents = eventhub_entities(cfg, tname);
+    // the hubs only: the checkpoint store is not needed to read them
+    let c = crate::config::EventHubsConfig { checkpoint_store: None, ..c.clone() };
+    let t = match EventHubsTransport::open(tname, &c, ents.clone()).await {
+        Ok(t) => t,
+        Err(e) => {
+            warnings.push(format!("transports.{tname}: cannot open to compare partition counts: {e}"));
+            return;
+        }
+    };
+    for e in &ents {
+        match tokio::time::timeout(Duration::from_secs(15), t.hub_partitions(&e.hub)).await {
+            Ok(Ok(n)) if n != e.partitions => warnings.push(format!(
+                "entities.{}: event hub {:?} has {n} partitions on {tname}, the config says {}",
+                e.key, e.hub, e.partitions
+            )),
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                warnings.push(format!(
+                    "entities.{}: cannot read event hub {:?} on {tname} (does it exist?): {err}; partition counts not compared",
+                    e.key, e.hub
+                ));
+                break;
+            }
+            Err(_) => {
+                warnings.push(format!(
+                    "transports.{tname}: event hub {:?} did not answer within 15s; partition counts not compared",
+                    e.hub
+                ));
+                break;
+            }
+        }
+    }
+    t.close().await;
 }
 
 #[cfg(test)]

@@ -430,3 +430,33 @@ async fn the_seed_pipeline_runs_on_event_hubs_with_uploads_to_azurite() {
         .unwrap();
     assert!(!cps.is_empty());
 }
+
+/// `conveyor check` reads each hub's partition count from the namespace and
+/// warns when the config says otherwise; an unreachable namespace is one
+/// warning, without its key; neither fails the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_compares_hub_partition_counts_with_the_namespace() {
+    let b = broker(4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("{{ type: file, path: \"{}\" }}", dir.path().join("cp").display());
+    let path = dir.path().join("c.yaml");
+    let run_check = move |text: String| {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::write(&path, text).unwrap();
+            let out = std::process::Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+            assert_eq!(out.status.code(), Some(0), "warnings do not fail check");
+            String::from_utf8_lossy(&out.stderr).to_string()
+        })
+    };
+    let err = run_check(eh_yaml(&eh_conn(&b), &store, "chk-in", "chk-out", 3, "$Default")).await.unwrap();
+    assert!(err.contains("entities.chk-in: event hub \"chk-in\" has 4 partitions on hubs, the config says 3"), "{err}");
+    let matching = run_check(eh_yaml(&eh_conn(&b), &store, "chk-in", "chk-out", 4, "$Default")).await.unwrap();
+    assert!(!matching.contains("partitions on hubs"), "{matching}");
+    let port = b.local_addr().port();
+    drop(b);
+    let gone = run_check(eh_yaml(&eh_conn_port(port), &store, "chk-in", "chk-out", 4, "$Default")).await.unwrap();
+    assert!(gone.contains("partition counts not compared"), "{gone}");
+    assert_eq!(gone.matches("partition counts not compared").count(), 1, "{gone}");
+    assert!(!gone.contains(SAS_KEY), "{gone}");
+}

@@ -247,6 +247,14 @@ impl EventHubsTransport {
         Ok(p)
     }
 
+    /// The partition count of `hub` as the service reports it (for
+    /// `conveyor check`).
+    pub async fn hub_partitions(&self, hub: &str) -> Result<u32, TransportError> {
+        let p = self.producer_for(hub).await?;
+        let props = p.get_eventhub_properties().await.map_err(|e| self.map_err(hub, &e))?;
+        Ok(props.partition_ids.len() as u32)
+    }
+
     /// Opens a consumer client on `hub` in `group` (SDK error).
     async fn open_consumer(&self, hub: &str, group: &str, instance: &str) -> Result<ConsumerClient, EventHubsError> {
         let mut b = ConsumerClient::builder()

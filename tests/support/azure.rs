@@ -26,9 +26,13 @@ pub async fn broker(partitions: u32) -> Broker {
 
 /// The connection string both SDKs use for the local broker.
 pub fn eh_conn(b: &Broker) -> String {
+    eh_conn_port(b.local_addr().port())
+}
+
+/// [`eh_conn`] for a broker on `port` (which may be gone).
+pub fn eh_conn_port(port: u16) -> String {
     format!(
-        "Endpoint=sb://127.0.0.1:{};SharedAccessKeyName=conveyor-test;SharedAccessKey=SuperSecretSasKey0123456789abcdef=;UseDevelopmentEmulator=true",
-        b.local_addr().port()
+        "Endpoint=sb://127.0.0.1:{port};SharedAccessKeyName=conveyor-test;SharedAccessKey=SuperSecretSasKey0123456789abcdef=;UseDevelopmentEmulator=true"
     )
 }
 
