@@ -197,16 +197,12 @@ impl Download {
             // the metadata rides on the file (synced with it) where the file
             // system allows; otherwise the data is on disk before the
             // sidecar that vouches for it
-            let on_file =
-                metadata.len() <= 4096 && rustix::fs::fsetxattr(&f, META_XATTR, &metadata, rustix::fs::XattrFlags::empty()).is_ok();
+            let on_file = metadata.len() <= 4096
+                && rustix::fs::fsetxattr(&f, META_XATTR, &metadata, rustix::fs::XattrFlags::empty()).is_ok();
             f.sync_all().map_err(|e| io(e, "syncing", &part))?;
             drop(f);
             std::fs::rename(&part, &path).map_err(|e| io(e, "renaming", &part))?;
-            if on_file {
-                Ok(())
-            } else {
-                std::fs::write(&meta, metadata).map_err(|e| io(e, "writing", &meta))
-            }
+            if on_file { Ok(()) } else { std::fs::write(&meta, metadata).map_err(|e| io(e, "writing", &meta)) }
         })
         .await?;
         Ok(v)
@@ -361,9 +357,7 @@ impl Stage for Upload {
                         }
                     } else {
                         std::fs::copy(&src, &tmp).map_err(|e| io(e, "copying to", &tmp))?;
-                        std::fs::File::open(&tmp)
-                            .and_then(|f| f.sync_all())
-                            .map_err(|e| io(e, "syncing", &tmp))?;
+                        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io(e, "syncing", &tmp))?;
                     }
                     std::fs::rename(&tmp, &dest).map_err(|e| io(e, "renaming", &tmp))?;
                     s

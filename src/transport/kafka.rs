@@ -46,6 +46,7 @@ use crate::classify::{self, ErrorCategory};
 use crate::config::KafkaConfig;
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::task::AtomicWaker;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -55,7 +56,6 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerConte
 use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 use std::collections::{HashMap, VecDeque};
-use futures::task::AtomicWaker;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -338,10 +338,11 @@ impl Producer for KafkaTransport {
                 rec = rec.timestamp(ts);
             }
             if !m.headers.is_empty() {
-                rec = rec.headers(m.headers.iter().fold(
-                    OwnedHeaders::new_with_capacity(m.headers.0.len()),
-                    |h, (k, v)| h.insert(Header { key: k, value: Some(&v[..]) }),
-                ));
+                rec = rec.headers(
+                    m.headers.iter().fold(OwnedHeaders::new_with_capacity(m.headers.0.len()), |h, (k, v)| {
+                        h.insert(Header { key: k, value: Some(&v[..]) })
+                    }),
+                );
             }
             loop {
                 match self.inner.producer.send(rec) {
