@@ -15,6 +15,8 @@
 #
 # The data directory is a fresh `mktemp -d` under $TMPDIR: set
 # TMPDIR=/dev/shm to take the disk (file creation, fsync) out of the figure.
+# WRAP=cmd runs the daemon as `cmd conveyor run ...` (e.g. a profiler that
+# execs its argument; the CPU and RSS figures are then the wrapper's).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 n=${1:-5000}

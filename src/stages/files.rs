@@ -184,8 +184,8 @@ impl Download {
             }
         };
         if let Some(e) = failed {
-            if file.is_some() || !buf.is_empty() {
-                drop(file);
+            // a `.part` file exists only once the body spilled
+            if file.take().is_some() {
                 let _ = tokio::fs::remove_file(&part).await;
             }
             return Err(e);

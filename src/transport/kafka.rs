@@ -670,17 +670,25 @@ fn headers_of<M: Message>(m: &M) -> Headers {
     }
 }
 
-/// A message from a stray queue (already owned: copied once by librdkafka's
-/// `detach`).
-fn owned_to_message(m: &OwnedMessage, label: &Arc<str>) -> PipelineMessage {
+/// Everything of `m` but its payload (left empty); the key is copied (small).
+fn without_payload<M: Message>(m: &M, label: &Arc<str>) -> PipelineMessage {
     PipelineMessage {
         entity: label.clone(),
         partition: m.partition() as u32,
         position: m.offset(),
         key: m.key().map(Bytes::copy_from_slice),
         headers: headers_of(m),
-        payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+        payload: Bytes::new(),
         timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+    }
+}
+
+/// A message from a stray queue (already owned: copied once by librdkafka's
+/// `detach`).
+fn owned_to_message(m: &OwnedMessage, label: &Arc<str>) -> PipelineMessage {
+    PipelineMessage {
+        payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+        ..without_payload(m, label)
     }
 }
 
@@ -699,18 +707,10 @@ impl AsRef<[u8]> for HeldMessage {
 }
 
 /// A polled message as a [`PipelineMessage`] whose payload points into
-/// librdkafka's fetch buffer (zero-copy); the key is copied (small).
+/// librdkafka's fetch buffer (zero-copy).
 #[allow(unsafe_code)]
 fn hold(m: BorrowedMessage<'_>, consumer: &Arc<BaseConsumer<Ctx>>, label: &Arc<str>) -> PipelineMessage {
-    let meta = PipelineMessage {
-        entity: label.clone(),
-        partition: m.partition() as u32,
-        position: m.offset(),
-        key: m.key().map(Bytes::copy_from_slice),
-        headers: headers_of(&m),
-        payload: Bytes::new(),
-        timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
-    };
+    let meta = without_payload(&m, label);
     if m.payload().is_none_or(|p| p.is_empty()) {
         return meta;
     }
