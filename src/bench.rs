@@ -7,8 +7,9 @@
 //!
 //! - **baseline** — a naive copy loop per partition straight on the transport
 //!   API (fetch → send → commit), no worker machinery;
-//! - **conveyor** — a real worker (`worker::run`, passthrough stage, metrics,
-//!   panic catching, lanes) doing the same hop.
+//! - **conveyor** — a real worker, built from a config by the daemon's own
+//!   builder (`runtime::build`: passthrough stage, metrics, panic catching,
+//!   lanes on the partition host), doing the same hop.
 //!
 //! A producer task writes N messages into `in` while the hop copies them to
 //! `out`; the clock stops when the group has committed all N. It reports
@@ -17,14 +18,15 @@
 //! conveyor/baseline ratio, and peak RSS of each run (`VmHWM`, reset between
 //! runs). Figures, not assertions: compare ratios, not absolute numbers.
 
-use crate::config::StartPosition;
+use crate::config::{ConfigError, StartPosition};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::stages::Passthrough;
-use crate::transport::embedded::{Embedded, EmbeddedOptions, EntitySpec};
-use crate::transport::{Assignment, OutboundMessage, Transport};
-use crate::worker::{self, OutputTarget, WorkerSpec};
+use crate::runtime::build::{Options, Parts};
+use crate::runtime::{RuntimeError, transports};
+use crate::transport::{Assignment, OutboundMessage, Transport, TransportError};
+use crate::worker::{self, WorkerError};
 use bytes::Bytes;
+use std::collections::BTreeMap;
 use clap::Args;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +34,37 @@ use tokio_util::sync::CancellationToken;
 
 #[cfg(feature = "kafka")]
 pub mod kafka_naive;
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("cannot start the async runtime: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    #[error("HTTP: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("HTTP status {0}")]
+    Status(u16),
+    #[cfg(feature = "kafka")]
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[cfg(feature = "kafka")]
+    #[error("a Kafka delivery was cancelled")]
+    Cancelled,
+    #[error("a benchmark task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("unknown mode {0:?} (memory, durable, both)")]
+    Mode(String),
+    #[error("the hop stopped before every message was committed")]
+    Stopped,
+}
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum BenchCommand {
@@ -60,7 +93,7 @@ pub struct HttpArgs {
 /// `conveyor bench http`: GETs against the simulated APIs, alternating an
 /// enrichment call and an attachment download, as fast as `concurrency`
 /// allows; prints requests/s and requests per CPU-second of this process.
-async fn http_ceiling(a: HttpArgs) -> Result<(), String> {
+async fn http_ceiling(a: HttpArgs) -> Result<(), BenchError> {
     let cfg = crate::config::SimulationConfig {
         enabled: true,
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -69,7 +102,7 @@ async fn http_ceiling(a: HttpArgs) -> Result<(), String> {
         attachment_bytes: a.attachment_bytes,
     };
     let stop = CancellationToken::new();
-    let addr = crate::simulation::serve(&cfg, stop.clone()).await.map_err(|e| e.to_string())?;
+    let addr = crate::simulation::serve(&cfg, stop.clone()).await?;
     let client = reqwest::Client::new();
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (t0, c0) = (Instant::now(), cpu_seconds());
@@ -80,23 +113,23 @@ async fn http_ceiling(a: HttpArgs) -> Result<(), String> {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= total {
-                    return Ok::<(), String>(());
+                    return Ok::<(), BenchError>(());
                 }
                 let url = if i % 2 == 0 {
                     format!("http://{addr}/xact/enrich/C{i}")
                 } else {
                     format!("http://{addr}/files/A{i}.pdf")
                 };
-                let r = client.get(url).send().await.map_err(|e| e.to_string())?;
+                let r = client.get(url).send().await?;
                 if !r.status().is_success() {
-                    return Err(format!("HTTP {}", r.status()));
+                    return Err(BenchError::Status(r.status().as_u16()));
                 }
-                r.bytes().await.map_err(|e| e.to_string())?;
+                r.bytes().await?;
             }
         });
     }
     while let Some(r) = tasks.join_next().await {
-        r.map_err(|e| e.to_string())??;
+        r??;
     }
     let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
     stop.cancel();
@@ -141,8 +174,8 @@ struct Sample {
     peak_rss_kb: u64,
 }
 
-pub fn main(args: BenchArgs) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+pub fn main(args: BenchArgs) -> Result<(), BenchError> {
+    let rt = crate::runtime::executor()?;
     match args.command.clone() {
         #[cfg(feature = "kafka")]
         Some(BenchCommand::KafkaNaive(a)) => return rt.block_on(kafka_naive::run(a)),
@@ -153,7 +186,7 @@ pub fn main(args: BenchArgs) -> Result<(), String> {
         "memory" => vec![false],
         "durable" => vec![true],
         "both" => vec![false, true],
-        m => return Err(format!("unknown mode {m:?} (memory, durable, both)")),
+        m => return Err(BenchError::Mode(m.to_string())),
     };
     let base_dir = match &args.dir {
         Some(d) => d.clone(),
@@ -200,14 +233,24 @@ pub fn main(args: BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn run_once(args: &BenchArgs, dir: Option<std::path::PathBuf>, conveyor: bool) -> Result<Sample, String> {
-    let entities = [
-        EntitySpec { name: "in".into(), key: "in".into(), partitions: args.partitions },
-        EntitySpec { name: "out".into(), key: "out".into(), partitions: args.partitions },
-    ];
-    let groups = [("in".to_string(), "bench".to_string(), StartPosition::Earliest)];
-    let opts = EmbeddedOptions { name: "bench".into(), path: dir, capacity: 10_000 };
-    let t = Embedded::open(opts, &entities, &groups).map_err(|e| e.to_string())?;
+/// The benchmark's topology: `in` → worker `bench` (passthrough) → `out`
+/// on one embedded transport, durable in `dir` when given.
+fn bench_config(args: &BenchArgs, dir: Option<&std::path::Path>) -> Result<crate::config::Config, ConfigError> {
+    let path = dir.map(|d| format!(", path: {:?}", d.display().to_string())).unwrap_or_default();
+    let text = format!(
+        "transports: {{ bench: {{ type: embedded, capacity: 10000{path} }} }}\n\
+         entities:\n  in: {{ transport: bench, partitions: {p} }}\n  out: {{ transport: bench, partitions: {p} }}\n\
+         workers:\n  bench: {{ input: in, outputs: {{ default: out }}, batch_size: {b} }}\n",
+        p = args.partitions,
+        b = args.batch
+    );
+    Ok(crate::config::load_str(&text, std::path::Path::new("bench.yaml"), |_| None)?.config)
+}
+
+async fn run_once(args: &BenchArgs, dir: Option<std::path::PathBuf>, conveyor: bool) -> Result<Sample, BenchError> {
+    let cfg = bench_config(args, dir.as_deref())?;
+    let live = BTreeMap::from([("bench".to_string(), transports::open(&cfg, "bench").await?)]);
+    let t = live["bench"].transport.clone();
     // `out` has no consumer: keep its memory bounded like a real sink would
     reset_peak_rss();
     let cpu0 = cpu_seconds();
@@ -224,58 +267,34 @@ async fn run_once(args: &BenchArgs, dir: Option<std::path::PathBuf>, conveyor: b
             let k = (n - sent).min(batch as u64);
             let msgs: Vec<OutboundMessage> =
                 (0..k).map(|_| OutboundMessage { payload: payload.clone(), ..Default::default() }).collect();
-            producer.send("in", msgs).await.map_err(|e| e.to_string())?;
+            producer.send("in", msgs).await?;
             sent += k;
         }
-        Ok::<_, String>(())
+        Ok::<_, BenchError>(())
     });
 
     // the hop
     let hop = if conveyor {
-        let metrics = Metrics::new();
-        let wm = metrics.worker("bench", "in");
-        let spec = Arc::new(WorkerSpec {
-            name: "bench".into(),
-            input: "in".into(),
-            input_physical: "in".into(),
-            transport: Arc::new(t.clone()),
-            group: "bench".into(),
-            start: StartPosition::Earliest,
-            stage: Arc::new(Passthrough { output: 0 }),
-            outputs: vec![OutputTarget {
-                entity: "out".into(),
-                physical: "out".into(),
-                producer: t.producer(),
-                produced: wm.produced("out"),
-            }],
-            tee: None,
-            dead_letter: None,
-            concurrency: 1,
-            batch_size: args.batch,
-            metrics: wm,
-            retry_base: Duration::from_millis(100),
-            retry_max: Duration::from_secs(1),
-            retry: None,
-            breaker: None,
-        });
-        let health = Health::new().task("bench", "worker");
+        let (metrics, health) = (Metrics::new(), Health::new());
+        let opts = Options::default();
+        let parts = Parts { cfg: &cfg, transports: &live, metrics: &metrics, health: &health, opts: &opts, grace: Duration::from_secs(30) };
+        let spec = parts.worker("bench")?;
         let c = cancel.clone();
-        tokio::spawn(async move { worker::run(spec, health, c).await.map_err(|e| e.to_string()) })
+        tokio::spawn(async move { Ok(worker::run(spec, c).await?) })
     } else {
-        let t2 = t.clone();
-        let c = cancel.clone();
-        let batch = args.batch;
+        let (t2, c, batch) = (t.clone(), cancel.clone(), args.batch);
         tokio::spawn(async move { baseline(t2, batch, c).await })
     };
 
     // wait until everything is committed
     loop {
-        let done: i64 = t.committed("in", "bench").map_err(|e| e.to_string())?.iter().map(|c| c.unwrap_or(0)).sum();
+        let done: i64 = t.group_positions("in", "bench").await?.iter().map(|g| g.committed.unwrap_or(0)).sum();
         if done as u64 >= args.messages {
             break;
         }
         if hop.is_finished() {
-            return Err("the hop stopped early".into());
+            hop.await??;
+            return Err(BenchError::Stopped);
         }
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
@@ -283,21 +302,19 @@ async fn run_once(args: &BenchArgs, dir: Option<std::path::PathBuf>, conveyor: b
     let cpu = cpu_seconds() - cpu0;
     let peak = peak_rss_kb();
     cancel.cancel();
-    prod.await.map_err(|e| e.to_string())??;
-    hop.await.map_err(|e| e.to_string())??;
-    t.close().await;
+    prod.await??;
+    hop.await??;
+    t.close(Duration::from_secs(30)).await;
     Ok(Sample { secs, cpu, peak_rss_kb: peak })
 }
 
 /// The naive loop: one task per partition, fetch → send → commit.
-async fn baseline(t: Embedded, batch: usize, cancel: CancellationToken) -> Result<(), String> {
-    let mut sub = t.subscribe("in", "bench", StartPosition::Earliest).await.map_err(|e| e.to_string())?;
+async fn baseline(t: Arc<dyn Transport>, batch: usize, cancel: CancellationToken) -> Result<(), BenchError> {
+    let mut sub = t.subscribe("in", "bench", StartPosition::Earliest).await?;
     let mut tasks = Vec::new();
-    let parts = t.partitions("in").await.map_err(|e| e.to_string())?.len();
-    for _ in 0..parts {
-        let Assignment::Assigned(mut r) = sub.next().await.map_err(|e| e.to_string())? else {
-            return Err("unexpected revoke".into());
-        };
+    let parts = t.partitions("in").await?.len();
+    while tasks.len() < parts {
+        let Assignment::Assigned(mut r) = sub.next().await? else { continue };
         let producer = t.producer();
         let c = cancel.clone();
         tasks.push(tokio::spawn(async move {
@@ -305,17 +322,19 @@ async fn baseline(t: Embedded, batch: usize, cancel: CancellationToken) -> Resul
             loop {
                 buf.clear();
                 tokio::select! {
-                    _ = c.cancelled() => return Ok::<_, String>(()),
-                    r2 = r.fetch(batch, &mut buf) => r2.map_err(|e| e.to_string())?,
+                    _ = c.cancelled() => return Ok::<_, BenchError>(()),
+                    r2 = r.fetch(batch, &mut buf) => r2?,
                 }
                 let out: Vec<OutboundMessage> = buf.iter().map(OutboundMessage::from_message).collect();
-                producer.send("out", out).await.map_err(|e| e.to_string())?;
-                r.commit(buf.last().unwrap()).await.map_err(|e| e.to_string())?;
+                producer.send("out", out).await?;
+                if let Some(last) = buf.last() {
+                    r.commit(last).await?;
+                }
             }
         }));
     }
     for task in tasks {
-        task.await.map_err(|e| e.to_string())??;
+        task.await??;
     }
     Ok(())
 }

@@ -22,8 +22,13 @@
 //!   "dead_lettered_at": "2026-11-27T15:00:00Z"
 //! }
 //! ```
-
-pub mod tools;
+//!
+//! A **trimmed** envelope is written when the full one is larger than the
+//! dead-letter entity accepts (base64 makes an envelope about 1.37× its
+//! payload): `payload` is empty and `"payload_truncated": true`,
+//! `"payload_size"` and `"payload_sha256"` describe the original; headers
+//! too large to keep are dropped (`"headers_dropped": N`). `dlq redrive`
+//! leaves trimmed envelopes alone (their payload is gone) and counts them.
 
 use crate::classify::ErrorCategory;
 use crate::transport::{Headers, OutboundMessage, PipelineMessage};
@@ -49,7 +54,24 @@ pub struct Envelope {
     pub trace_id: String,
     pub conveyor_version: String,
     pub dead_lettered_at: String,
+    /// The payload is not in this envelope (it did not fit the DLQ).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub payload_truncated: bool,
+    /// Size of the original payload, when truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_size: Option<u64>,
+    /// SHA-256 (hex) of the original payload, when truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_sha256: Option<String>,
+    /// Headers left out of a trimmed envelope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_dropped: Option<usize>,
 }
+
+/// Headers larger than this (encoded) are dropped from a trimmed envelope.
+const TRIMMED_HEADER_BYTES: usize = 16 << 10;
+/// A trimmed envelope's error message is clipped to this.
+const TRIMMED_MESSAGE_BYTES: usize = 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EnvelopeHeader {
@@ -141,7 +163,30 @@ impl Envelope {
             trace_id: trace_id(&msg.headers),
             conveyor_version: env!("CARGO_PKG_VERSION").into(),
             dead_lettered_at: rfc3339(SystemTime::now()),
+            payload_truncated: false,
+            payload_size: None,
+            payload_sha256: None,
+            headers_dropped: None,
         }
+    }
+
+    /// Leaves the payload (and headers too large to keep) out, describing
+    /// the payload by size and SHA-256 instead.
+    pub fn trim(&mut self) {
+        if !self.payload_truncated {
+            use sha2::{Digest, Sha256};
+            let original = B64.decode(&self.payload).unwrap_or_default();
+            self.payload_size = Some(original.len() as u64);
+            self.payload_sha256 = Some(Sha256::digest(&original).iter().map(|b| format!("{b:02x}")).collect());
+            self.payload = String::new();
+            self.payload_truncated = true;
+        }
+        let header_bytes: usize = self.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+        if header_bytes > TRIMMED_HEADER_BYTES {
+            self.headers_dropped = Some(self.headers.len());
+            self.headers.clear();
+        }
+        crate::text::truncate(&mut self.error.message, TRIMMED_MESSAGE_BYTES);
     }
 
     /// The message to write to the dead-letter entity.
@@ -212,5 +257,46 @@ mod tests {
         assert_eq!(back.origin.position, 42);
         assert_eq!(back.error.first_failure, "2027-01-15T08:00:00.000Z");
         assert_eq!(out.headers.get_str(HEADER_CATEGORY), Some("permanent"));
+        assert!(!String::from_utf8_lossy(&out.payload).contains("payload_truncated"), "absent unless trimmed");
+    }
+
+    #[test]
+    fn a_trimmed_envelope_describes_the_payload_it_leaves_out() {
+        let mut headers = Headers::default();
+        headers.set("big", Bytes::from(vec![b'h'; 20_000]));
+        let msg = PipelineMessage {
+            entity: "in".into(),
+            partition: 0,
+            position: 9,
+            key: None,
+            headers,
+            payload: Bytes::from(vec![7u8; 100_000]),
+            timestamp_ms: 0,
+        };
+        let now = SystemTime::now();
+        let long = "é".repeat(2000);
+        let f = Failure {
+            category: ErrorCategory::Permanent,
+            kind: "too_large",
+            message: &long,
+            first_failure: now,
+            last_failure: now,
+            attempts: 1,
+        };
+        let cx = Context { transport: "embedded", consumer_group: "g", worker: "w" };
+        let mut env = Envelope::new(&msg, &f, &cx);
+        let full = env.to_message(None).payload.len();
+        env.trim();
+        let out = env.to_message(None);
+        assert!(out.payload.len() < 2_000, "{} bytes (was {full})", out.payload.len());
+        let back = Envelope::parse(&out.payload).unwrap();
+        assert!(back.payload_truncated && back.payload.is_empty());
+        assert_eq!(back.payload_size, Some(100_000));
+        use sha2::{Digest, Sha256};
+        let want: String = Sha256::digest(vec![7u8; 100_000]).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(back.payload_sha256.as_deref(), Some(want.as_str()));
+        assert_eq!(back.headers_dropped, Some(1));
+        assert!(back.error.message.len() <= 1024 && back.error.message.starts_with('é'));
+        assert_eq!(back.origin.position, 9, "the coordinates stay");
     }
 }

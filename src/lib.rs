@@ -6,20 +6,28 @@
 //! - [`config`]: the YAML topology (transports, entities, sources,
 //!   workers), validated with every error located by file, line and path.
 //! - [`transport`]: the transport-agnostic API ([`transport::PipelineMessage`],
-//!   [`transport::ProduceResult`], [`transport::PartitionInfo`], producer and
-//!   consumer traits) and its implementations ([`transport::embedded`],
-//!   `transport::kafka` with the `kafka` feature).
-//! - [`worker`]: consume → stage → produce → commit, one lane per partition.
+//!   producer, subscription and reader traits) and its implementations
+//!   ([`transport::embedded`], `transport::kafka`, `transport::eventhub`).
+//! - [`consume`]: the partition host — one lane per assigned partition —
+//!   that workers and retry schedulers both run on.
+//! - [`worker`]: consume → stage → deliver → commit, with the failure policy
+//!   as a pure function ([`worker::policy`]).
 //! - [`stages`]: what a worker does with a message.
 //! - [`classify`]: every failure is `Transient`, `Auth`, `Permanent` or
 //!   `Throttling`; the category decides retry, dead-letter or pause.
 //! - [`dlq`]: the dead-letter envelope; [`retry`]: delayed retries through
 //!   retry entities and their scheduler.
-//! - [`supervisor`]: restarts with backoff, panic containment, bounded drain.
-//! - [`http`], [`metrics`], [`health`], [`telemetry`], [`notify`],
-//!   [`watchdog`], [`watch`]: operations (endpoints, metrics, systemd,
-//!   live reload).
-//! - [`app`]: builds and runs all of the above from a config.
+//! - [`sources`]: built-in producers; [`simulation`]: the simulated APIs.
+//! - [`supervisor`]: restarts with [`backoff`], panic containment, bounded
+//!   drain; [`health`]: task states and their gauges.
+//! - [`runtime`]: builds the pipeline from a config, reloads it live, drains
+//!   it; [`daemon`]: signals, file watch and reload triggers around it.
+//! - [`admin`], [`metrics`], [`telemetry`], [`systemd`], [`watch`]:
+//!   operations (endpoints, metrics, logs, systemd, config file watching).
+//! - [`commands`]: `check`, `dlq`, `graph`; [`bench`]: `conveyor bench`.
+//! - Helpers with one job each: [`text`] (char-boundary-safe clipping),
+//!   [`fsync`] (durable file operations), [`azure`] (Blob and Entra ID
+//!   clients).
 //!
 //! # Delivery guarantee
 //!
@@ -33,26 +41,29 @@
 // payloads (`transport::kafka::hold`).
 #![deny(unsafe_code)]
 
-pub mod app;
+pub mod admin;
+pub mod azure;
+pub mod backoff;
 pub mod bench;
-#[cfg(feature = "eventhubs")]
-pub mod checkpoint;
 pub mod classify;
 pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod consume;
+pub mod daemon;
 pub mod dlq;
-pub mod graph;
+pub mod fsync;
 pub mod health;
-pub mod http;
 pub mod metrics;
-pub mod notify;
 pub mod retry;
+pub mod runtime;
 pub mod simulation;
 pub mod sources;
 pub mod stages;
 pub mod supervisor;
+pub mod systemd;
 pub mod telemetry;
+pub mod text;
 pub mod transport;
 pub mod watch;
-pub mod watchdog;
 pub mod worker;

@@ -4,11 +4,11 @@
 use clap::Parser;
 use conveyor::cli::{Cli, Command, DlqCommand, EXIT_FAILURE, EXIT_USAGE};
 use conveyor::config;
-use conveyor::dlq::tools::{self, Filter, RedriveOptions};
+use conveyor::commands::dlq::{self as tools, Filter, RedriveOptions};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    conveyor::app::install_tls_provider();
+    conveyor::runtime::install_tls_provider();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -23,7 +23,7 @@ fn main() -> ExitCode {
                 for w in &l.warnings {
                     eprintln!("warning: {w}");
                 }
-                for w in conveyor::app::check_brokers(&l.config) {
+                for w in conveyor::commands::check::brokers(&l.config) {
                     eprintln!("warning: {w}");
                 }
                 let c = &l.config;
@@ -54,14 +54,18 @@ fn main() -> ExitCode {
             for w in &loaded.warnings {
                 tracing::warn!(warning = %w, "config warning");
             }
-            let rt = match conveyor::app::build_runtime() {
+            let rt = match conveyor::runtime::executor() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the async runtime: {e}");
                     return ExitCode::from(EXIT_FAILURE);
                 }
             };
-            match rt.block_on(conveyor::app::run(&a.config, &loaded.config, loaded.hash)) {
+            let r = rt.block_on(conveyor::daemon::run(&a.config, &loaded.config, loaded.hash));
+            // the drain is over (or its grace ran out): blocking calls still
+            // running (a stuck broker's close) do not hold the exit
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            match r {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "conveyor stopped with an error");
@@ -73,11 +77,11 @@ fn main() -> ExitCode {
         Command::Graph { config: path, format } => match config::load_file(&path) {
             Ok(l) => match format.as_str() {
                 "mermaid" => {
-                    print!("{}", conveyor::graph::mermaid(&l.config));
+                    print!("{}", conveyor::commands::graph::mermaid(&l.config));
                     ExitCode::SUCCESS
                 }
                 "dot" => {
-                    print!("{}", conveyor::graph::dot(&l.config));
+                    print!("{}", conveyor::commands::graph::dot(&l.config));
                     ExitCode::SUCCESS
                 }
                 other => {
@@ -151,8 +155,8 @@ fn dlq(cmd: DlqCommand) -> ExitCode {
             rt.block_on(tools::redrive(cfg, &o)).map(|r| {
                 let verb = if dry_run { "would redrive" } else { "redrove" };
                 println!(
-                    "{verb} {} of {} envelope(s) ({} not matching, {} unreadable)",
-                    r.redriven, r.examined, r.skipped, r.unreadable
+                    "{verb} {} of {} envelope(s) ({} not matching, {} unreadable, {} trimmed without payload)",
+                    r.redriven, r.examined, r.skipped, r.unreadable, r.trimmed
                 );
                 for (t, n) in &r.by_target {
                     println!("  {n} -> {t}");

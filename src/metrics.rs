@@ -17,8 +17,15 @@
 //! | `conveyor_source_events_total` | counter | source, entity |
 //! | `conveyor_retries_scheduled_total` | counter | worker, entity (the retry entity) |
 //! | `conveyor_retry_redelivered_total` | counter | entity (the retry entity) |
-//! | `conveyor_retry_invalid_total` | counter | entity |
+//! | `conveyor_retry_invalid_total` | counter | entity (retries nothing takes: dead-lettered) |
+//! | `conveyor_retry_rerouted_total` | counter | entity (retries sent to their worker's new input) |
+//! | `conveyor_retry_reparked_total` | counter | entity (long retries written again so the commit advances) |
+//! | `conveyor_retries_adopted_total` | counter | worker (retries of a removed worker taken over) |
+//! | `conveyor_retries_orphaned_total` | counter | worker (retries of a removed worker dead-lettered) |
 //! | `conveyor_retry_pending_messages` | gauge | entity |
+//! | `conveyor_output_refused_total` | counter | worker, entity (messages an output refused for good; dead-lettered) |
+//! | `conveyor_dead_letters_trimmed_total` | counter | worker (envelopes written without their payload) |
+//! | `conveyor_undeliverable_messages` | gauge | worker (messages a paused lane cannot deliver anywhere) |
 //! | `conveyor_dead_letter_limit_trips_total` | counter | worker |
 //! | `conveyor_consumer_lag_seconds` | gauge | worker, entity, partition (age of the oldest unprocessed message) |
 //! | `conveyor_recommended_replicas` | gauge | worker (lag trend vs throughput, capped at the partition count) |
@@ -221,7 +228,14 @@ pub struct Metrics {
     pub retries_scheduled: Family<WorkerEntity, Counter>,
     pub retry_redelivered: Family<EntityLabel, Counter>,
     pub retry_invalid: Family<EntityLabel, Counter>,
+    pub retry_rerouted: Family<EntityLabel, Counter>,
+    pub retry_reparked: Family<EntityLabel, Counter>,
+    pub retries_adopted: Family<WorkerLabel, Counter>,
+    pub retries_orphaned: Family<WorkerLabel, Counter>,
     pub retry_pending: Family<EntityLabel, Gauge>,
+    pub output_refused: Family<WorkerEntity, Counter>,
+    pub dead_letters_trimmed: Family<WorkerLabel, Counter>,
+    pub undeliverable: Family<WorkerLabel, Gauge>,
     pub breaker_trips: Family<WorkerLabel, Counter>,
     pub lag_seconds: Family<PartitionLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub recommended_replicas: Family<WorkerLabel, Gauge>,
@@ -251,7 +265,14 @@ impl Metrics {
             retries_scheduled: Family::default(),
             retry_redelivered: Family::default(),
             retry_invalid: Family::default(),
+            retry_rerouted: Family::default(),
+            retry_reparked: Family::default(),
+            retries_adopted: Family::default(),
+            retries_orphaned: Family::default(),
             retry_pending: Family::default(),
+            output_refused: Family::default(),
+            dead_letters_trimmed: Family::default(),
+            undeliverable: Family::default(),
             breaker_trips: Family::default(),
             lag_seconds: Family::default(),
             recommended_replicas: Family::default(),
@@ -281,8 +302,43 @@ impl Metrics {
         );
         registry.register(
             "retry_invalid",
-            "Messages in a retry entity without a known target",
+            "Messages in a retry entity nothing in the config takes (dead-lettered)",
             m.retry_invalid.clone(),
+        );
+        registry.register(
+            "retry_rerouted",
+            "Retries re-delivered to their worker's new input after a reload",
+            m.retry_rerouted.clone(),
+        );
+        registry.register(
+            "retry_reparked",
+            "Long-pending retries written again so the retry entity's commit can advance",
+            m.retry_reparked.clone(),
+        );
+        registry.register(
+            "retries_adopted",
+            "Retries of a worker that no longer exists, taken over by the only worker on their input",
+            m.retries_adopted.clone(),
+        );
+        registry.register(
+            "retries_orphaned",
+            "Retries of a worker that no longer exists, dead-lettered (several workers share the input)",
+            m.retries_orphaned.clone(),
+        );
+        registry.register(
+            "output_refused",
+            "Messages an output refused for good (too large, unrepresentable); dead-lettered instead",
+            m.output_refused.clone(),
+        );
+        registry.register(
+            "dead_letters_trimmed",
+            "Dead-letter envelopes written without their payload (too large for the DLQ)",
+            m.dead_letters_trimmed.clone(),
+        );
+        registry.register(
+            "undeliverable_messages",
+            "Messages a paused lane cannot deliver anywhere (it holds its batch and tries again)",
+            m.undeliverable.clone(),
         );
         registry.register("retry_pending_messages", "Retries waiting for their due time", m.retry_pending.clone());
         registry.register(
@@ -342,6 +398,7 @@ impl Metrics {
         self.in_flight.remove(&w);
         self.transport_connected.remove(&w);
         self.recommended_replicas.remove(&w);
+        self.undeliverable.remove(&w);
     }
 
     /// Marks `hash` as the running config (drops the previous one's series).
@@ -366,6 +423,9 @@ impl Metrics {
             restarts: self.restarts.get_or_create(&w).clone(),
             breaker_trips: self.breaker_trips.get_or_create(&w).clone(),
             connected: self.transport_connected.get_or_create(&w).clone(),
+            undeliverable: self.undeliverable.get_or_create(&w).clone(),
+            retries_adopted: self.retries_adopted.get_or_create(&w).clone(),
+            retries_orphaned: self.retries_orphaned.get_or_create(&w).clone(),
             consumed_all: self.consumed_all.clone(),
             all: self.clone(),
         }
@@ -407,11 +467,33 @@ pub struct WorkerMetrics {
     pub restarts: Counter,
     pub breaker_trips: Counter,
     pub connected: Gauge,
+    pub undeliverable: Gauge,
+    pub retries_adopted: Counter,
+    pub retries_orphaned: Counter,
     pub consumed_all: Arc<std::sync::atomic::AtomicU64>,
     all: Arc<Metrics>,
 }
 
 impl WorkerMetrics {
+    /// The gauges the task's health keeps current.
+    pub fn task_gauges(&self) -> crate::health::TaskGauges {
+        crate::health::TaskGauges {
+            ready: Some(self.ready.clone()),
+            connected: Some(self.connected.clone()),
+            restarts: Some(self.restarts.clone()),
+        }
+    }
+    /// Messages output `entity` refused for good.
+    pub fn refused(&self, entity: &str) -> Counter {
+        self.all
+            .output_refused
+            .get_or_create(&WorkerEntity { worker: self.worker.clone(), entity: entity.into() })
+            .clone()
+    }
+    /// Dead-letter envelopes written trimmed.
+    pub fn trimmed(&self) -> Counter {
+        self.all.dead_letters_trimmed.get_or_create(&WorkerLabel { worker: self.worker.clone() }).clone()
+    }
     pub fn produced(&self, entity: &str) -> Counter {
         self.all.produced.get_or_create(&WorkerEntity { worker: self.worker.clone(), entity: entity.into() }).clone()
     }

@@ -9,12 +9,13 @@
 mod chaos;
 mod files;
 mod http;
+pub mod json;
 mod map;
 mod passthrough;
 mod sink;
 
 pub use chaos::{Chaos, fate as chaos_fate};
-pub use files::{Download, Upload, blob_client};
+pub use files::{Download, Upload};
 pub use http::HttpStage;
 pub use map::MapStage;
 pub use passthrough::Passthrough;
@@ -59,12 +60,31 @@ pub trait Stage: Send + Sync {
     /// pushed is discarded.
     async fn process(&self, msg: &PipelineMessage, out: &mut Vec<Emit>) -> Result<(), StageError>;
 
-    /// Makes what was processed so far durable. Called once per batch, after
-    /// the batch's outputs are acknowledged and before its position is
-    /// committed (a sink fsyncs here). Default: nothing to do.
-    async fn flush(&self) -> Result<(), StageError> {
+    /// Makes what was processed of `partition` so far durable. Called once
+    /// per batch by that partition's lane, after the batch's outputs are
+    /// acknowledged and before its position is committed (a sink fsyncs
+    /// here); an error keeps the batch uncommitted. Default: nothing to do.
+    async fn flush(&self, partition: u32) -> Result<(), StageError> {
+        let _ = partition;
         Ok(())
     }
+}
+
+/// Why a stage could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("this stage needs an output named `default`")]
+    NoDefaultOutput,
+    #[error("no output named {0:?}")]
+    UnknownOutput(String),
+    #[error("invalid JSON Schema: {0}")]
+    Schema(String),
+    #[error("bad method {0:?}")]
+    Method(String),
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(String),
+    #[error(transparent)]
+    Azure(#[from] crate::azure::AzureError),
 }
 
 /// A stage failure.
@@ -122,8 +142,8 @@ pub(crate) fn test_message(payload: &[u8]) -> PipelineMessage {
 }
 
 /// Builds the stage a config asks for.
-pub fn build(cfg: &StageConfig, outputs: &Outputs) -> Result<Arc<dyn Stage>, String> {
-    let default = || outputs.index("default").ok_or_else(|| "this stage needs an output named `default`".to_string());
+pub fn build(cfg: &StageConfig, outputs: &Outputs) -> Result<Arc<dyn Stage>, BuildError> {
+    let default = || outputs.index("default").ok_or(BuildError::NoDefaultOutput);
     Ok(match cfg {
         StageConfig::Passthrough => Arc::new(Passthrough { output: default()? }),
         StageConfig::Map(m) => Arc::new(MapStage::new(m, outputs)?),
@@ -131,11 +151,11 @@ pub fn build(cfg: &StageConfig, outputs: &Outputs) -> Result<Arc<dyn Stage>, Str
         StageConfig::Http(c) => Arc::new(HttpStage::new(c, outputs)?),
         StageConfig::Download(c) => Arc::new(Download::new(c.clone(), default()?)?),
         StageConfig::Upload(c) => Arc::new(Upload::new(c.clone(), default()?)?),
-        StageConfig::Chaos { transient_ratio, permanent_ratio, panic_ratio, delay } => Arc::new(Chaos {
-            transient: *transient_ratio,
-            permanent: *permanent_ratio,
-            panic: *panic_ratio,
-            delay: delay.get(),
+        StageConfig::Chaos(c) => Arc::new(Chaos {
+            transient: c.transient_ratio,
+            permanent: c.permanent_ratio,
+            panic: c.panic_ratio,
+            delay: c.delay.get(),
             output: default()?,
         }),
     })

@@ -9,11 +9,13 @@
 //!
 //! Drain: [`Supervisor::shutdown`] cancels the root token (tasks stop
 //! fetching and finish what they hold), closes the tracker and waits at most
-//! the grace period.
+//! the grace period; [`TaskHandle::stop`] does the same for one task. What is
+//! still running when the grace runs out is aborted: a task's futures are
+//! dropped where they stand, so nothing it had not finished is committed.
 
+use crate::backoff::{Backoff, jitter};
 use crate::classify::ErrorCategory;
 use crate::health::{TaskHealth, TaskState};
-use prometheus_client::metrics::counter::Counter;
 use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
@@ -24,33 +26,6 @@ use tokio_util::task::TaskTracker;
 
 /// A task that ran this long before failing restarts with the shortest backoff.
 pub const HEALTHY_AFTER: Duration = Duration::from_secs(60);
-
-/// Exponential restart backoff.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff { base: Duration::from_millis(200), max: Duration::from_secs(30) }
-    }
-}
-
-impl Backoff {
-    /// Delay before restart number `attempt` (1-based), before jitter.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(20);
-        self.base.saturating_mul(1u32 << exp).min(self.max)
-    }
-}
-
-/// "Equal jitter": between half of `d` and `d`.
-pub fn jitter(d: Duration) -> Duration {
-    let half = d / 2;
-    half + half.mul_f64(fastrand::f64())
-}
 
 /// The text of a panic payload.
 pub fn panic_text(p: &(dyn Any + Send)) -> String {
@@ -78,10 +53,27 @@ pub struct TaskHandle {
 }
 
 impl TaskHandle {
-    /// Drains the task (it finishes and commits what it holds) and waits.
-    pub async fn stop(self) {
+    /// Drains the task (it finishes and commits what it holds) and waits,
+    /// at most `grace`; then aborts it. Returns whether it drained in time.
+    pub async fn stop(self, grace: Duration) -> bool {
         self.token.cancel();
-        let _ = self.join.await;
+        let mut join = self.join;
+        match tokio::time::timeout(grace, &mut join).await {
+            Ok(_) => true,
+            Err(_) => {
+                join.abort();
+                let _ = join.await;
+                false
+            }
+        }
+    }
+}
+
+/// Aborts a spawned run when the supervising loop is dropped (aborted).
+struct AbortOnDrop(tokio::task::AbortHandle);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -105,8 +97,8 @@ impl Supervisor {
     /// Supervises `make(child_token)`: restarts it with backoff whenever it
     /// fails or panics, until the root token or the returned handle's token
     /// is cancelled. A run that returns `Ok(None)` after cancellation, or
-    /// `Ok(Some(Exit::Finished))`, ends it.
-    pub fn spawn<F, Fut>(&self, name: String, health: Arc<TaskHealth>, restarts: Counter, make: F) -> TaskHandle
+    /// `Ok(Some(Exit::Finished))`, ends it. Restarts are counted on `health`.
+    pub fn spawn<F, Fut>(&self, name: String, health: Arc<TaskHealth>, make: F) -> TaskHandle
     where
         F: Fn(CancellationToken) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Option<Exit>> + Send + 'static,
@@ -119,7 +111,9 @@ impl Supervisor {
             loop {
                 let token = root.child_token();
                 let started = Instant::now();
-                let joined = tokio::spawn(make(token.clone())).await;
+                let run = tokio::spawn(make(token.clone()));
+                let _abort = AbortOnDrop(run.abort_handle());
+                let joined = run.await;
                 let (category, message) = match joined {
                     Ok(None) if root.is_cancelled() => break,
                     Ok(None) => (ErrorCategory::Transient, "stopped unexpectedly".to_string()),
@@ -139,7 +133,6 @@ impl Supervisor {
                 attempt = if started.elapsed() >= HEALTHY_AFTER { 1 } else { attempt + 1 };
                 let delay = jitter(backoff.delay(attempt));
                 let n = health.restarted();
-                restarts.inc();
                 health.record_error(category, message.clone());
                 health.set_with(TaskState::Restarting, format!("restart {n} in {} ms: {message}", delay.as_millis()));
                 tracing::error!(
@@ -159,7 +152,8 @@ impl Supervisor {
     }
 
     /// Cancels everything and waits for the tasks to drain, at most `grace`.
-    /// Returns `false` if the grace period ran out.
+    /// Returns `false` if the grace period ran out (the caller exits; tasks
+    /// still running are abandoned uncommitted).
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.root.cancel();
         self.tracker.close();
@@ -174,26 +168,15 @@ mod tests {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let b = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2) };
-        let got: Vec<u64> = (1..=7).map(|a| b.delay(a).as_millis() as u64).collect();
-        assert_eq!(got, vec![100, 200, 400, 800, 1600, 2000, 2000]);
-        for _ in 0..100 {
-            let j = jitter(Duration::from_millis(1000));
-            assert!(j >= Duration::from_millis(500) && j <= Duration::from_millis(1000));
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn restarts_failing_task_with_growing_backoff() {
-        let sup = Supervisor::new(Backoff { base: Duration::from_secs(1), max: Duration::from_secs(8) });
+        let sup = Supervisor::new(Backoff::new(Duration::from_secs(1), Duration::from_secs(8)));
         let health = Health::new();
         let h = health.task("w", "worker");
         let starts = Arc::new(Mutex::new(Vec::new()));
         let t0 = Instant::now();
         let s2 = starts.clone();
-        sup.spawn("w".into(), h.clone(), Counter::default(), move |token| {
+        sup.spawn("w".into(), h.clone(), move |token| {
             let s2 = s2.clone();
             async move {
                 let n = {
@@ -225,11 +208,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn panic_is_contained_and_others_keep_running() {
-        let sup = Supervisor::new(Backoff { base: Duration::from_millis(100), max: Duration::from_secs(1) });
+        let sup = Supervisor::new(Backoff::new(Duration::from_millis(100), Duration::from_secs(1)));
         let health = Health::new();
         let ticks = Arc::new(AtomicU32::new(0));
         let t2 = ticks.clone();
-        sup.spawn("steady".into(), health.task("steady", "worker"), Counter::default(), move |token| {
+        sup.spawn("steady".into(), health.task("steady", "worker"), move |token| {
             let t2 = t2.clone();
             async move {
                 loop {
@@ -243,7 +226,7 @@ mod tests {
         let bad = health.task("bad", "worker");
         let runs = Arc::new(AtomicU32::new(0));
         let r2 = runs.clone();
-        sup.spawn("bad".into(), bad.clone(), Counter::default(), move |_token| {
+        sup.spawn("bad".into(), bad.clone(), move |_token| {
             let n = r2.fetch_add(1, Ordering::Relaxed);
             async move {
                 if n < 3 {
@@ -261,5 +244,29 @@ mod tests {
         let before = ticks.load(Ordering::Relaxed);
         assert!(before >= 400, "steady task kept running: {before}");
         assert!(sup.shutdown(Duration::from_secs(1)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_aborts_a_task_that_does_not_drain_in_time() {
+        let sup = Supervisor::new(Backoff::default());
+        let health = Health::new();
+        let finished = Arc::new(AtomicU32::new(0));
+        let f2 = finished.clone();
+        let h = sup.spawn("stuck".into(), health.task("stuck", "worker"), move |token| {
+            let f2 = f2.clone();
+            async move {
+                token.cancelled().await;
+                // a drain that never ends (a stuck dependency)
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                f2.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let t0 = Instant::now();
+        assert!(!h.stop(Duration::from_secs(2)).await, "did not drain in time");
+        assert!(t0.elapsed() <= Duration::from_secs(3), "{:?}", t0.elapsed());
+        tokio::time::sleep(Duration::from_secs(7200)).await;
+        assert_eq!(finished.load(Ordering::Relaxed), 0, "the run was aborted, not left behind");
     }
 }

@@ -14,7 +14,25 @@
 //!   commit. Workers commit only after all outputs of the message are acked.
 //! - when a partition is taken away (rebalance, shutdown), the subscription
 //!   reports [`Assignment::Revoked`] and waits (bounded) for the worker to
-//!   finish and commit the partition's in-flight batch.
+//!   finish and commit the partition's in-flight batch;
+//! - [`Transport::ensure`] makes the transport carry exactly a topology's
+//!   entities and consumer groups (a reload calls it; a group that is no
+//!   longer listed stops holding data back where the transport keeps data
+//!   for groups, as the embedded one does);
+//! - [`Transport::group_positions`] reads, from the transport itself, each
+//!   partition's end and a group's committed position (`None` when the
+//!   group has not committed there, or the transport cannot tell): the
+//!   basis of every "is it drained?" decision, which treats an unknown
+//!   position as not drained;
+//! - [`Transport::open_reader`] reads one partition from a position without
+//!   joining a consumer group (inspection, parity checks): its `commit`
+//!   fails.
+//!
+//! Headers: names are UTF-8, values any bytes, names may repeat. A
+//! transport that cannot carry a header as it is rejects the message with a
+//! `Permanent` error naming the header, never drops or merges it silently
+//! (Event Hubs properties cannot repeat a name; a Kafka header name that is
+//! not UTF-8 arrives under [`BINARY_HEADER_PREFIX`] and its base64).
 
 pub mod embedded;
 #[cfg(feature = "eventhubs")]
@@ -28,6 +46,10 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
+
+/// A header name that stands for one that is not UTF-8 (Kafka allows any
+/// bytes): this prefix, then the name's bytes in unpadded base64url.
+pub const BINARY_HEADER_PREFIX: &str = "conveyor-binary-name.";
 
 /// Message headers, in order; names may repeat.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -50,6 +72,31 @@ impl Headers {
     }
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Bytes)> {
         self.0.iter().map(|(n, v)| (n.as_str(), v))
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// Bytes of every name and value.
+    pub fn byte_len(&self) -> usize {
+        self.0.iter().map(|(n, v)| n.len() + v.len()).sum()
+    }
+    /// The first name that occurs more than once, if any.
+    pub fn repeated_name(&self) -> Option<&str> {
+        let mut seen = std::collections::HashSet::with_capacity(self.0.len());
+        self.0.iter().map(|(n, _)| n.as_str()).find(|n| !seen.insert(*n))
+    }
+}
+
+/// The header name for `raw`: itself when it is UTF-8, else
+/// [`BINARY_HEADER_PREFIX`] and its base64url.
+pub fn header_name(raw: &[u8]) -> String {
+    match std::str::from_utf8(raw) {
+        Ok(s) => s.to_string(),
+        Err(_) => {
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+            format!("{BINARY_HEADER_PREFIX}{b64}")
+        }
     }
 }
 
@@ -81,6 +128,11 @@ pub struct OutboundMessage {
 }
 
 impl OutboundMessage {
+    /// Bytes of payload, key and headers (what size limits count).
+    pub fn byte_len(&self) -> usize {
+        self.payload.len() + self.key.as_ref().map_or(0, |k| k.len()) + self.headers.byte_len()
+    }
+
     /// The same key, headers and payload as `m` (zero-copy).
     pub fn from_message(m: &PipelineMessage) -> Self {
         OutboundMessage {
@@ -112,6 +164,44 @@ pub struct PartitionInfo {
     pub next: i64,
 }
 
+/// A partition's extent and a consumer group's committed position there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupPosition {
+    pub info: PartitionInfo,
+    /// The next position the group will read (everything before it is
+    /// done); `None` when the group has not committed on this partition or
+    /// the transport cannot tell.
+    pub committed: Option<i64>,
+}
+
+/// An entity a transport carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntitySpec {
+    /// Config key (consumed messages are labelled with it).
+    pub key: String,
+    /// Name on the transport (topic, event hub, embedded log).
+    pub name: String,
+    pub partitions: u32,
+}
+
+/// A consumer group a topology uses on an entity (by its name on the
+/// transport).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSpec {
+    pub entity: String,
+    pub group: String,
+    pub start: StartPosition,
+}
+
+/// Where a reader opened with [`Transport::open_reader`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seek {
+    /// The first position still stored.
+    Earliest,
+    /// This position (or the first stored one after it).
+    At(i64),
+}
+
 /// Where a group without a committed position starts.
 pub use crate::config::StartPosition;
 
@@ -130,6 +220,13 @@ pub enum TransportError {
     Open { transport: String, path: String, message: String },
     #[error("message of {size} bytes is larger than the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
+    /// The message cannot be carried as it is (a header the transport
+    /// cannot represent, too many headers); `Permanent`.
+    #[error("{0}")]
+    Unrepresentable(String),
+    /// A reader opened without a group cannot commit.
+    #[error("this reader belongs to no consumer group and cannot commit")]
+    ReadOnly,
     #[error("{message}")]
     Other { category: ErrorCategory, kind: &'static str, message: String },
 }
@@ -139,7 +236,9 @@ impl TransportError {
         match self {
             TransportError::UnknownEntity { .. }
             | TransportError::UnknownPartition { .. }
-            | TransportError::TooLarge { .. } => ErrorCategory::Permanent,
+            | TransportError::TooLarge { .. }
+            | TransportError::Unrepresentable(_)
+            | TransportError::ReadOnly => ErrorCategory::Permanent,
             TransportError::Closed { .. } | TransportError::Storage { .. } | TransportError::Open { .. } => {
                 ErrorCategory::Transient
             }
@@ -156,6 +255,8 @@ impl TransportError {
             TransportError::Storage { .. } => "storage",
             TransportError::Open { .. } => "open",
             TransportError::TooLarge { .. } => "too_large",
+            TransportError::Unrepresentable(_) => "unrepresentable",
+            TransportError::ReadOnly => "read_only",
             TransportError::Other { kind, .. } => kind,
         }
     }
@@ -217,8 +318,24 @@ pub trait Transport: Send + Sync {
         start: StartPosition,
     ) -> Result<Box<dyn Subscription>, TransportError>;
     async fn partitions(&self, entity: &str) -> Result<Vec<PartitionInfo>, TransportError>;
-    /// Flushes and releases resources (after all workers are drained).
-    async fn close(&self) {}
+    /// Carries `entities` from now on (new ones are created or recovered)
+    /// with exactly the consumer groups `groups`.
+    async fn ensure(&self, entities: &[EntitySpec], groups: &[GroupSpec]) -> Result<(), TransportError>;
+    /// Each partition's extent and `group`'s committed position, read from
+    /// the transport (the broker, the checkpoint store, the store).
+    async fn group_positions(&self, entity: &str, group: &str) -> Result<Vec<GroupPosition>, TransportError>;
+    /// Reads `partition` of `entity` from `from` on, as no consumer group.
+    async fn open_reader(
+        &self,
+        entity: &str,
+        partition: u32,
+        from: Seek,
+    ) -> Result<Box<dyn PartitionReader>, TransportError>;
+    /// Flushes and releases resources (after all workers are drained),
+    /// within `within`; what is still running then is abandoned.
+    async fn close(&self, within: std::time::Duration) {
+        let _ = within;
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -284,6 +401,17 @@ mod tests {
             assert!(p < n);
             assert_eq!(p, key_partition(b"claim-42", n));
         }
+    }
+
+    #[test]
+    fn header_names_that_are_not_utf8_are_kept_distinct() {
+        assert_eq!(header_name(b"trace"), "trace");
+        let a = header_name(&[0xff, 0x01]);
+        let b = header_name(&[0xff, 0x02]);
+        assert!(a.starts_with(BINARY_HEADER_PREFIX) && a != b, "{a} {b}");
+        let h = Headers(vec![("a".into(), Bytes::new()), ("b".into(), Bytes::new()), ("a".into(), Bytes::new())]);
+        assert_eq!(h.repeated_name(), Some("a"));
+        assert_eq!(Headers::default().repeated_name(), None);
     }
 
     #[test]

@@ -6,9 +6,9 @@
 
 mod support;
 
-use conveyor::app::{Options, Runtime};
-use conveyor::transport::eventhub::{EhEntity, EventHubsTransport};
-use conveyor::transport::{OutboundMessage, Transport};
+use conveyor::runtime::{Options, Pipeline};
+use conveyor::transport::eventhub::EventHubsTransport;
+use conveyor::transport::{EntitySpec, OutboundMessage, Transport};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use support::azure::*;
@@ -92,7 +92,7 @@ async fn python_to_conveyor_to_python_and_a_restart_resumes_from_blob_checkpoint
     let yaml = eh_yaml(&eh_conn(&b), &blob_store_yaml(&az, "checkpoints"), "in", "out", 4, "copy");
     let cfg = config(&yaml);
     py_produce(&b, "in", 2000, "a").await;
-    let rt = Runtime::start(&cfg, 0, Options::default()).await.unwrap();
+    let rt = Pipeline::start(&cfg, 0, Options::default()).await.unwrap();
     let got = wait_out(&b, "out", 2000, Duration::from_secs(60)).await;
     assert_eq!(set(&got), expect("a", 2000), "Conveyor copied the Python-produced set");
     assert_eq!(got.len(), 2000, "no duplicates without failures");
@@ -133,7 +133,7 @@ async fn python_to_conveyor_to_python_and_a_restart_resumes_from_blob_checkpoint
 
     // restart: only the new events come through, nothing replayed
     py_produce(&b, "in", 500, "b").await;
-    let rt = Runtime::start(&cfg, 0, Options::default()).await.unwrap();
+    let rt = Pipeline::start(&cfg, 0, Options::default()).await.unwrap();
     let got = wait_out(&b, "out", 2500, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let got2 = out_bodies(&b, "out");
@@ -177,7 +177,7 @@ async fn checkpoints_written_by_the_python_sdk_are_honoured() {
     py_produce(&b, "orders", 200, "new").await;
     // Conveyor takes over the same consumer group
     let yaml = eh_yaml(&eh_conn(&b), &blob_store_yaml(&az, "pycp"), "orders", "copies", 4, "$Default");
-    let rt = Runtime::start(&config(&yaml), 0, Options::default()).await.unwrap();
+    let rt = Pipeline::start(&config(&yaml), 0, Options::default()).await.unwrap();
     let _ = wait_out(&b, "copies", 200, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let got = out_bodies(&b, "copies");
@@ -275,13 +275,13 @@ async fn broker_faults_are_retried_or_surfaced_and_nothing_is_lost() {
     if std::env::var("EH_TEST_LOG").is_ok() {
         conveyor::telemetry::init(&cfg.service.log);
     }
-    let rt = Runtime::start(&cfg, 0, Options::default()).await.unwrap();
+    let rt = Pipeline::start(&cfg, 0, Options::default()).await.unwrap();
     py_produce(&b, "src", 500, "p").await;
     assert_eq!(wait_out(&b, "dst", 500, Duration::from_secs(60)).await.len(), 500);
     // throttled sends (com.microsoft:server-busy) from Conveyor's producer: retried, not lost
     let conveyor::config::TransportConfig::Eventhubs(ehc) = &cfg.transports["hubs"] else { unreachable!() };
     let t =
-        EventHubsTransport::open("hubs", ehc, vec![EhEntity { key: "side".into(), hub: "side".into(), partitions: 2 }])
+        EventHubsTransport::open("hubs", ehc, &[EntitySpec { key: "side".into(), name: "side".into(), partitions: 2 }])
             .await
             .unwrap();
     let p = t.producer();
@@ -304,7 +304,7 @@ async fn broker_faults_are_retried_or_surfaced_and_nothing_is_lost() {
             p.send("side", vec![OutboundMessage { payload: "after".into(), ..Default::default() }]).await.unwrap();
         }
     }
-    t.close().await;
+    t.close(Duration::from_secs(10)).await;
     py_produce(&b, "src", 300, "q").await;
     // links detached and connections dropped while events flow
     b.faults().detach_receivers("src");
@@ -349,7 +349,7 @@ async fn rejected_credentials_make_the_worker_unready_until_they_work() {
     let store = format!("{{ type: file, path: {:?} }}", dir.path().join("cp"));
     let cfg = config(&eh_yaml(&eh_conn(&b), &store, "in", "out", 2, "copy"));
     b.faults().cbs_unauthorized(1_000_000);
-    let rt = Runtime::start(&cfg, 0, Options::default()).await.unwrap();
+    let rt = Pipeline::start(&cfg, 0, Options::default()).await.unwrap();
     assert!(
         eventually(Duration::from_secs(30), async || {
             let (code, body) = get(rt.http_addr, "/readyz").await.unwrap();

@@ -4,7 +4,7 @@
 mod support;
 
 use async_trait::async_trait;
-use conveyor::app::{Options, Runtime};
+use conveyor::runtime::{Options, Pipeline};
 use conveyor::classify::ErrorCategory;
 use conveyor::dlq::Envelope;
 use conveyor::stages::{Emit, Stage, StageError};
@@ -18,8 +18,8 @@ use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_conveyor");
 
-fn committed_sum(rt: &Runtime, entity: &str, group: &str) -> i64 {
-    rt.embedded("local").committed(entity, group).unwrap().iter().map(|c| c.unwrap_or(0)).sum()
+async fn committed_sum(rt: &Pipeline, entity: &str, group: &str) -> i64 {
+    committed(&*rt.transport("local"), entity, group).await.iter().map(|c| c.unwrap_or(0)).sum()
 }
 
 fn key_str(m: &PipelineMessage) -> String {
@@ -44,7 +44,7 @@ workers:
   s3: { input: c, stage: { type: passthrough }, outputs: { default: out }, dead_letter: dlq }
 "#,
     );
-    let rt = Runtime::start(&cfg, 0, Options::default()).await.unwrap();
+    let rt = Pipeline::start(&cfg, 0, Options::default()).await.unwrap();
     let t = rt.transport("local").clone();
     let n = 3000;
     let mut msgs = Vec::new();
@@ -67,9 +67,9 @@ workers:
     t.producer().send("a", msgs.clone()).await.unwrap();
     assert!(
         eventually(Duration::from_secs(20), async || {
-            committed_sum(&rt, "a", "s1") == n
-                && committed_sum(&rt, "b", "s2") == n - 30
-                && committed_sum(&rt, "c", "s3") == n - 30
+            committed_sum(&rt, "a", "s1").await == n
+                && committed_sum(&rt, "b", "s2").await == n - 30
+                && committed_sum(&rt, "c", "s3").await == n - 30
         })
         .await
     );
@@ -155,7 +155,7 @@ workers:
     let stage = Arc::new(Flaky(Mutex::new(HashMap::new())));
     let opts =
         Options { stages: HashMap::from([("w".to_string(), stage.clone() as Arc<dyn Stage>)]), ..Default::default() };
-    let rt = Runtime::start(&cfg, 0, opts).await.unwrap();
+    let rt = Pipeline::start(&cfg, 0, opts).await.unwrap();
     let t = rt.transport("local").clone();
     let n = 200;
     produce_ids(&*t, "in", (0..n).map(|i| format!("f{i}"))).await;
@@ -192,7 +192,7 @@ workers:
     assert_eq!(metric_sum(&text, "conveyor_dead_lettered_total", "category=\"transient\""), 20.0);
     assert_eq!(metric_sum(&text, "conveyor_dead_lettered_total", "category=\"throttling\""), 20.0);
     assert!(
-        eventually(Duration::from_secs(5), async || committed_sum(&rt, "retry", "conveyor-retry") == scheduled as i64)
+        eventually(Duration::from_secs(5), async || committed_sum(&rt, "retry", "conveyor-retry").await == scheduled as i64)
             .await
     );
     rt.shutdown().await.unwrap();
@@ -229,7 +229,7 @@ workers:
         stages: HashMap::from([("w".to_string(), Arc::new(AlwaysBroken) as Arc<dyn Stage>)]),
         ..Default::default()
     };
-    let rt = Runtime::start(&cfg, 0, opts).await.unwrap();
+    let rt = Pipeline::start(&cfg, 0, opts).await.unwrap();
     produce_ids(&*rt.transport("local"), "in", (0..100).map(|i| format!("x{i}"))).await;
     let addr = rt.http_addr;
     assert!(
@@ -241,7 +241,7 @@ workers:
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(read_all(&*rt.transport("local"), "dlq").await.is_empty(), "nothing dead-lettered once tripped");
-    assert_eq!(committed_sum(&rt, "in", "w"), 0, "the batch stays uncommitted");
+    assert_eq!(committed_sum(&rt, "in", "w").await, 0, "the batch stays uncommitted");
     assert_eq!(metric_sum(&rt.metrics.encode(), "conveyor_dead_letter_limit_trips_total", "worker=\"w\""), 1.0);
     rt.shutdown().await.unwrap();
 }
@@ -276,9 +276,9 @@ workers:
             stages: HashMap::from([("w".to_string(), Arc::new(AlwaysBroken) as Arc<dyn Stage>)]),
             ..Default::default()
         };
-        let rt = Runtime::start(&cfg, 0, opts).await.unwrap();
+        let rt = Pipeline::start(&cfg, 0, opts).await.unwrap();
         produce_ids(&*rt.transport("local"), "in", ids.iter().cloned()).await;
-        assert!(eventually(Duration::from_secs(10), async || committed_sum(&rt, "in", "w") == 50).await);
+        assert!(eventually(Duration::from_secs(10), async || committed_sum(&rt, "in", "w").await == 50).await);
         rt.shutdown().await.unwrap();
     }
     let run = |args: &[&str]| {
@@ -312,7 +312,7 @@ workers:
     assert!(again.contains("redrove 0 of 0"), "the redrive position was committed: {again}");
 
     // the origin worker, fixed now, processes them
-    let rt = Runtime::start(&cfg, 0, Options::default()).await.unwrap();
+    let rt = Pipeline::start(&cfg, 0, Options::default()).await.unwrap();
     let t = rt.transport("local").clone();
     assert!(eventually(Duration::from_secs(10), async || read_all(&*t, "out").await.len() == 50).await);
     let out = read_all(&*t, "out").await;

@@ -5,7 +5,7 @@
 
 mod support;
 
-use conveyor::app::{Options, Runtime};
+use conveyor::runtime::{Options, Pipeline};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use support::*;
@@ -33,7 +33,7 @@ async fn passthrough_on_real_kafka_delivers_exactly_the_produced_set() {
     let broker = KafkaBroker::get(false);
     let (tin, tout) = (topic("in"), topic("out"));
     let cfg = config(&kafka_yaml(&broker.bootstrap, &tin, &tout, 6, ""));
-    let rt = Runtime::start(&cfg, 0, Options::default()).await.unwrap();
+    let rt = Pipeline::start(&cfg, 0, Options::default()).await.unwrap();
     let data = ids(20_000, "k");
     let want: BTreeSet<String> = data.iter().map(|(k, _)| k.clone()).collect();
     let b = broker.bootstrap.clone();
@@ -103,7 +103,7 @@ workers:
 "#,
         b = broker.bootstrap
     );
-    let rt = Runtime::start(&config(&text), 0, Options::default()).await.unwrap();
+    let rt = Pipeline::start(&config(&text), 0, Options::default()).await.unwrap();
     let data = ids(3000, "m");
     let want: BTreeSet<String> = data.iter().map(|(k, _)| k.clone()).collect();
     let b = broker.bootstrap.clone();
@@ -117,7 +117,7 @@ async fn broker_restart_mid_run_goes_unready_then_ready_and_loses_nothing() {
     let broker = KafkaBroker::get(true);
     let (tin, tout) = (topic("br-in"), topic("br-out"));
     let cfg = config(&kafka_yaml(&broker.bootstrap, &tin, &tout, 3, ""));
-    let rt = Runtime::start(&cfg, 0, Options::default()).await.unwrap();
+    let rt = Pipeline::start(&cfg, 0, Options::default()).await.unwrap();
     let addr = rt.http_addr;
     let first = ids(2000, "a");
     let b = broker.bootstrap.clone();
@@ -258,13 +258,13 @@ workers:
         mock.bootstrap_servers()
     );
     let opts = Options {
-        backoff: Some(conveyor::supervisor::Backoff {
+        backoff: Some(conveyor::backoff::Backoff {
             base: Duration::from_millis(100),
             max: Duration::from_millis(400),
         }),
         ..Default::default()
     };
-    let rt = Runtime::start(&config(&text), 0, opts).await.unwrap();
+    let rt = Pipeline::start(&config(&text), 0, opts).await.unwrap();
     let addr = rt.http_addr;
     let local = rt.transport("local").clone();
     let out_count = || metric_sum(&rt.metrics.encode(), "conveyor_messages_produced_total", "entity=\"out\"");
@@ -317,7 +317,7 @@ async fn check_warns_when_partition_counts_differ_from_the_broker() {
     let broker = KafkaBroker::get(false);
     let (tin, tout) = (topic("chk-in"), topic("chk-out"));
     // create both topics with 3 partitions
-    let rt = Runtime::start(&config(&kafka_yaml(&broker.bootstrap, &tin, &tout, 3, "")), 0, Options::default())
+    let rt = Pipeline::start(&config(&kafka_yaml(&broker.bootstrap, &tin, &tout, 3, "")), 0, Options::default())
         .await
         .unwrap();
     rt.shutdown().await.unwrap();
@@ -424,14 +424,14 @@ fn the_seed_pipeline_runs_on_kafka_unchanged() {
 /// migration produced it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_results_follow_send_order_and_keys_hash_like_the_java_client() {
-    use conveyor::transport::kafka::{KafkaEntity, KafkaTransport};
-    use conveyor::transport::{OutboundMessage, Producer, Transport, key_partition};
+    use conveyor::transport::kafka::KafkaTransport;
+    use conveyor::transport::{EntitySpec, OutboundMessage, Producer, Transport, key_partition};
     let broker = KafkaBroker::get(false);
     let t = topic("keys");
     let cfg: conveyor::config::KafkaConfig =
         serde_yaml::from_str(&format!("bootstrap_servers: \"{}\"\ncreate_topics: true", broker.bootstrap)).unwrap();
-    let entity = KafkaEntity { key: "keys".into(), topic: t.clone(), partitions: 6 };
-    let kafka = KafkaTransport::open("kafka", &cfg, vec![entity]).await.unwrap();
+    let entity = EntitySpec { key: "keys".into(), name: t.clone(), partitions: 6 };
+    let kafka = KafkaTransport::open("kafka", &cfg, &[entity]).await.unwrap();
     let msg = |i: usize| OutboundMessage {
         key: Some(format!("key-{i}").into_bytes().into()),
         headers: Default::default(),
@@ -464,5 +464,5 @@ async fn producer_results_follow_send_order_and_keys_hash_like_the_java_client()
     for (p, h) in high.iter().enumerate() {
         assert_eq!(*h, last.get(&(p as u32)).map_or(0, |o| o + 1), "partition {p}");
     }
-    kafka.close().await;
+    kafka.close(Duration::from_secs(10)).await;
 }

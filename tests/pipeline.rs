@@ -4,7 +4,7 @@
 mod support;
 
 use async_trait::async_trait;
-use conveyor::app::{Options, Runtime};
+use conveyor::runtime::{Options, Pipeline};
 use conveyor::classify::ErrorCategory;
 use conveyor::dlq::Envelope;
 use conveyor::stages::{Emit, Stage, StageError};
@@ -41,7 +41,7 @@ workers:
 fn opts(stage: Arc<dyn Stage>) -> Options {
     Options {
         stages: HashMap::from([("w".to_string(), stage)]),
-        retry_backoff: Some((Duration::from_millis(5), Duration::from_millis(50))),
+        retry_backoff: Some(conveyor::backoff::Backoff::new(Duration::from_millis(5), Duration::from_millis(50))),
         ..Default::default()
     }
 }
@@ -68,7 +68,7 @@ async fn drain_never_loses_in_flight_messages() {
     let cfg = config(&topology(Some(dir.path()), ""));
     let want: BTreeSet<String> = (0..400).map(|i| format!("m{i}")).collect();
     {
-        let rt = Runtime::start(&cfg, 0, opts(Arc::new(Slow(Duration::from_millis(3))))).await.unwrap();
+        let rt = Pipeline::start(&cfg, 0, opts(Arc::new(Slow(Duration::from_millis(3))))).await.unwrap();
         produce_ids(&*rt.transport("local"), "in", want.iter().cloned()).await;
         // drain while messages are in flight
         let m = rt.metrics.clone();
@@ -97,11 +97,11 @@ async fn drain_never_loses_in_flight_messages() {
     );
 
     // restart: the rest is delivered, nothing is missing
-    let rt = Runtime::start(&cfg, 0, opts(Arc::new(Slow(Duration::from_millis(1))))).await.unwrap();
-    let e = rt.embedded("local").clone();
+    let rt = Pipeline::start(&cfg, 0, opts(Arc::new(Slow(Duration::from_millis(1))))).await.unwrap();
+    let e = rt.transport("local");
     assert!(
         eventually(Duration::from_secs(20), async || {
-            e.committed("in", "w").unwrap().iter().map(|c| c.unwrap()).sum::<i64>() == 400
+            committed(&*e, "in", "w").await.iter().map(|c| c.unwrap()).sum::<i64>() == 400
         })
         .await
     );
@@ -140,13 +140,13 @@ impl Stage for Moody {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panics_are_dead_lettered_and_transient_failures_retried() {
     let cfg = config(&topology(None, ""));
-    let rt = Runtime::start(&cfg, 0, opts(Arc::new(Moody { attempts: Default::default() }))).await.unwrap();
+    let rt = Pipeline::start(&cfg, 0, opts(Arc::new(Moody { attempts: Default::default() }))).await.unwrap();
     let t = rt.transport("local").clone();
     produce_ids(&*t, "in", (0..100).map(|i| format!("m{i}"))).await;
-    let e = rt.embedded("local").clone();
+    let e = rt.transport("local");
     assert!(
         eventually(Duration::from_secs(10), async || {
-            e.committed("in", "w").unwrap().iter().map(|c| c.unwrap()).sum::<i64>() == 100
+            committed(&*e, "in", "w").await.iter().map(|c| c.unwrap()).sum::<i64>() == 100
         })
         .await
     );
@@ -199,7 +199,7 @@ async fn auth_failure_pauses_without_dead_lettering_and_recovers() {
     let cfg = config(&topology(None, ""));
     let open = Arc::new(AtomicBool::new(false));
     let stage = Arc::new(Locked(open.clone(), AtomicU32::new(0)));
-    let rt = Runtime::start(&cfg, 0, opts(stage.clone())).await.unwrap();
+    let rt = Pipeline::start(&cfg, 0, opts(stage.clone())).await.unwrap();
     let addr = rt.http_addr;
     produce_ids(&*rt.transport("local"), "in", (0..20).map(|i| format!("m{i}"))).await;
     assert!(
@@ -213,10 +213,10 @@ async fn auth_failure_pauses_without_dead_lettering_and_recovers() {
     assert!(read_all(&*rt.transport("local"), "dlq").await.is_empty(), "auth failures are never dead-lettered");
     open.store(true, Ordering::Relaxed);
     assert!(eventually(Duration::from_secs(5), async || get(addr, "/readyz").await.unwrap().0 == 200).await);
-    let e = rt.embedded("local").clone();
+    let e = rt.transport("local");
     assert!(
         eventually(Duration::from_secs(5), async || {
-            e.committed("in", "w").unwrap().iter().map(|c| c.unwrap()).sum::<i64>() == 20
+            committed(&*e, "in", "w").await.iter().map(|c| c.unwrap()).sum::<i64>() == 20
         })
         .await
     );
@@ -237,10 +237,10 @@ impl Stage for Broken {
 async fn without_dead_letter_a_permanent_failure_holds_the_partition() {
     let text = topology(None, "").replace("    dead_letter: dlq\n", "");
     let cfg = config(&text);
-    let rt = Runtime::start(&cfg, 0, opts(Arc::new(Broken))).await.unwrap();
+    let rt = Pipeline::start(&cfg, 0, opts(Arc::new(Broken))).await.unwrap();
     produce_ids(&*rt.transport("local"), "in", (0..10).map(|i| format!("m{i}"))).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let committed: i64 = rt.embedded("local").committed("in", "w").unwrap().iter().map(|c| c.unwrap()).sum();
+    let committed: i64 = committed(&*rt.transport("local"), "in", "w").await.iter().map(|c| c.unwrap()).sum();
     assert_eq!(committed, 0, "nothing is skipped");
     let text = rt.metrics.encode();
     assert!(metric_sum(&text, "conveyor_messages_failed_total", "category=\"permanent\"") >= 4.0, "{text}");
@@ -254,7 +254,7 @@ async fn http_endpoints_over_real_sockets() {
         &topology(None, extra)
             .replace("workers:", "sources:\n  sim: { type: simulator, entity: in, rate: 500 }\nworkers:"),
     );
-    let rt = Runtime::start(&cfg, 0xabc, Options::default()).await.unwrap();
+    let rt = Pipeline::start(&cfg, 0xabc, Options::default()).await.unwrap();
     let addr = rt.http_addr;
     assert_eq!(get(addr, "/healthz").await.unwrap().0, 200);
     assert!(eventually(Duration::from_secs(2), async || get(addr, "/readyz").await.unwrap().0 == 200).await);

@@ -5,7 +5,7 @@
 mod support;
 
 use async_trait::async_trait;
-use conveyor::app::{Options, Runtime};
+use conveyor::runtime::{Options, Pipeline};
 use conveyor::stages::{Emit, Stage, StageError};
 use conveyor::transport::{OutboundMessage, PipelineMessage};
 use std::collections::{BTreeSet, HashMap};
@@ -45,19 +45,19 @@ fn slow_w2() -> Options {
     Options { stages: HashMap::from([("w2".to_string(), Arc::new(Slow) as Arc<dyn Stage>)]), ..Default::default() }
 }
 
-async fn out_ids(rt: &Runtime, transport: &str) -> BTreeSet<String> {
+async fn out_ids(rt: &Pipeline, transport: &str) -> BTreeSet<String> {
     ids(&read_all(&*rt.transport(transport), "out").await).into_iter().collect()
 }
 
-fn consumed(rt: &Runtime, worker: &str) -> f64 {
+fn consumed(rt: &Pipeline, worker: &str) -> f64 {
     metric_sum(&rt.metrics.encode(), "conveyor_messages_consumed_total", &format!("worker=\"{worker}\""))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_restarts_only_what_changed_and_loses_nothing() {
-    let rt = Runtime::start(&config(BASE), 1, slow_w2()).await.unwrap();
+    let rt = Pipeline::start(&config(BASE), 1, slow_w2()).await.unwrap();
     assert!(eventually(Duration::from_secs(10), async || consumed(&rt, "w2") > 300.0).await);
-    let report = rt.reload_text(&BASE.replace("concurrency: 2", "concurrency: 4"), Path::new("c.yaml")).await.unwrap();
+    let report = rt.reload_text(&BASE.replace("concurrency: 2", "concurrency: 4"), Path::new("c.yaml"), |v| std::env::var(v).ok()).await.unwrap();
     assert_eq!(report.restarted, vec!["w2".to_string()]);
     assert!(report.unchanged.contains(&"w1".to_string()) && report.unchanged.contains(&"sim".to_string()));
     assert_eq!(rt.health.get("w1").unwrap().restarts(), 0, "untouched worker kept running");
@@ -76,10 +76,10 @@ async fn reload_restarts_only_what_changed_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_reload_keeps_the_running_topology_and_reports_it() {
-    let rt = Runtime::start(&config(BASE), 1, slow_w2()).await.unwrap();
+    let rt = Pipeline::start(&config(BASE), 1, slow_w2()).await.unwrap();
     let addr = rt.http_addr;
     assert!(eventually(Duration::from_secs(10), async || consumed(&rt, "w2") > 100.0).await);
-    let err = rt.reload_text(&BASE.replace("input: mid", "input: midd"), Path::new("c.yaml")).await.unwrap_err();
+    let err = rt.reload_text(&BASE.replace("input: mid", "input: midd"), Path::new("c.yaml"), |v| std::env::var(v).ok()).await.unwrap_err();
     assert!(err.to_string().contains("unknown entity \"midd\""), "{err}");
     let st = rt.config_status();
     assert_eq!(st.generation, 1, "nothing applied");
@@ -97,7 +97,7 @@ async fn invalid_reload_keeps_the_running_topology_and_reports_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_an_entity_to_another_transport_by_reload_loses_nothing() {
-    let rt = Runtime::start(&config(BASE), 1, slow_w2()).await.unwrap();
+    let rt = Pipeline::start(&config(BASE), 1, slow_w2()).await.unwrap();
     // move while `mid` holds a backlog on t1
     assert!(
         eventually(Duration::from_secs(10), async || {
@@ -106,7 +106,7 @@ async fn moving_an_entity_to_another_transport_by_reload_loses_nothing() {
         .await
     );
     let moved = BASE.replace("mid: { transport: t1", "mid: { transport: t2");
-    let report = rt.reload_text(&moved, Path::new("c.yaml")).await.unwrap();
+    let report = rt.reload_text(&moved, Path::new("c.yaml"), |v| std::env::var(v).ok()).await.unwrap();
     assert_eq!(report.restarted, vec!["w1".to_string(), "w2".to_string()]);
     assert!(
         eventually(Duration::from_secs(30), async || out_ids(&rt, "t1").await.len() == 3000).await,
@@ -114,7 +114,7 @@ async fn moving_an_entity_to_another_transport_by_reload_loses_nothing() {
         out_ids(&rt, "t1").await.len()
     );
     // the old `mid` was emptied before w2 switched; the new one carries the rest
-    let old_mid = rt.embedded("t1").committed("mid", "w2").unwrap();
+    let old_mid = committed(&*rt.transport("t1"), "mid", "w2").await;
     let info = rt.transport("t1").partitions("mid").await.unwrap();
     assert_eq!(old_mid, info.iter().map(|p| Some(p.next)).collect::<Vec<_>>(), "nothing stranded on t1");
     let on_t2: i64 = rt.transport("t2").partitions("mid").await.unwrap().iter().map(|p| p.next).sum();
@@ -233,11 +233,11 @@ async fn a_reload_that_cannot_reopen_a_transport_restores_the_previous_topology(
     let dir = tempfile::tempdir().unwrap();
     let text = BASE
         .replace("t1: { type: embedded }", &format!("t1: {{ type: embedded, path: \"{}\" }}", dir.path().display()));
-    let rt = Runtime::start(&config(&text), 1, slow_w2()).await.unwrap();
+    let rt = Pipeline::start(&config(&text), 1, slow_w2()).await.unwrap();
     assert!(eventually(Duration::from_secs(10), async || consumed(&rt, "w2") > 100.0).await);
     // a data path that cannot be created: t1 is closed, reopening fails
     let broken = text.replace(&dir.path().display().to_string(), "/proc/conveyor-cannot-write-here");
-    let err = rt.reload_text(&broken, Path::new("c.yaml")).await.unwrap_err();
+    let err = rt.reload_text(&broken, Path::new("c.yaml"), |v| std::env::var(v).ok()).await.unwrap_err();
     assert!(err.to_string().contains("t1"), "{err}");
     assert_eq!(rt.config_status().generation, 1);
     // the previous topology runs again and nothing is lost

@@ -20,6 +20,8 @@ pub struct Pos {
 #[derive(Debug, Default)]
 pub struct PathIndex {
     positions: HashMap<Vec<String>, Pos>,
+    /// Where each YAML document of the text starts (a config is one).
+    documents: Vec<Pos>,
 }
 
 impl PathIndex {
@@ -28,8 +30,13 @@ impl PathIndex {
     pub fn build(text: &str) -> Self {
         let mut rx = Receiver::default();
         let mut parser = Parser::new_from_str(text);
-        let _ = parser.load(&mut rx, false);
-        PathIndex { positions: rx.positions }
+        let _ = parser.load(&mut rx, true);
+        PathIndex { positions: rx.positions, documents: rx.documents }
+    }
+
+    /// Where the second YAML document starts, if the text holds more than one.
+    pub fn second_document(&self) -> Option<Pos> {
+        self.documents.get(1).copied()
     }
 
     /// The position of `path`, or of its nearest ancestor that is known.
@@ -48,6 +55,7 @@ struct Receiver {
     stack: Vec<Frame>,
     path: Vec<String>,
     positions: HashMap<Vec<String>, Pos>,
+    documents: Vec<Pos>,
 }
 
 fn pos(m: &Marker) -> Pos {
@@ -93,6 +101,13 @@ impl Receiver {
 
 impl MarkedEventReceiver for Receiver {
     fn on_event(&mut self, ev: Event, mark: Marker) {
+        if let Event::DocumentStart = ev {
+            self.documents.push(pos(&mark));
+            return;
+        }
+        if self.documents.len() > 1 {
+            return; // only the first document is indexed
+        }
         match ev {
             Event::Scalar(value, ..) => {
                 if self.enter_value(&mark) {
@@ -144,5 +159,13 @@ mod tests {
         assert_eq!(idx.find(&p("workers/w2/input")), Some(Pos { line: 9, column: 9 }));
         // unknown leaf falls back to the nearest ancestor
         assert_eq!(idx.find(&p("workers/w2/nope")), Some(Pos { line: 9, column: 3 }));
+        assert_eq!(idx.second_document(), None);
+    }
+
+    #[test]
+    fn finds_the_start_of_a_second_document() {
+        let idx = PathIndex::build("a: 1\nb:\n  c: 2\n---\na: 3\n");
+        assert_eq!(idx.second_document().map(|p| p.line), Some(4));
+        assert_eq!(idx.find(&p("a")), Some(Pos { line: 1, column: 1 }), "the first document's keys");
     }
 }

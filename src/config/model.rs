@@ -3,6 +3,8 @@
 //! keep them in step).
 
 use super::duration::Dur;
+use super::secret::Secret;
+use super::stage::StageConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -178,6 +180,12 @@ pub enum TransportConfig {
         /// (durable mode). Producers wait when it is reached. Default 10000.
         #[serde(default = "default_capacity")]
         capacity: usize,
+        /// Largest message accepted (payload, key and headers together), in
+        /// bytes. A bigger one fails as `permanent` (the worker dead-letters
+        /// it, with a trimmed envelope when the envelope itself is too big).
+        /// Default 8 MiB.
+        #[serde(default = "default_max_message")]
+        max_message_bytes: usize,
     },
     /// Apache Kafka (and Event Hubs' Kafka endpoint) through librdkafka.
     Kafka(KafkaConfig),
@@ -395,72 +403,15 @@ impl SaslMechanism {
     }
 }
 
-/// A string that never prints: `Debug`, `Display` and serialization show
-/// `***`. Use [`Secret::expose`] where the value is really needed.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
-
-impl std::fmt::Display for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("***")
-    }
-}
-
 fn default_capacity() -> usize {
     10_000
 }
 
-impl TransportConfig {
-    /// The secret values in this config (hashed into its fingerprint so a
-    /// changed password is a changed transport; never printed).
-    pub fn secret_material(&self) -> String {
-        match self {
-            TransportConfig::Embedded { .. } => String::new(),
-            TransportConfig::Kafka(k) => {
-                let mut s = k.security.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default();
-                for (key, v) in &k.properties {
-                    s.push_str(key);
-                    s.push('=');
-                    s.push_str(v.expose());
-                    s.push('\n');
-                }
-                s
-            }
-            TransportConfig::Eventhubs(e) => {
-                let mut s = e.connection_string.as_ref().map(|p| p.expose().to_string()).unwrap_or_default();
-                if let Some(CheckpointStoreConfig::Blob(BlobLocation { connection_string: Some(c), .. })) =
-                    &e.checkpoint_store
-                {
-                    s.push('\n');
-                    s.push_str(c.expose());
-                }
-                s
-            }
-        }
-    }
+fn default_max_message() -> usize {
+    8 << 20
+}
 
+impl TransportConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             TransportConfig::Embedded { .. } => "embedded",
@@ -675,18 +626,6 @@ impl WorkerConfig {
     pub fn group<'a>(&'a self, worker: &'a str) -> &'a str {
         self.consumer_group.as_deref().unwrap_or(worker)
     }
-
-    /// The secret values in this worker's stage (hashed into its fingerprint
-    /// so a changed upload credential restarts the worker; never printed).
-    pub fn secret_material(&self) -> String {
-        match &self.stage {
-            StageConfig::Upload(UploadConfig {
-                target: UploadTarget::Blob(BlobLocation { connection_string: Some(c), .. }),
-                ..
-            }) => c.expose().to_string(),
-            _ => String::new(),
-        }
-    }
 }
 
 /// Where a consumer group with no committed position begins.
@@ -696,291 +635,4 @@ pub enum StartPosition {
     #[default]
     Earliest,
     Latest,
-}
-
-/// `stage:` — the per-message processing step.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum StageConfig {
-    /// Forwards every message unchanged (payload, key, headers) to `default`.
-    #[default]
-    Passthrough,
-    /// JSON in, JSON out: validate (`require`, `schema`), reshape (`rename`,
-    /// `drop`, `set`), compute an idempotency id (`id`) and route to named
-    /// outputs (`route`). Steps run in that order. A payload that is not a
-    /// JSON object, misses a required field or fails the schema fails as
-    /// `Permanent` (→ dead letter). Without reshaping, the payload bytes are
-    /// forwarded unchanged.
-    Map(MapConfig),
-    /// Calls an HTTP API per message (enrichment, plugin actions) and merges
-    /// the JSON response into the message.
-    Http(HttpStageConfig),
-    /// Streams the file at a URL from the message into a local cache
-    /// directory (size limit, content-type allow-list, SHA-256); idempotent.
-    Download(DownloadConfig),
-    /// Puts a cached file into storage (a directory today); idempotent
-    /// names; the cache file is removed only after success.
-    Upload(UploadConfig),
-    /// Appends each message (a JSON object) as one line to rotated JSON Lines
-    /// files; positions are committed only after the file is fsync'd.
-    Sink(SinkConfig),
-    /// Fault injection for drills and tests: fails a fixed share of messages,
-    /// chosen by a hash of the payload (so a message fails the same way every
-    /// time), and forwards the rest unchanged to `default`.
-    Chaos {
-        /// Share (0–1) failing as `transient` (retried, then dead-lettered).
-        #[serde(default)]
-        transient_ratio: f64,
-        /// Share (0–1) failing as `permanent` (dead-lettered at once).
-        #[serde(default)]
-        permanent_ratio: f64,
-        /// Share (0–1) on which the stage panics (caught: `permanent`).
-        #[serde(default)]
-        panic_ratio: f64,
-        /// Time each message takes (simulates a slow or stuck dependency).
-        #[serde(default)]
-        delay: Dur,
-    },
-}
-
-impl StageConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            StageConfig::Passthrough => "passthrough",
-            StageConfig::Map(_) => "map",
-            StageConfig::Sink(_) => "sink",
-            StageConfig::Http(_) => "http",
-            StageConfig::Download(_) => "download",
-            StageConfig::Upload(_) => "upload",
-            StageConfig::Chaos { .. } => "chaos",
-        }
-    }
-}
-
-/// `stage: { type: map, ... }`
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
-#[serde(deny_unknown_fields)]
-pub struct MapConfig {
-    /// Fields (dotted paths, `claim.id`) that must be present and not null.
-    #[serde(default)]
-    pub require: Vec<String>,
-    /// A JSON Schema (inline, any draft the `jsonschema` crate supports) the
-    /// payload must satisfy.
-    #[serde(default)]
-    pub schema: Option<serde_json::Value>,
-    /// Renames: old path → new path.
-    #[serde(default)]
-    pub rename: BTreeMap<String, String>,
-    /// Paths to remove.
-    #[serde(default)]
-    pub drop: Vec<String>,
-    /// Path → constant JSON value to set (objects are created on the way).
-    #[serde(default)]
-    pub set: BTreeMap<String, serde_json::Value>,
-    /// An idempotency id: the SHA-256 (hex) of the JSON of the `from` paths,
-    /// written to `into`.
-    #[serde(default)]
-    pub id: Option<IdConfig>,
-    /// Routing rules, first match wins; unmatched messages go to `default`
-    /// (or fail as `Permanent` when there is no `default` output).
-    #[serde(default)]
-    pub route: Vec<RouteRule>,
-}
-
-/// `id: { into, from }`
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct IdConfig {
-    pub into: String,
-    pub from: Vec<String>,
-}
-
-/// `route: [{ output, when }]`
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RouteRule {
-    /// The worker output to send matching messages to.
-    pub output: String,
-    pub when: Condition,
-}
-
-/// A test on one field; every given test must hold.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
-#[serde(deny_unknown_fields)]
-pub struct Condition {
-    /// Dotted path of the field.
-    pub field: String,
-    #[serde(default)]
-    pub equals: Option<serde_json::Value>,
-    #[serde(default)]
-    pub not_equals: Option<serde_json::Value>,
-    #[serde(default, rename = "in")]
-    pub one_of: Option<Vec<serde_json::Value>>,
-    #[serde(default)]
-    pub exists: Option<bool>,
-    #[serde(default)]
-    pub gt: Option<f64>,
-    #[serde(default)]
-    pub lt: Option<f64>,
-}
-
-/// `stage: { type: sink, ... }`
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SinkConfig {
-    /// Directory of the files (created if missing).
-    pub dir: PathBuf,
-    /// File name prefix; files are `<prefix>-<UTC time>-<n>.jsonl`.
-    #[serde(default = "default_prefix")]
-    pub prefix: String,
-    /// Start a new file past this size. Default 64 MiB.
-    #[serde(default = "default_file_bytes")]
-    pub max_file_bytes: u64,
-    /// Start a new file after this long. Default `1h`.
-    #[serde(default = "default_file_age")]
-    pub max_file_age: Dur,
-}
-
-fn default_prefix() -> String {
-    "rows".into()
-}
-fn default_file_bytes() -> u64 {
-    64 << 20
-}
-fn default_file_age() -> Dur {
-    Dur::secs(3600)
-}
-
-/// `stage: { type: http, ... }`
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HttpStageConfig {
-    /// `GET`, `POST`, `PUT`, `PATCH` or `DELETE`. Default `GET`.
-    #[serde(default = "default_method")]
-    pub method: String,
-    /// URL template: `{{path}}` is replaced by the message field at that
-    /// dotted path (percent-encoded), e.g. `http://api/claims/{{claim.id}}`.
-    pub url: String,
-    /// Header templates (same `{{path}}` syntax, not encoded).
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Request body: `message` (the payload as it is; default for POST, PUT,
-    /// PATCH), `none`, or a template string.
-    #[serde(default)]
-    pub body: Option<String>,
-    /// Whole-request timeout. Default `10s`.
-    #[serde(default = "default_http_timeout")]
-    pub timeout: Dur,
-    /// Most requests per second for the whole worker (all partitions).
-    #[serde(default)]
-    pub rate_limit: Option<f64>,
-    /// Credentials from the environment (never logged).
-    #[serde(default)]
-    pub auth: Option<HttpAuth>,
-    /// Where the JSON response goes in the message (dotted path). Without
-    /// it the message is forwarded unchanged on success.
-    #[serde(default)]
-    pub merge_into: Option<String>,
-    /// Output for requests that fail permanently (4xx other than 401, 403,
-    /// 408, 429): the message with an `http_error` field goes there instead
-    /// of the dead-letter entity (plugins' `*.errors` entities).
-    #[serde(default)]
-    pub on_error: Option<String>,
-}
-
-fn default_method() -> String {
-    "GET".into()
-}
-fn default_http_timeout() -> Dur {
-    Dur::secs(10)
-}
-
-/// `auth:` of an HTTP stage.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HttpAuth {
-    /// `Authorization: Bearer $VAR`.
-    #[serde(default)]
-    pub bearer_env: Option<String>,
-    /// A header carrying `$env` (an API key), e.g. `X-Api-Key`.
-    #[serde(default)]
-    pub header: Option<String>,
-    #[serde(default)]
-    pub env: Option<String>,
-}
-
-/// `stage: { type: download, ... }`
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct DownloadConfig {
-    /// Dotted path of the URL in the message.
-    pub url_field: String,
-    /// Cache directory (created if missing). A file is named by the SHA-256
-    /// of its URL, so a URL already cached is not fetched again.
-    pub cache_dir: PathBuf,
-    /// Largest file accepted, in bytes. Default 100 MiB.
-    #[serde(default = "default_max_download")]
-    pub max_bytes: u64,
-    /// Accepted content types (`application/pdf`, `image/*`); empty: any.
-    #[serde(default)]
-    pub content_types: Vec<String>,
-    /// Whole-download timeout. Default `60s`.
-    #[serde(default = "default_download_timeout")]
-    pub timeout: Dur,
-    /// Where `{path, size, sha256, content_type, url}` goes in the message.
-    #[serde(default = "default_cached")]
-    pub into: String,
-}
-
-fn default_max_download() -> u64 {
-    100 << 20
-}
-fn default_download_timeout() -> Dur {
-    Dur::secs(60)
-}
-fn default_cached() -> String {
-    "cached".into()
-}
-
-/// `stage: { type: upload, ... }`
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct UploadConfig {
-    /// Dotted path of the cached file's path in the message (what
-    /// `download` wrote). Default `cached.path`.
-    #[serde(default = "default_path_field")]
-    pub path_field: String,
-    /// Where files go.
-    pub target: UploadTarget,
-    /// Object name template (`{{path}}` placeholders), e.g.
-    /// `{{claim.id}}/{{cached.sha256}}`: the same message always maps to the
-    /// same name, so a retried upload overwrites nothing new.
-    pub name: String,
-    /// Where `{target, name, size}` goes in the message. Default `result`.
-    #[serde(default = "default_result")]
-    pub into: String,
-    /// Remove the cache file once uploaded. Default true.
-    #[serde(default = "yes")]
-    pub remove_cache: bool,
-}
-
-fn default_path_field() -> String {
-    "cached.path".into()
-}
-fn default_result() -> String {
-    "result".into()
-}
-fn yes() -> bool {
-    true
-}
-
-/// Upload targets.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum UploadTarget {
-    /// A local (or mounted) directory.
-    Dir { path: PathBuf },
-    /// An Azure Blob Storage container (created if missing). Names are the
-    /// blob names; an existing blob of the same size is not uploaded again.
-    Blob(BlobLocation),
 }

@@ -22,9 +22,8 @@
 //! All file work of one message runs in one blocking-pool call: one thread
 //! hand-off per message, not one per file operation.
 
-use super::http::render;
-use super::map::{get, set};
-use super::{Emit, Stage, StageError};
+use super::json::{get, render, set};
+use super::{BuildError, Emit, Stage, StageError};
 use crate::classify::{self, ErrorCategory};
 use crate::config::{BlobLocation, DownloadConfig, UploadConfig, UploadTarget};
 use crate::transport::{OutboundMessage, PipelineMessage};
@@ -94,7 +93,7 @@ fn append(f: Option<std::fs::File>, part: &Path, data: &[u8]) -> Result<std::fs:
         Some(f) => f,
         None => {
             if let Some(dir) = part.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| io(e, "creating", dir))?;
+                crate::fsync::create_dir_all(dir).map_err(|e| io(e, "creating", dir))?;
             }
             std::fs::File::create(part).map_err(|e| io(e, "creating", part))?
         }
@@ -110,8 +109,11 @@ pub struct Download {
 }
 
 impl Download {
-    pub fn new(cfg: DownloadConfig, output: usize) -> Result<Self, String> {
-        let client = reqwest::Client::builder().timeout(cfg.timeout.get()).build().map_err(|e| e.to_string())?;
+    pub fn new(cfg: DownloadConfig, output: usize) -> Result<Self, BuildError> {
+        let client = reqwest::Client::builder()
+            .timeout(cfg.timeout.get())
+            .build()
+            .map_err(|e| BuildError::HttpClient(e.to_string()))?;
         Ok(Download { cfg, client, output })
     }
 
@@ -201,8 +203,11 @@ impl Download {
                 && rustix::fs::fsetxattr(&f, META_XATTR, &metadata, rustix::fs::XattrFlags::empty()).is_ok();
             f.sync_all().map_err(|e| io(e, "syncing", &part))?;
             drop(f);
-            std::fs::rename(&part, &path).map_err(|e| io(e, "renaming", &part))?;
-            if on_file { Ok(()) } else { std::fs::write(&meta, metadata).map_err(|e| io(e, "writing", &meta)) }
+            // the rename is durable once the directory is synced
+            if !on_file {
+                crate::fsync::write(&meta, &metadata).map_err(|e| io(e, "writing", &meta))?;
+            }
+            crate::fsync::rename(&part, &path).map_err(|e| io(e, "renaming", &part))
         })
         .await?;
         Ok(v)
@@ -232,29 +237,17 @@ pub struct Upload {
     blob: Option<(conveyor_blob::BlobClient, String, tokio::sync::OnceCell<()>)>,
 }
 
-/// A client for `loc`: its connection string, or its endpoint with an Entra ID
-/// credential (with the `eventhubs` feature, which brings `azure_identity`).
-pub fn blob_client(loc: &BlobLocation) -> Result<conveyor_blob::BlobClient, String> {
-    match (&loc.connection_string, &loc.endpoint, &loc.credential) {
-        (Some(cs), _, _) => conveyor_blob::BlobClient::from_connection_string(cs.expose()).map_err(|e| e.to_string()),
-        #[cfg(feature = "eventhubs")]
-        (None, Some(ep), Some(c)) => {
-            let source = crate::checkpoint::entra_token_source(c).map_err(|e| e.to_string())?;
-            conveyor_blob::BlobClient::new(ep, conveyor_blob::Credentials::Bearer(source)).map_err(|e| e.to_string())
-        }
-        _ => Err("blob storage needs `connection_string` (or `endpoint` + `credential` with Entra ID)".into()),
-    }
-}
-
 fn blob_failure(e: conveyor_blob::BlobError) -> StageError {
     StageError::Other { category: e.category().into(), kind: "blob".into(), message: e.to_string() }
 }
 
 impl Upload {
-    pub fn new(cfg: UploadConfig, output: usize) -> Result<Self, String> {
+    pub fn new(cfg: UploadConfig, output: usize) -> Result<Self, BuildError> {
         let blob = match &cfg.target {
             UploadTarget::Dir { .. } => None,
-            UploadTarget::Blob(loc) => Some((blob_client(loc)?, loc.container.clone(), tokio::sync::OnceCell::new())),
+            UploadTarget::Blob(loc) => {
+                Some((crate::azure::blob_client(loc)?, loc.container.clone(), tokio::sync::OnceCell::new()))
+            }
         };
         Ok(Upload { cfg, output, blob })
     }
@@ -343,7 +336,7 @@ impl Stage for Upload {
                 }
                 (Some(s), _) => {
                     if let Some(parent) = dest.parent() {
-                        std::fs::create_dir_all(parent).map_err(|e| io(e, "creating", parent))?;
+                        crate::fsync::create_dir_all(parent).map_err(|e| io(e, "creating", parent))?;
                     }
                     let tmp = dest.with_extension("uploading");
                     let _ = std::fs::remove_file(&tmp);
@@ -359,7 +352,7 @@ impl Stage for Upload {
                         std::fs::copy(&src, &tmp).map_err(|e| io(e, "copying to", &tmp))?;
                         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io(e, "syncing", &tmp))?;
                     }
-                    std::fs::rename(&tmp, &dest).map_err(|e| io(e, "renaming", &tmp))?;
+                    crate::fsync::rename(&tmp, &dest).map_err(|e| io(e, "renaming", &tmp))?;
                     s
                 }
             };

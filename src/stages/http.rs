@@ -10,8 +10,8 @@
 //! of failing. `rate_limit` spaces requests evenly across all partitions of
 //! the worker; concurrency is the worker's `concurrency`.
 
-use super::map::{get, set};
-use super::{Emit, Outputs, Stage, StageError};
+use super::json::{render, set};
+use super::{BuildError, Emit, Outputs, Stage, StageError};
 use crate::classify::{self, ErrorCategory};
 use crate::config::HttpStageConfig;
 use crate::transport::{OutboundMessage, PipelineMessage};
@@ -42,14 +42,14 @@ enum Body {
 }
 
 impl HttpStage {
-    pub fn new(cfg: &HttpStageConfig, outputs: &Outputs) -> Result<Self, String> {
+    pub fn new(cfg: &HttpStageConfig, outputs: &Outputs) -> Result<Self, BuildError> {
         let method: reqwest::Method =
-            cfg.method.to_ascii_uppercase().parse().map_err(|_| format!("bad method {:?}", cfg.method))?;
+            cfg.method.to_ascii_uppercase().parse().map_err(|_| BuildError::Method(cfg.method.clone()))?;
         let client = reqwest::Client::builder()
             .timeout(cfg.timeout.get())
             .pool_max_idle_per_host(64)
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .map_err(|e| BuildError::HttpClient(e.to_string()))?;
         let body = match cfg.body.as_deref() {
             Some("message") => Body::Message,
             Some("none") => Body::None,
@@ -68,9 +68,9 @@ impl HttpStage {
                 auth.push((h.clone(), key));
             }
         }
-        let output = outputs.index("default").ok_or("this stage needs an output named `default`")?;
+        let output = outputs.index("default").ok_or(BuildError::NoDefaultOutput)?;
         let on_error = match &cfg.on_error {
-            Some(o) => Some(outputs.index(o).ok_or(format!("no output {o:?}"))?),
+            Some(o) => Some(outputs.index(o).ok_or_else(|| BuildError::UnknownOutput(o.clone()))?),
             None => None,
         };
         let slots =
@@ -100,39 +100,6 @@ impl HttpStage {
             tokio::time::sleep_until(at).await;
         }
     }
-}
-
-/// Replaces `{{path}}` by the message's field there (strings raw, other
-/// values as JSON; a missing field is empty). `encode` percent-encodes.
-pub fn render(template: &str, v: &Value, encode: bool) -> String {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(i) = rest.find("{{") {
-        out.push_str(&rest[..i]);
-        let Some(j) = rest[i..].find("}}") else {
-            out.push_str(&rest[i..]);
-            return out;
-        };
-        let path = rest[i + 2..i + j].trim();
-        let text = match get(v, path) {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Null) | None => String::new(),
-            Some(other) => other.to_string(),
-        };
-        if encode {
-            for b in text.bytes() {
-                match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
-                    _ => out.push_str(&format!("%{b:02X}")),
-                }
-            }
-        } else {
-            out.push_str(&text);
-        }
-        rest = &rest[i + j + 2..];
-    }
-    out.push_str(rest);
-    out
 }
 
 fn failure(category: ErrorCategory, kind: &str, message: String) -> StageError {
@@ -174,8 +141,8 @@ impl Stage for HttpStage {
         let status = resp.status().as_u16();
         let text = resp.text().await.map_err(|e| failure(ErrorCategory::Transient, "read", e.to_string()))?;
         if let Some(cat) = classify::http_status(status) {
-            let mut short = text.clone();
-            short.truncate(200);
+            // a body of any bytes, cut at a character boundary
+            let short = crate::text::clip(&text, 200).to_string();
             let err = failure(cat, "http_status", format!("HTTP {status} from {} {url}: {short}", self.method));
             if let (ErrorCategory::Permanent, Some(o)) = (cat, self.on_error) {
                 let mut v = v;
@@ -219,6 +186,8 @@ mod tests {
             )
             .route("/status/{code}", route_get(|Path(code): Path<u16>| async move { (StatusCode::from_u16(code).unwrap(), "nope") }))
             .route("/slow", route_get(|| async { tokio::time::sleep(Duration::from_secs(5)).await; "late" }))
+            // byte 200 of the body falls inside a 3-byte character
+            .route("/busy", route_get(|| async { (StatusCode::SERVICE_UNAVAILABLE, format!("{}€€€ réessayez", "x".repeat(199))) }))
             .route("/echo", post(|body: Bytes| async move { body }));
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -285,6 +254,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_throttled_call_with_a_multibyte_body_is_throttling_not_a_panic() {
+        let a = server().await;
+        let s = stage(&format!("url: http://{a}/busy"));
+        let e = run(&s, "{}").await.unwrap_err();
+        assert_eq!(e.category(), ErrorCategory::Throttling, "{e}");
+        assert!(e.to_string().ends_with(&"x".repeat(199)), "the body is cut before the character: {e}");
+        let on_error = stage(&format!("url: http://{a}/status/404\non_error: errors"));
+        assert!(run(&on_error, "{}").await.is_ok());
+    }
+
+    #[tokio::test]
     async fn permanent_failures_go_to_on_error_and_post_sends_the_message() {
         let a = server().await;
         let s = stage(&format!("url: http://{a}/status/404\non_error: errors"));
@@ -306,12 +286,5 @@ mod tests {
         }
         // 6 requests at 20/s: the 6th may not start before 250 ms
         assert!(t0.elapsed() >= Duration::from_millis(250), "{:?}", t0.elapsed());
-    }
-
-    #[test]
-    fn render_templates() {
-        let v = serde_json::json!({"a": {"b": "x y"}, "n": 3});
-        assert_eq!(render("/p/{{a.b}}/{{n}}/{{missing}}", &v, true), "/p/x%20y/3/");
-        assert_eq!(render("{{ a.b }}!", &v, false), "x y!");
     }
 }

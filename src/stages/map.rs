@@ -6,12 +6,13 @@
 //! input fails the same way every time. Without reshaping steps the payload
 //! bytes are forwarded as they came (zero-copy).
 
-use super::{Emit, Outputs, Stage, StageError};
+use super::{BuildError, Emit, Outputs, Stage, StageError};
 use crate::classify::ErrorCategory;
 use crate::config::{Condition, IdConfig, MapConfig};
 use crate::transport::{OutboundMessage, PipelineMessage};
 use async_trait::async_trait;
-use serde_json::{Map, Value};
+use super::json::{get, set, take};
+use serde_json::Value;
 
 pub struct MapStage {
     require: Vec<String>,
@@ -25,19 +26,21 @@ pub struct MapStage {
 }
 
 impl MapStage {
-    pub fn new(cfg: &MapConfig, outputs: &Outputs) -> Result<Self, String> {
+    pub fn new(cfg: &MapConfig, outputs: &Outputs) -> Result<Self, BuildError> {
         let schema = match &cfg.schema {
-            Some(s) => Some(jsonschema::validator_for(s).map_err(|e| format!("invalid JSON Schema: {e}"))?),
+            Some(s) => Some(jsonschema::validator_for(s).map_err(|e| BuildError::Schema(e.to_string()))?),
             None => None,
         };
         let route = cfg
             .route
             .iter()
-            .map(|r| outputs.index(&r.output).map(|i| (i, r.when.clone())).ok_or(format!("no output {:?}", r.output)))
+            .map(|r| {
+                outputs.index(&r.output).map(|i| (i, r.when.clone())).ok_or(BuildError::UnknownOutput(r.output.clone()))
+            })
             .collect::<Result<_, _>>()?;
         let default = outputs.index("default");
         if default.is_none() && cfg.route.is_empty() {
-            return Err("this stage needs an output named `default`".into());
+            return Err(BuildError::NoDefaultOutput);
         }
         Ok(MapStage {
             require: cfg.require.clone(),
@@ -67,45 +70,6 @@ impl MapStage {
 
     fn reshapes(&self) -> bool {
         !(self.rename.is_empty() && self.drop.is_empty() && self.set.is_empty() && self.id.is_none())
-    }
-}
-
-/// The value at a dotted path.
-pub fn get<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(v, |v, k| match v {
-        Value::Object(m) => m.get(k),
-        Value::Array(a) => k.parse::<usize>().ok().and_then(|i| a.get(i)),
-        _ => None,
-    })
-}
-
-fn take(v: &mut Value, path: &str) -> Option<Value> {
-    let (parent, last) = match path.rsplit_once('.') {
-        Some((p, l)) => (get_mut(v, p)?, l),
-        None => (v, path),
-    };
-    parent.as_object_mut()?.remove(last)
-}
-
-fn get_mut<'a>(v: &'a mut Value, path: &str) -> Option<&'a mut Value> {
-    path.split('.').try_fold(v, |v, k| v.as_object_mut()?.get_mut(k))
-}
-
-/// Sets a dotted path, creating objects on the way (a non-object in the way
-/// is replaced).
-pub fn set(v: &mut Value, path: &str, value: Value) {
-    let mut cur = v;
-    let mut parts = path.split('.').peekable();
-    while let Some(k) = parts.next() {
-        if !cur.is_object() {
-            *cur = Value::Object(Map::new());
-        }
-        let obj = cur.as_object_mut().expect("made an object above");
-        if parts.peek().is_none() {
-            obj.insert(k.to_string(), value);
-            return;
-        }
-        cur = obj.entry(k.to_string()).or_insert_with(|| Value::Object(Map::new()));
     }
 }
 

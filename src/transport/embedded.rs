@@ -24,15 +24,25 @@
 //! - **Partitioning**: explicit partition, else Kafka's murmur2 key hash,
 //!   else round-robin.
 //!
+//! - **Limits**: a message (payload, key and headers) larger than
+//!   `max_message_bytes`, with more than 65,535 headers, or with a header
+//!   name longer than 65,535 bytes is refused with a `Permanent` error
+//!   naming the limit (the store's record format counts those in 16 bits);
+//!   nothing of the batch is written.
+//! - **Groups** listed by [`Transport::ensure`] are exactly those that hold
+//!   records back: a group a reload removed stops pinning its entity's
+//!   records (memory) and disk space (durable).
+//!
 //! A failed durable commit (disk full, I/O error) poisons the transport:
 //! every later operation fails with a `Transient` storage error and the
 //! workers go unready, rather than serving records that are not on disk.
 
 mod store;
 
+pub use super::EntitySpec;
 use super::{
-    Assignment, Headers, OutboundMessage, PartitionInfo, PartitionReader, PipelineMessage, ProduceResult, Producer,
-    StartPosition, Subscription, Transport, TransportError, key_partition, now_ms,
+    Assignment, GroupPosition, GroupSpec, Headers, OutboundMessage, PartitionInfo, PartitionReader, PipelineMessage,
+    ProduceResult, Producer, Seek, StartPosition, Subscription, Transport, TransportError, key_partition, now_ms,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -40,7 +50,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use store::{Op, Store, Write, WriterHandle};
+use store::{Op, Store, StoreError, Write, WriterHandle};
 use tokio::sync::{Notify, oneshot};
 
 /// A stored message.
@@ -58,16 +68,20 @@ pub struct EmbeddedOptions {
     pub name: String,
     pub path: Option<PathBuf>,
     pub capacity: usize,
+    /// Largest message (payload, key, headers) accepted, in bytes.
+    pub max_message_bytes: usize,
 }
 
-/// An entity to create: its name on the transport, the config key messages
-/// are labelled with, and its partition count.
-#[derive(Debug, Clone)]
-pub struct EntitySpec {
-    pub name: String,
-    pub key: String,
-    pub partitions: u32,
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions { name: "embedded".into(), path: None, capacity: 10_000, max_message_bytes: 8 << 20 }
+    }
 }
+
+/// Most headers a message may carry, and longest header name (the record
+/// format counts both in 16 bits).
+pub const MAX_HEADERS: usize = u16::MAX as usize;
+pub const MAX_HEADER_NAME: usize = u16::MAX as usize;
 
 /// The embedded transport. Cheap to clone.
 #[derive(Clone)]
@@ -78,6 +92,7 @@ pub struct Embedded {
 struct Inner {
     name: String,
     capacity: usize,
+    max_message_bytes: usize,
     durable: Option<Durable>,
     entities: std::sync::RwLock<HashMap<String, Arc<EntityLog>>>,
     rr: AtomicU64,
@@ -87,7 +102,9 @@ struct Inner {
 struct Durable {
     store: Store,
     writer: WriterHandle,
-    stored_offsets: HashMap<String, i64>,
+    /// Committed positions on disk at open, and of groups unregistered
+    /// since (a group that comes back resumes where it was).
+    stored_offsets: Mutex<HashMap<String, i64>>,
 }
 
 struct EntityLog {
@@ -142,20 +159,16 @@ impl Embedded {
     /// Opens (durable) or creates (memory) the transport with its entities and
     /// the consumer groups known from the topology (registered up front so
     /// records written before a consumer first attaches are kept for it).
-    pub fn open(
-        opts: EmbeddedOptions,
-        entities: &[EntitySpec],
-        groups: &[(String, String, StartPosition)],
-    ) -> Result<Embedded, TransportError> {
+    pub fn open(opts: EmbeddedOptions, entities: &[EntitySpec], groups: &[GroupSpec]) -> Result<Embedded, TransportError> {
         let durable = match &opts.path {
             Some(p) => {
-                let (store, writer) = Store::open(p).map_err(|message| TransportError::Open {
+                let (store, writer) = Store::open(p).map_err(|e| TransportError::Open {
                     transport: opts.name.clone(),
                     path: p.display().to_string(),
-                    message,
+                    message: e.to_string(),
                 })?;
-                let stored_offsets = store.offsets().map_err(|m| storage(&opts.name, m))?;
-                Some(Durable { store, writer, stored_offsets })
+                let stored_offsets = store.offsets().map_err(|e| storage(&opts.name, e))?;
+                Some(Durable { store, writer, stored_offsets: Mutex::new(stored_offsets) })
             }
             None => None,
         };
@@ -163,23 +176,21 @@ impl Embedded {
             inner: Arc::new(Inner {
                 name: opts.name,
                 capacity: opts.capacity.max(1),
+                max_message_bytes: opts.max_message_bytes.max(1),
                 durable,
                 entities: std::sync::RwLock::new(HashMap::new()),
                 rr: AtomicU64::new(0),
                 poisoned: OnceLock::new(),
             }),
         };
-        t.ensure(entities, groups)?;
+        t.carry(entities, groups)?;
         Ok(t)
     }
 
     /// Adds the entities not yet known (recovering them from disk in durable
-    /// mode) and registers the consumer groups (a config reload uses this).
-    pub fn ensure(
-        &self,
-        entities: &[EntitySpec],
-        groups: &[(String, String, StartPosition)],
-    ) -> Result<(), TransportError> {
+    /// mode), registers `groups` and unregisters every other group (a config
+    /// reload uses this through [`Transport::ensure`]).
+    pub fn carry(&self, entities: &[EntitySpec], groups: &[GroupSpec]) -> Result<(), TransportError> {
         let inner = &self.inner;
         for e in entities {
             if inner.entities.read().unwrap().contains_key(&e.name) {
@@ -189,7 +200,7 @@ impl Embedded {
             for p in 0..e.partitions {
                 let (earliest, next) = match &inner.durable {
                     Some(d) => {
-                        let r = d.store.recover(&e.name, p).map_err(|m| storage(&inner.name, m))?;
+                        let r = d.store.recover(&e.name, p).map_err(|e| storage(&inner.name, e))?;
                         (r.earliest, r.next)
                     }
                     None => (0, 0),
@@ -217,8 +228,13 @@ impl Embedded {
             });
             inner.entities.write().unwrap().insert(e.name.clone(), log);
         }
-        for (entity, group, start) in groups {
-            inner.register(entity, group, *start)?;
+        for g in groups {
+            inner.register(&g.entity, &g.group, g.start)?;
+        }
+        let logs: Vec<Arc<EntityLog>> = inner.entities.read().unwrap().values().cloned().collect();
+        for log in logs {
+            let keep: Vec<&str> = groups.iter().filter(|g| *g.entity == *log.name).map(|g| g.group.as_str()).collect();
+            inner.unregister_others(&log, &keep);
         }
         Ok(())
     }
@@ -242,14 +258,36 @@ impl Embedded {
         d.writer.send(Write { op: Op::Barrier, ack: Some(ack) });
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(m)) => Err(self.inner.poison(m)),
+            Ok(Err(e)) => Err(self.inner.poison(e)),
             Err(_) => Err(TransportError::Closed { transport: self.inner.name.clone() }),
         }
     }
 }
 
-fn storage(transport: &str, message: String) -> TransportError {
-    TransportError::Storage { transport: transport.to_string(), message }
+fn storage(transport: &str, e: StoreError) -> TransportError {
+    TransportError::Storage { transport: transport.to_string(), message: e.to_string() }
+}
+
+/// Why `m` cannot be stored, if it cannot.
+fn check_limits(m: &OutboundMessage, max_bytes: usize) -> Result<(), TransportError> {
+    let size = m.byte_len();
+    if size > max_bytes {
+        return Err(TransportError::TooLarge { size, limit: max_bytes });
+    }
+    if m.headers.len() > MAX_HEADERS {
+        return Err(TransportError::Unrepresentable(format!(
+            "message has {} headers; the embedded transport stores at most {MAX_HEADERS}",
+            m.headers.len()
+        )));
+    }
+    if let Some((n, _)) = m.headers.0.iter().find(|(n, _)| n.len() > MAX_HEADER_NAME) {
+        return Err(TransportError::Unrepresentable(format!(
+            "header name of {} bytes (starting {:?}); the embedded transport stores names of at most {MAX_HEADER_NAME} bytes",
+            n.len(),
+            crate::text::clip(n, 32)
+        )));
+    }
+    Ok(())
 }
 
 impl Inner {
@@ -264,14 +302,55 @@ impl Inner {
 
     fn check(&self) -> Result<(), TransportError> {
         match self.poisoned.get() {
-            Some(m) => Err(storage(&self.name, format!("store failed earlier and is read-only: {m}"))),
+            Some(m) => Err(TransportError::Storage {
+                transport: self.name.clone(),
+                message: format!("store failed earlier and is read-only: {m}"),
+            }),
             None => Ok(()),
         }
     }
 
-    fn poison(&self, m: String) -> TransportError {
-        let _ = self.poisoned.set(m.clone());
-        storage(&self.name, m)
+    fn poison(&self, e: StoreError) -> TransportError {
+        let _ = self.poisoned.set(e.to_string());
+        storage(&self.name, e)
+    }
+
+    /// Drops every group of `log` not in `keep`: they no longer hold records
+    /// back, so producers waiting for room may go on.
+    fn unregister_others(&self, log: &EntityLog, keep: &[&str]) {
+        for p in &log.parts {
+            let mut st = p.st.lock().unwrap();
+            let gone: Vec<(String, i64)> =
+                st.committed.iter().filter(|(g, _)| !keep.contains(&g.as_str())).map(|(g, c)| (g.clone(), *c)).collect();
+            if gone.is_empty() {
+                continue;
+            }
+            for (g, c) in &gone {
+                st.committed.remove(g);
+                if let Some(d) = &self.durable {
+                    d.stored_offsets.lock().unwrap().insert(store::offset_key(g, &log.name, p.index), *c);
+                }
+            }
+            match &self.durable {
+                None => {
+                    let min = st.min_committed().unwrap_or(st.next);
+                    while st.mem_base < min && !st.mem.is_empty() {
+                        st.mem.pop_front();
+                        st.mem_base += 1;
+                    }
+                    if st.committed.is_empty() {
+                        while st.mem.len() > self.capacity {
+                            st.mem.pop_front();
+                            st.mem_base += 1;
+                        }
+                    }
+                    st.earliest = st.mem_base;
+                }
+                Some(_) => st.trim_window(self.capacity),
+            }
+            drop(st);
+            p.space.notify_waiters();
+        }
     }
 
     fn register(&self, entity: &str, group: &str, start: StartPosition) -> Result<(), TransportError> {
@@ -284,7 +363,7 @@ impl Inner {
             let stored = self
                 .durable
                 .as_ref()
-                .and_then(|d| d.stored_offsets.get(&store::offset_key(group, entity, p.index)).copied());
+                .and_then(|d| d.stored_offsets.lock().unwrap().get(&store::offset_key(group, entity, p.index)).copied());
             let pos = match (stored, start) {
                 (Some(s), _) => s.max(st.earliest),
                 (None, StartPosition::Earliest) => st.earliest.min(st.mem_base),
@@ -361,7 +440,7 @@ impl Inner {
                             part.space.notify_waiters();
                             Ok(first)
                         }
-                        Ok(Err(m)) => Err(self.poison(m)),
+                        Ok(Err(e)) => Err(self.poison(e)),
                         Err(_) => Err(TransportError::Closed { transport: self.name.clone() }),
                     };
                 }
@@ -380,6 +459,9 @@ impl Producer for Embedded {
         let nparts = log.parts.len() as u32;
         let now = now_ms();
         let total = batch.len();
+        for m in &batch {
+            check_limits(m, inner.max_message_bytes)?;
+        }
         // group by partition, remembering each message's index
         let mut per: Vec<(Vec<usize>, Vec<Record>)> = (0..nparts).map(|_| (Vec::new(), Vec::new())).collect();
         for (i, m) in batch.into_iter().enumerate() {
@@ -469,9 +551,60 @@ impl Transport for Embedded {
             .collect())
     }
 
-    async fn close(&self) {
-        if let Err(e) = self.flush().await {
-            tracing::error!(transport = %self.inner.name, error = %e, "final flush of the embedded store failed");
+    async fn ensure(&self, entities: &[EntitySpec], groups: &[GroupSpec]) -> Result<(), TransportError> {
+        self.carry(entities, groups)
+    }
+
+    async fn group_positions(&self, entity: &str, group: &str) -> Result<Vec<GroupPosition>, TransportError> {
+        let log = self.inner.entity(entity)?;
+        Ok(log
+            .parts
+            .iter()
+            .map(|p| {
+                let st = p.st.lock().unwrap();
+                GroupPosition {
+                    info: PartitionInfo {
+                        entity: log.label.clone(),
+                        partition: p.index,
+                        earliest: st.earliest,
+                        next: st.visible,
+                    },
+                    committed: st.committed.get(group).copied(),
+                }
+            })
+            .collect())
+    }
+
+    async fn open_reader(
+        &self,
+        entity: &str,
+        partition: u32,
+        from: Seek,
+    ) -> Result<Box<dyn PartitionReader>, TransportError> {
+        self.inner.check()?;
+        let log = self.inner.entity(entity)?;
+        let part = log.parts.get(partition as usize).cloned().ok_or_else(|| TransportError::UnknownPartition {
+            entity: entity.to_string(),
+            partition,
+            partitions: log.parts.len() as u32,
+        })?;
+        let cursor = {
+            let st = part.st.lock().unwrap();
+            match from {
+                Seek::Earliest => st.earliest,
+                Seek::At(p) => p.max(st.earliest),
+            }
+        };
+        Ok(Box::new(EmbeddedReader { inner: self.inner.clone(), log, part, group: None, cursor, commits_since_trim: 0 }))
+    }
+
+    async fn close(&self, within: std::time::Duration) {
+        match tokio::time::timeout(within, self.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(transport = %self.inner.name, error = %e, "final flush of the embedded store failed")
+            }
+            Err(_) => tracing::error!(transport = %self.inner.name, "final flush of the embedded store did not finish in time"),
         }
     }
 }
@@ -509,7 +642,7 @@ impl Subscription for EmbeddedSubscription {
                     inner: self.inner.clone(),
                     log: self.log.clone(),
                     part: p.clone(),
-                    group: self.group.clone(),
+                    group: Some(self.group.clone()),
                     cursor,
                     commits_since_trim: 0,
                 }));
@@ -535,7 +668,8 @@ struct EmbeddedReader {
     inner: Arc<Inner>,
     log: Arc<EntityLog>,
     part: Arc<Partition>,
-    group: Arc<str>,
+    /// `None`: opened by `open_reader`, as no group (cannot commit).
+    group: Option<Arc<str>>,
     cursor: i64,
     commits_since_trim: u32,
 }
@@ -592,7 +726,7 @@ impl PartitionReader for EmbeddedReader {
                 let d = self.inner.durable.as_ref().expect("only durable mode keeps records outside memory");
                 let n = ((until - self.cursor) as usize).min(max);
                 let rows = d.store.read(&self.log.name, self.part.index, self.cursor, n);
-                let rows = rows.map_err(|m| self.inner.poison(m))?;
+                let rows = rows.map_err(|e| self.inner.poison(e))?;
                 if rows.is_empty() {
                     // trimmed under us: skip to what is stored
                     let st = self.part.st.lock().unwrap();
@@ -611,10 +745,11 @@ impl PartitionReader for EmbeddedReader {
 
     async fn commit(&mut self, last: &PipelineMessage) -> Result<(), TransportError> {
         self.inner.check()?;
+        let Some(group) = self.group.clone() else { return Err(TransportError::ReadOnly) };
         let next = last.position + 1;
         let trim = {
             let mut st = self.part.st.lock().unwrap();
-            let c = st.committed.entry(self.group.to_string()).or_insert(next);
+            let c = st.committed.entry(group.to_string()).or_insert(next);
             *c = (*c).max(next);
             let min = st.min_committed().unwrap_or(next);
             match &self.inner.durable {
@@ -643,7 +778,7 @@ impl PartitionReader for EmbeddedReader {
         match &self.inner.durable {
             None => self.part.space.notify_waiters(),
             Some(d) => {
-                let key = store::offset_key(&self.group, &self.log.name, self.part.index);
+                let key = store::offset_key(&group, &self.log.name, self.part.index);
                 d.writer.send(Write { op: Op::Commit { key, next }, ack: None });
                 if let Some(below) = trim {
                     let op = Op::Trim { entity: self.log.name.clone(), partition: self.part.index, below };
@@ -655,8 +790,9 @@ impl PartitionReader for EmbeddedReader {
     }
 
     fn lag(&self) -> Option<u64> {
+        let group = self.group.as_ref()?;
         let st = self.part.st.lock().unwrap();
-        let c = st.committed.get(&*self.group).copied().unwrap_or(st.earliest);
+        let c = st.committed.get(&**group).copied().unwrap_or(st.earliest);
         Some((st.visible - c).max(0) as u64)
     }
 }

@@ -46,12 +46,14 @@
 //! (`amqp:link:stolen`, `ConsumerDisconnected`) means another consumer took
 //! the partition: it is revoked, not retried.
 
+pub mod checkpoint;
 mod consumer;
 
 use super::{
-    OutboundMessage, PartitionInfo, ProduceResult, Producer, StartPosition, Subscription, Transport, TransportError,
+    EntitySpec, GroupPosition, GroupSpec, OutboundMessage, PartitionInfo, PartitionReader, ProduceResult, Producer,
+    Seek, StartPosition, Subscription, Transport, TransportError,
 };
-use crate::checkpoint::CheckpointStore;
+use checkpoint::CheckpointStore;
 use crate::classify::{self, ErrorCategory};
 use crate::config::{EventHubsConfig, Secret};
 use async_trait::async_trait;
@@ -82,16 +84,6 @@ fn sdk_retries() -> azure_messaging_eventhubs::RetryOptions {
 /// lower limit (Basic: 256 KiB) gets batches of its own limit.
 const MAX_BATCH_BYTES: u64 = 1024 * 1024;
 
-/// An entity on this transport.
-#[derive(Debug, Clone)]
-pub struct EhEntity {
-    /// Config key (messages are labelled with it).
-    pub key: String,
-    /// Event hub name.
-    pub hub: String,
-    pub partitions: u32,
-}
-
 /// The Event Hubs transport. Cheap to clone.
 #[derive(Clone)]
 pub struct EventHubsTransport {
@@ -108,7 +100,7 @@ struct Inner {
     namespace: String,
     store: Option<Arc<dyn CheckpointStore>>,
     /// By hub name (what workers pass to `send`/`subscribe`).
-    entities: RwLock<HashMap<String, EhEntity>>,
+    entities: RwLock<HashMap<String, EntitySpec>>,
     producers: tokio::sync::Mutex<HashMap<String, Arc<ProducerClient>>>,
     balancers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -152,7 +144,7 @@ fn other(category: ErrorCategory, kind: &'static str, message: String) -> Transp
 impl EventHubsTransport {
     /// Resolves credentials and opens the checkpoint store; clients connect
     /// on first use.
-    pub async fn open(name: &str, cfg: &EventHubsConfig, entities: Vec<EhEntity>) -> Result<Self, TransportError> {
+    pub async fn open(name: &str, cfg: &EventHubsConfig, entities: &[EntitySpec]) -> Result<Self, TransportError> {
         let (auth, namespace, mut endpoint) = match (&cfg.connection_string, &cfg.credential) {
             (Some(cs), _) => {
                 let (host, emulator) = parse_endpoint(cs.expose()).ok_or_else(|| {
@@ -168,7 +160,7 @@ impl EventHubsTransport {
             }
             (None, Some(c)) => {
                 let ns = cfg.namespace.clone().unwrap_or_default();
-                let credential = crate::checkpoint::entra_credential(c).map_err(|e| {
+                let credential = crate::azure::entra_credential(c).map_err(|e| {
                     other(ErrorCategory::Auth, "credential", format!("transports.{name}.credential: {e}"))
                 })?;
                 (Auth::Entra { namespace: ns.clone(), credential }, ns, None)
@@ -185,7 +177,7 @@ impl EventHubsTransport {
             endpoint = cfg.custom_endpoint.clone();
         }
         let store = match &cfg.checkpoint_store {
-            Some(s) => Some(crate::checkpoint::open(name, s).await?),
+            Some(s) => Some(checkpoint::open(name, s).await?),
             None => None,
         };
         let t = EventHubsTransport {
@@ -201,19 +193,19 @@ impl EventHubsTransport {
                 balancers: Mutex::new(Vec::new()),
             }),
         };
-        t.ensure(entities);
+        t.add(entities);
         Ok(t)
     }
 
     /// Adds entities (a config reload uses this).
-    pub fn ensure(&self, entities: Vec<EhEntity>) {
+    fn add(&self, entities: &[EntitySpec]) {
         let mut map = self.inner.entities.write().unwrap();
         for e in entities {
-            map.insert(e.hub.clone(), e);
+            map.insert(e.name.clone(), e.clone());
         }
     }
 
-    fn entity(&self, hub: &str) -> Result<EhEntity, TransportError> {
+    fn entity(&self, hub: &str) -> Result<EntitySpec, TransportError> {
         self.inner.entities.read().unwrap().get(hub).cloned().ok_or_else(|| TransportError::UnknownEntity {
             transport: self.inner.name.clone(),
             entity: hub.to_string(),
@@ -305,7 +297,7 @@ impl EventHubsTransport {
             }
             .map_err(|e| self.map_err(hub, &e))?;
             while i < msgs.len() {
-                let added = batch.try_add_event_data(to_event(&msgs[i]), None).map_err(|e| self.map_err(hub, &e))?;
+                let added = batch.try_add_event_data(to_event(&msgs[i])?, None).map_err(|e| self.map_err(hub, &e))?;
                 if !added {
                     break;
                 }
@@ -331,7 +323,16 @@ enum Target {
     Any,
 }
 
-fn to_event(m: &OutboundMessage) -> EventData {
+/// The SDK's event for `m`. Application properties are a map, so a header
+/// name that repeats cannot be carried: the message is refused (permanent,
+/// naming the header) rather than losing a value.
+fn to_event(m: &OutboundMessage) -> Result<EventData, TransportError> {
+    if let Some(n) = m.headers.repeated_name() {
+        return Err(TransportError::Unrepresentable(format!(
+            "header {:?} appears more than once; Event Hubs properties hold one value per name",
+            crate::text::clip(n, 64)
+        )));
+    }
     let mut b = EventData::builder().with_body(m.payload.to_vec());
     for (k, v) in m.headers.iter() {
         let v = match std::str::from_utf8(v) {
@@ -340,7 +341,7 @@ fn to_event(m: &OutboundMessage) -> EventData {
         };
         b = b.add_property(k.to_string(), v);
     }
-    b.build()
+    Ok(b.build())
 }
 
 #[async_trait]
@@ -350,7 +351,11 @@ impl Producer for EventHubsTransport {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let p = self.producer_for(&e.hub).await?;
+        // refuse what cannot be carried before anything of the batch goes out
+        for m in &batch {
+            to_event(m)?;
+        }
+        let p = self.producer_for(&e.name).await?;
         let mut groups: Vec<(Target, Vec<OutboundMessage>)> = Vec::new();
         let mut index: HashMap<Target, usize> = HashMap::new();
         let mut results = Vec::with_capacity(batch.len());
@@ -372,7 +377,7 @@ impl Producer for EventHubsTransport {
         // time anyway); the first failure stops the rest
         let sends = async {
             for (t, msgs) in &groups {
-                self.send_group(&p, &e.hub, t, msgs).await?;
+                self.send_group(&p, &e.name, t, msgs).await?;
             }
             Ok(())
         };
@@ -380,13 +385,13 @@ impl Producer for EventHubsTransport {
             Err(other(
                 ErrorCategory::Transient,
                 "timeout",
-                format!("event hub {:?} on {}: send not acknowledged within {SEND_TIMEOUT:?}", e.hub, self.inner.name),
+                format!("event hub {:?} on {}: send not acknowledged within {SEND_TIMEOUT:?}", e.name, self.inner.name),
             ))
         });
         if let Err(err) = outcome {
             if err.category() == ErrorCategory::Transient {
                 // let the next send open a fresh client
-                self.inner.producers.lock().await.remove(&e.hub);
+                self.inner.producers.lock().await.remove(&e.name);
             }
             return Err(err);
         }
@@ -425,11 +430,11 @@ impl Transport for EventHubsTransport {
 
     async fn partitions(&self, entity: &str) -> Result<Vec<PartitionInfo>, TransportError> {
         let e = self.entity(entity)?;
-        let p = self.producer_for(&e.hub).await?;
-        let props = p.get_eventhub_properties().await.map_err(|err| self.map_err(&e.hub, &err))?;
+        let p = self.producer_for(&e.name).await?;
+        let props = p.get_eventhub_properties().await.map_err(|err| self.map_err(&e.name, &err))?;
         let mut out = Vec::new();
         for (i, id) in props.partition_ids.iter().enumerate() {
-            let pp = p.get_partition_properties(id).await.map_err(|err| self.map_err(&e.hub, &err))?;
+            let pp = p.get_partition_properties(id).await.map_err(|err| self.map_err(&e.name, &err))?;
             let empty = pp.last_enqueued_sequence_number < pp.beginning_sequence_number;
             out.push(PartitionInfo {
                 entity: e.key.as_str().into(),
@@ -441,15 +446,63 @@ impl Transport for EventHubsTransport {
         Ok(out)
     }
 
-    async fn close(&self) {
+    async fn ensure(&self, entities: &[EntitySpec], _groups: &[GroupSpec]) -> Result<(), TransportError> {
+        // consumer groups are the namespace's; ownership and checkpoints
+        // live in the checkpoint store
+        self.add(entities);
+        Ok(())
+    }
+
+    async fn group_positions(&self, entity: &str, group: &str) -> Result<Vec<GroupPosition>, TransportError> {
+        let e = self.entity(entity)?;
+        let Some(store) = self.inner.store.clone() else {
+            return Err(other(
+                ErrorCategory::Permanent,
+                "config",
+                format!("transports.{} has no checkpoint_store: group positions are unknown", self.inner.name),
+            ));
+        };
+        let checkpoints = store
+            .list_checkpoints(&self.inner.namespace, &e.name, group)
+            .await
+            .map_err(|err| checkpoint::store_error(&self.inner.name, err))?;
+        let infos = self.partitions(entity).await?;
+        Ok(infos
+            .into_iter()
+            .map(|info| {
+                // a checkpoint holds the last processed sequence number
+                let committed = checkpoints
+                    .iter()
+                    .find(|c| c.partition_id.parse::<u32>().ok() == Some(info.partition))
+                    .and_then(|c| c.sequence_number)
+                    .map(|s| s + 1);
+                GroupPosition { info, committed }
+            })
+            .collect())
+    }
+
+    async fn open_reader(
+        &self,
+        entity: &str,
+        partition: u32,
+        from: Seek,
+    ) -> Result<Box<dyn PartitionReader>, TransportError> {
+        let e = self.entity(entity)?;
+        consumer::browse(self.clone(), e, partition, from).await
+    }
+
+    async fn close(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
         let handles: Vec<_> = self.inner.balancers.lock().unwrap().drain(..).collect();
         for h in handles {
-            let _ = tokio::time::timeout(Duration::from_secs(15), h).await;
+            if tokio::time::timeout_at(deadline, h).await.is_err() {
+                tracing::warn!(transport = %self.inner.name, "a consumer did not finish writing its checkpoints in time");
+            }
         }
         let producers: Vec<_> = self.inner.producers.lock().await.drain().map(|(_, p)| p).collect();
         for p in producers {
             if let Ok(p) = Arc::try_unwrap(p) {
-                let _ = tokio::time::timeout(Duration::from_secs(5), p.close()).await;
+                let _ = tokio::time::timeout_at(deadline, p.close()).await;
             }
         }
     }

@@ -9,6 +9,17 @@
 //! partition gets its own queue (`split_partition_queue`), so each lane reads
 //! its partition in order while partitions run in parallel.
 //!
+//! Messages that librdkafka puts on the consumer's main queue before a new
+//! partition queue is split off (*strays*) are read by that partition's
+//! lane first: a new lane starts reading only after the poller thread has
+//! emptied the main queue once the split is in place (the reader's *gate*),
+//! so every stray is in hand before any later offset of its partition, and
+//! no later offset is stored before an earlier one was processed.
+//!
+//! Header names that are not UTF-8 (Kafka allows any bytes) are read without
+//! librdkafka-rust's UTF-8 check (which panics) and kept as
+//! `transport::header_name` spells them; they are produced under that name.
+//!
 //! Rebalance callbacks run on a dedicated poller thread and never `.await`:
 //! on revoke they hand the partitions to the async worker over a channel and
 //! wait (bounded by `REVOKE_TIMEOUT`) until its lanes finished and committed
@@ -39,8 +50,9 @@
 //! `properties` value) are `Secret`s: never printed in logs or errors.
 
 use super::{
-    Assignment, Headers, OutboundMessage, PartitionInfo, PartitionReader, PipelineMessage, ProduceResult, Producer,
-    StartPosition, Subscription, Transport, TransportError,
+    Assignment, EntitySpec, GroupPosition, GroupSpec, Headers, OutboundMessage, PartitionInfo, PartitionReader,
+    PipelineMessage, ProduceResult, Producer, Seek, StartPosition, Subscription, Transport, TransportError,
+    header_name,
 };
 use crate::classify::{self, ErrorCategory};
 use crate::config::KafkaConfig;
@@ -51,10 +63,11 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Header, Headers as _, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -67,16 +80,6 @@ const FILL_WAIT: Duration = Duration::from_millis(5);
 /// Longest a revoke waits for the worker to finish the partition's batch.
 pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// An entity on this transport.
-#[derive(Debug, Clone)]
-pub struct KafkaEntity {
-    /// Config key (messages are labelled with it).
-    pub key: String,
-    /// Topic name.
-    pub topic: String,
-    pub partitions: u32,
-}
-
 /// The Kafka transport. Cheap to clone.
 #[derive(Clone)]
 pub struct KafkaTransport {
@@ -88,7 +91,7 @@ struct Inner {
     cfg: KafkaConfig,
     producer: ThreadedProducer<ProducerCtx>,
     /// By topic.
-    entities: std::sync::RwLock<HashMap<String, KafkaEntity>>,
+    entities: std::sync::RwLock<HashMap<String, EntitySpec>>,
     pollers: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
@@ -151,11 +154,7 @@ fn kind_name(c: RDKafkaErrorCode) -> &'static str {
 
 impl KafkaTransport {
     /// Creates the shared producer; optionally creates missing topics.
-    pub async fn open(
-        name: &str,
-        cfg: &KafkaConfig,
-        entities: Vec<KafkaEntity>,
-    ) -> Result<KafkaTransport, TransportError> {
+    pub async fn open(name: &str, cfg: &KafkaConfig, entities: &[EntitySpec]) -> Result<KafkaTransport, TransportError> {
         let mut pc = base_config(cfg);
         pc.set("enable.idempotence", "true");
         pc.set("linger.ms", "5");
@@ -175,16 +174,16 @@ impl KafkaTransport {
                 pollers: Mutex::new(Vec::new()),
             }),
         };
-        t.ensure(entities).await?;
+        t.add(entities).await?;
         Ok(t)
     }
 
     /// Adds entities (a config reload uses this), creating their topics when
     /// `create_topics` is set.
-    pub async fn ensure(&self, entities: Vec<KafkaEntity>) -> Result<(), TransportError> {
-        let new: Vec<KafkaEntity> = {
+    async fn add(&self, entities: &[EntitySpec]) -> Result<(), TransportError> {
+        let new: Vec<EntitySpec> = {
             let mut map = self.inner.entities.write().unwrap();
-            entities.into_iter().filter(|e| map.insert(e.topic.clone(), e.clone()).is_none()).collect()
+            entities.iter().filter(|e| map.insert(e.name.clone(), (*e).clone()).is_none()).cloned().collect()
         };
         if self.inner.cfg.create_topics && !new.is_empty() {
             self.create_topics(&new).await?;
@@ -192,14 +191,14 @@ impl KafkaTransport {
         Ok(())
     }
 
-    async fn create_topics(&self, entities: &[KafkaEntity]) -> Result<(), TransportError> {
+    async fn create_topics(&self, entities: &[EntitySpec]) -> Result<(), TransportError> {
         use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
         let mut ac = base_config(&self.inner.cfg);
         apply_properties(&mut ac, &self.inner.cfg);
         let admin: AdminClient<rdkafka::client::DefaultClientContext> =
             ac.create().map_err(|e| map_err(&self.inner.name, &e))?;
         let topics: Vec<NewTopic> =
-            entities.iter().map(|e| NewTopic::new(&e.topic, e.partitions as i32, TopicReplication::Fixed(1))).collect();
+            entities.iter().map(|e| NewTopic::new(&e.name, e.partitions as i32, TopicReplication::Fixed(1))).collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let results = admin.create_topics(topics.iter(), &opts).await.map_err(|e| map_err(&self.inner.name, &e))?;
         for r in results {
@@ -218,7 +217,7 @@ impl KafkaTransport {
         Ok(())
     }
 
-    fn entity(&self, topic: &str) -> Result<KafkaEntity, TransportError> {
+    fn entity(&self, topic: &str) -> Result<EntitySpec, TransportError> {
         self.inner.entities.read().unwrap().get(topic).cloned().ok_or_else(|| TransportError::UnknownEntity {
             transport: self.inner.name.clone(),
             entity: topic.to_string(),
@@ -327,7 +326,7 @@ impl Producer for KafkaTransport {
         let acks = Arc::new(Acks::new(n));
         for (i, m) in batch.iter().enumerate() {
             let mut rec: BaseRecord<'_, [u8], [u8], Box<Pending>> =
-                BaseRecord::with_opaque_to(&e.topic, Box::new(Pending(acks.clone(), i))).payload(&m.payload[..]);
+                BaseRecord::with_opaque_to(&e.name, Box::new(Pending(acks.clone(), i))).payload(&m.payload[..]);
             if let Some(k) = &m.key {
                 rec = rec.key(&k[..]);
             }
@@ -419,18 +418,19 @@ impl Transport for KafkaTransport {
         let (tx, rx) = mpsc::unbounded_channel();
         let ctx = Ctx {
             transport: name.clone(),
-            topic: e.topic.clone(),
+            topic: e.name.clone(),
             label: e.key.as_str().into(),
             events: tx,
             me: OnceLock::new(),
             lags: Arc::new(Mutex::new(HashMap::new())),
             strays: Arc::new(Mutex::new(HashMap::new())),
+            fresh: Mutex::new(Vec::new()),
             degraded: AtomicBool::new(false),
         };
         let consumer: Arc<BaseConsumer<Ctx>> =
             Arc::new(c.create_with_context(ctx).map_err(|err| map_err(&name, &err))?);
         let _ = consumer.context().me.set(Arc::downgrade(&consumer));
-        consumer.subscribe(&[&e.topic]).map_err(|err| map_err(&name, &err))?;
+        consumer.subscribe(&[&e.name]).map_err(|err| map_err(&name, &err))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (c2, s2) = (consumer.clone(), stop.clone());
         let handle = std::thread::Builder::new()
@@ -447,40 +447,180 @@ impl Transport for KafkaTransport {
 
     async fn partitions(&self, entity: &str) -> Result<Vec<PartitionInfo>, TransportError> {
         let e = self.entity(entity)?;
-        let mut c = base_config(&self.inner.cfg);
-        apply_properties(&mut c, &self.inner.cfg);
+        let c = self.client_config(None);
         let name = self.inner.name.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let consumer: BaseConsumer = c.create().map_err(|err| map_err(&name, &err))?;
-            let md =
-                consumer.fetch_metadata(Some(&e.topic), Duration::from_secs(10)).map_err(|err| map_err(&name, &err))?;
-            let n = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
-            let mut out = Vec::new();
-            for p in 0..n as i32 {
-                let (lo, hi) = consumer
-                    .fetch_watermarks(&e.topic, p, Duration::from_secs(10))
-                    .map_err(|err| map_err(&name, &err))?;
-                out.push(PartitionInfo { entity: e.key.as_str().into(), partition: p as u32, earliest: lo, next: hi });
-            }
-            Ok(out)
+            watermarks(&consumer, &name, &e)
         })
         .await
-        .map_err(|err| TransportError::Other {
-            category: ErrorCategory::Transient,
-            kind: "join",
-            message: err.to_string(),
-        })?
     }
 
-    async fn close(&self) {
-        let _ = self.inner.producer.flush(Timeout::After(Duration::from_secs(10)));
+    async fn ensure(&self, entities: &[EntitySpec], _groups: &[GroupSpec]) -> Result<(), TransportError> {
+        // groups live on the broker; nothing here holds data back for them
+        self.add(entities).await
+    }
+
+    async fn group_positions(&self, entity: &str, group: &str) -> Result<Vec<GroupPosition>, TransportError> {
+        let e = self.entity(entity)?;
+        let c = self.client_config(Some(group));
+        let name = self.inner.name.clone();
+        blocking(move || {
+            let consumer: BaseConsumer = c.create().map_err(|err| map_err(&name, &err))?;
+            let infos = watermarks(&consumer, &name, &e)?;
+            let mut tpl = TopicPartitionList::new();
+            for i in &infos {
+                tpl.add_partition(&e.name, i.partition as i32);
+            }
+            let committed =
+                consumer.committed_offsets(tpl, Duration::from_secs(10)).map_err(|err| map_err(&name, &err))?;
+            Ok(infos
+                .into_iter()
+                .map(|info| {
+                    let c = committed.find_partition(&e.name, info.partition as i32).and_then(|el| match el.offset() {
+                        Offset::Offset(o) if o >= 0 => Some(o),
+                        _ => None,
+                    });
+                    GroupPosition { info, committed: c }
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn open_reader(
+        &self,
+        entity: &str,
+        partition: u32,
+        from: Seek,
+    ) -> Result<Box<dyn PartitionReader>, TransportError> {
+        let e = self.entity(entity)?;
+        let mut c = self.client_config(Some(&format!("conveyor-reader-{:016x}", fastrand::u64(..))));
+        c.set("enable.auto.offset.store", "false");
+        c.set("auto.offset.reset", "earliest");
+        let name = self.inner.name.clone();
+        let (e2, n2) = (e.clone(), name.clone());
+        let consumer = blocking(move || {
+            let consumer: BaseConsumer = c.create().map_err(|err| map_err(&n2, &err))?;
+            let infos = watermarks(&consumer, &n2, &e2)?;
+            if partition as usize >= infos.len() {
+                return Err(TransportError::UnknownPartition {
+                    entity: e2.key.clone(),
+                    partition,
+                    partitions: infos.len() as u32,
+                });
+            }
+            let mut tpl = TopicPartitionList::new();
+            let offset = match from {
+                Seek::Earliest => Offset::Beginning,
+                Seek::At(p) => Offset::Offset(p.max(0)),
+            };
+            tpl.add_partition_offset(&e2.name, partition as i32, offset).map_err(|err| map_err(&n2, &err))?;
+            consumer.assign(&tpl).map_err(|err| map_err(&n2, &err))?;
+            Ok(consumer)
+        })
+        .await?;
+        Ok(Box::new(GrouplessReader { transport: name, label: e.key.as_str().into(), partition, consumer }))
+    }
+
+    async fn close(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        let inner = self.inner.clone();
+        let flush = tokio::task::spawn_blocking(move || inner.producer.flush(Timeout::After(within)));
+        if tokio::time::timeout_at(deadline, flush).await.is_err() {
+            tracing::warn!(transport = %self.inner.name, "producer flush did not finish in time");
+        }
         let handles: Vec<_> = self.inner.pollers.lock().unwrap().drain(..).collect();
-        let _ = tokio::task::spawn_blocking(move || {
+        let join = tokio::task::spawn_blocking(move || {
             for h in handles {
                 let _ = h.join();
             }
-        })
-        .await;
+        });
+        if tokio::time::timeout_at(deadline, join).await.is_err() {
+            // a consumer's final commit is stuck (broker gone): its uncommitted
+            // work is redelivered on the next start; the process may exit
+            tracing::warn!(transport = %self.inner.name, "consumer threads did not finish in time; left behind");
+        }
+    }
+}
+
+impl KafkaTransport {
+    /// Base settings and `properties`, with `group` as `group.id` and no
+    /// automatic commits (for reads that must not move a group).
+    fn client_config(&self, group: Option<&str>) -> ClientConfig {
+        let mut c = base_config(&self.inner.cfg);
+        apply_properties(&mut c, &self.inner.cfg);
+        if let Some(g) = group {
+            c.set("group.id", g);
+            c.set("enable.auto.commit", "false");
+        }
+        c
+    }
+}
+
+/// Runs blocking librdkafka calls off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, TransportError> + Send + 'static,
+) -> Result<T, TransportError> {
+    tokio::task::spawn_blocking(f).await.map_err(|err| TransportError::Other {
+        category: ErrorCategory::Transient,
+        kind: "join",
+        message: err.to_string(),
+    })?
+}
+
+/// Every partition's low and high watermark (blocking).
+fn watermarks<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    transport: &str,
+    e: &EntitySpec,
+) -> Result<Vec<PartitionInfo>, TransportError> {
+    let md = consumer.fetch_metadata(Some(&e.name), Duration::from_secs(10)).map_err(|err| map_err(transport, &err))?;
+    let n = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+    let mut out = Vec::with_capacity(n);
+    for p in 0..n as i32 {
+        let (lo, hi) =
+            consumer.fetch_watermarks(&e.name, p, Duration::from_secs(10)).map_err(|err| map_err(transport, &err))?;
+        out.push(PartitionInfo { entity: e.key.as_str().into(), partition: p as u32, earliest: lo, next: hi });
+    }
+    Ok(out)
+}
+
+/// Reads one assigned partition as no group (`Transport::open_reader`).
+struct GrouplessReader {
+    transport: String,
+    label: Arc<str>,
+    partition: u32,
+    consumer: BaseConsumer,
+}
+
+#[async_trait]
+impl PartitionReader for GrouplessReader {
+    fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    async fn fetch(&mut self, max: usize, out: &mut Vec<PipelineMessage>) -> Result<(), TransportError> {
+        loop {
+            while out.len() < max.max(1) {
+                match self.consumer.poll(Duration::ZERO) {
+                    Some(Ok(m)) => out.push(PipelineMessage {
+                        payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+                        ..without_payload(&m, &self.label)
+                    }),
+                    Some(Err(e)) if out.is_empty() => return Err(map_err(&self.transport, &e)),
+                    Some(Err(_)) | None => break,
+                }
+            }
+            if !out.is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn commit(&mut self, _last: &PipelineMessage) -> Result<(), TransportError> {
+        Err(TransportError::ReadOnly)
     }
 }
 
@@ -495,8 +635,37 @@ struct Ctx {
     lags: Arc<Mutex<HashMap<u32, i64>>>,
     /// Messages that reached the main queue before their partition queue
     /// was split off; the lane reads them first.
-    strays: Arc<Mutex<HashMap<u32, VecDeque<OwnedMessage>>>>,
+    strays: Arc<Mutex<HashMap<u32, VecDeque<PipelineMessage>>>>,
+    /// Gates of readers handed out by the last rebalance; the poller opens
+    /// them once it has emptied the main queue (every stray is in `strays`).
+    fresh: Mutex<Vec<Arc<Gate>>>,
     degraded: AtomicBool,
+}
+
+/// Opens once the partition's strays are all known.
+#[derive(Default)]
+struct Gate {
+    open: AtomicBool,
+    opened: Notify,
+}
+
+impl Gate {
+    fn open(&self) {
+        self.open.store(true, Ordering::Release);
+        self.opened.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        loop {
+            let n = self.opened.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.open.load(Ordering::Acquire) {
+                return;
+            }
+            n.await;
+        }
+    }
 }
 
 impl ClientContext for Ctx {
@@ -575,6 +744,8 @@ impl ConsumerContext for Ctx {
             let notify = Arc::new(Notify::new());
             let n2 = notify.clone();
             queue.set_nonempty_callback(move || n2.notify_one());
+            let gate = Arc::new(Gate::default());
+            self.fresh.lock().unwrap().push(gate.clone());
             let reader = KafkaReader {
                 transport: self.transport.clone(),
                 topic: self.topic.clone(),
@@ -583,6 +754,7 @@ impl ConsumerContext for Ctx {
                 consumer: me.clone(),
                 queue,
                 notify,
+                gate,
                 lags: self.lags.clone(),
                 strays: self.strays.clone(),
             };
@@ -591,37 +763,68 @@ impl ConsumerContext for Ctx {
     }
 }
 
+impl Ctx {
+    /// A message polled from the main queue: its partition's lane reads it
+    /// before anything of its own queue.
+    fn stray(&self, m: BorrowedMessage<'_>) {
+        let msg = PipelineMessage {
+            payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+            ..without_payload(&m, &self.label)
+        };
+        tracing::debug!(topic = %self.topic, partition = msg.partition, offset = msg.position, "message from the main queue kept for its lane");
+        self.strays.lock().unwrap().entry(msg.partition).or_default().push_back(msg);
+    }
+}
+
 /// Serves the consumer's main queue (rebalances, errors, statistics) on its
-/// own thread, where the rebalance callbacks may block.
+/// own thread, where the rebalance callbacks may block. After a rebalance
+/// handed out readers it empties the main queue into the strays, then opens
+/// their gates.
 fn poll_loop(consumer: Arc<BaseConsumer<Ctx>>, stop: Arc<AtomicBool>) {
+    let ctx = consumer.context();
     while !stop.load(Ordering::Relaxed) {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                let owned = m.detach();
-                let p = owned.partition() as u32;
-                consumer.context().strays.lock().unwrap().entry(p).or_default().push_back(owned);
-            }
-            Some(Err(e)) => {
-                let te = map_err(&consumer.context().transport, &e);
-                tracing::warn!(topic = %consumer.context().topic, error = %e, category = %te.category(), "kafka consumer error");
-                if te.category() == ErrorCategory::Auth {
-                    consumer.context().degraded.store(true, Ordering::Relaxed);
-                    let _ = consumer.context().events.send(Ok(Assignment::Health(Some(te))));
+        let polled = consumer.poll(Duration::from_millis(100));
+        handle_polled(ctx, polled);
+        let fresh: Vec<Arc<Gate>> = std::mem::take(&mut *ctx.fresh.lock().unwrap());
+        if !fresh.is_empty() {
+            // the split is in place: whatever is on the main queue now is
+            // all that will ever come there for these partitions
+            loop {
+                match consumer.poll(Duration::ZERO) {
+                    None => break,
+                    polled => handle_polled(ctx, polled),
                 }
             }
-            None => {}
+            for g in fresh {
+                g.open();
+            }
         }
     }
     // shutdown: the worker's lanes are done; commit what they stored, leave
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync)
         && !matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::NoOffset))
     {
-        tracing::warn!(topic = %consumer.context().topic, error = %e, "final commit failed; uncommitted messages will be redelivered");
+        tracing::warn!(topic = %ctx.topic, error = %e, "final commit failed; uncommitted messages will be redelivered");
     }
     consumer.unsubscribe();
     let end = Instant::now() + Duration::from_secs(5);
     while Instant::now() < end && !consumer.assignment().map(|a| a.count() == 0).unwrap_or(true) {
         let _ = consumer.poll(Duration::from_millis(50));
+    }
+}
+
+fn handle_polled(ctx: &Ctx, polled: Option<Result<BorrowedMessage<'_>, KafkaError>>) {
+    match polled {
+        Some(Ok(m)) => ctx.stray(m),
+        Some(Err(e)) => {
+            let te = map_err(&ctx.transport, &e);
+            tracing::warn!(topic = %ctx.topic, error = %e, category = %te.category(), "kafka consumer error");
+            if te.category() == ErrorCategory::Auth {
+                ctx.degraded.store(true, Ordering::Relaxed);
+                let _ = ctx.events.send(Ok(Assignment::Health(Some(te))));
+            }
+        }
+        None => {}
     }
 }
 
@@ -656,22 +859,52 @@ struct KafkaReader {
     consumer: Arc<BaseConsumer<Ctx>>,
     queue: rdkafka::consumer::base_consumer::PartitionQueue<Ctx>,
     notify: Arc<Notify>,
+    gate: Arc<Gate>,
     lags: Arc<Mutex<HashMap<u32, i64>>>,
-    strays: Arc<Mutex<HashMap<u32, VecDeque<OwnedMessage>>>>,
+    strays: Arc<Mutex<HashMap<u32, VecDeque<PipelineMessage>>>>,
 }
 
-/// Headers, copied (they are small and few).
-fn headers_of<M: Message>(m: &M) -> Headers {
-    match m.headers() {
-        Some(h) => Headers(
-            h.iter().map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice).unwrap_or_default())).collect(),
-        ),
-        None => Headers::default(),
+/// Headers of a consumed message, copied (they are small and few). Names
+/// are read without librdkafka-rust's UTF-8 check, which panics.
+#[allow(unsafe_code)]
+fn headers_of<M: Message<Headers = BorrowedHeaders>>(m: &M) -> Headers {
+    use rdkafka::bindings as rd;
+    let Some(h) = m.headers() else { return Headers::default() };
+    // a `&BorrowedHeaders` is librdkafka's `rd_kafka_headers_t *` itself
+    // (how rdkafka-rust builds it), so the cast gives back that pointer
+    let ptr = h as *const BorrowedHeaders as *const rd::rd_kafka_headers_t;
+    let n = h.count();
+    let mut out = Vec::with_capacity(n);
+    for idx in 0..n {
+        let mut name: *const std::ffi::c_char = std::ptr::null();
+        let mut value: *const std::ffi::c_void = std::ptr::null();
+        let mut size: usize = 0;
+        // SAFETY: `ptr` is a live header list owned by `m` (borrowed for this
+        // call); `rd_kafka_header_get_all` fills the three out-pointers with
+        // a NUL-terminated name and a value of `size` bytes (or NULL), both
+        // owned by the list, which we copy before returning.
+        let (key, val) = unsafe {
+            if rd::rd_kafka_header_get_all(ptr, idx, &mut name, &mut value, &mut size)
+                != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                || name.is_null()
+            {
+                break;
+            }
+            let key = std::ffi::CStr::from_ptr(name).to_bytes();
+            let val = if value.is_null() {
+                Bytes::new()
+            } else {
+                Bytes::copy_from_slice(std::slice::from_raw_parts(value as *const u8, size))
+            };
+            (header_name(key), val)
+        };
+        out.push((key, val));
     }
+    Headers(out)
 }
 
 /// Everything of `m` but its payload (left empty); the key is copied (small).
-fn without_payload<M: Message>(m: &M, label: &Arc<str>) -> PipelineMessage {
+fn without_payload<M: Message<Headers = BorrowedHeaders>>(m: &M, label: &Arc<str>) -> PipelineMessage {
     PipelineMessage {
         entity: label.clone(),
         partition: m.partition() as u32,
@@ -680,15 +913,6 @@ fn without_payload<M: Message>(m: &M, label: &Arc<str>) -> PipelineMessage {
         headers: headers_of(m),
         payload: Bytes::new(),
         timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
-    }
-}
-
-/// A message from a stray queue (already owned: copied once by librdkafka's
-/// `detach`).
-fn owned_to_message(m: &OwnedMessage, label: &Arc<str>) -> PipelineMessage {
-    PipelineMessage {
-        payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
-        ..without_payload(m, label)
     }
 }
 
@@ -727,7 +951,7 @@ impl KafkaReader {
         if let Some(q) = strays.get_mut(&self.partition) {
             while out.len() < max {
                 match q.pop_front() {
-                    Some(m) => out.push(owned_to_message(&m, &self.label)),
+                    Some(m) => out.push(m),
                     None => break,
                 }
             }
@@ -762,8 +986,14 @@ impl PartitionReader for KafkaReader {
 
     async fn fetch(&mut self, max: usize, out: &mut Vec<PipelineMessage>) -> Result<(), TransportError> {
         let max = max.max(1);
+        // strays first: nothing of this partition's own queue before every
+        // message of the main queue is in hand
+        self.gate.wait().await;
         loop {
             self.drain_strays(max, out);
+            if out.len() >= max {
+                return Ok(());
+            }
             self.poll_some(max, out)?;
             if !out.is_empty() {
                 // a partial batch waits up to FILL_WAIT for more: fewer,

@@ -1,13 +1,18 @@
-//! One partition's processing loop (see the `worker` module docs).
+//! One partition's processing loop (see the `worker` module docs): fetch,
+//! process by the failure policy, deliver, flush, commit.
 
-use super::{IN_PLACE_ATTEMPTS, WorkerError, WorkerSpec};
+use super::deliver::{Dead, DeliverError, Delivery};
+use super::policy::{self, BreakerState, Decision, RetryOwner};
+use super::{WorkerError, WorkerSpec};
+use crate::backoff::{Attempts, Backoff, jitter};
 use crate::classify::ErrorCategory;
+use crate::consume::ConsumeError;
 use crate::dlq::{Context, Envelope, Failure};
-use crate::health::{TaskHealth, TaskState};
+use crate::health::TaskState;
 use crate::retry::{self, RetryState};
 use crate::stages::{Emit, StageError};
-use crate::supervisor::{jitter, panic_text};
-use crate::transport::{OutboundMessage, PartitionReader, PipelineMessage};
+use crate::supervisor::panic_text;
+use crate::transport::{OutboundMessage, PartitionReader, PipelineMessage, TransportError};
 use futures::FutureExt;
 use futures::StreamExt;
 use std::borrow::Cow;
@@ -16,17 +21,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
+/// Waits of a lane whose delivery is stuck (nothing can take a message).
+const STUCK: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+
 /// What became of one message.
 enum Outcome {
-    /// Processed; its emits are in the batch's emit list.
-    Done,
+    /// Processed; its emits follow.
+    Done(Vec<Emit>),
     /// Failed for good: write this envelope to the dead-letter entity.
-    Dead(OutboundMessage, ErrorCategory),
+    Dead(Envelope, ErrorCategory),
     /// Failed for now: write this to the retry entity.
     Retry(OutboundMessage, ErrorCategory),
     /// A retry addressed to another worker on the same input.
     Skipped,
-    /// A drain arrived while the message waited for a retry.
+    /// A drain arrived while the message waited for a retry or a pause.
     Abandoned,
 }
 
@@ -38,50 +46,56 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// However a lane ends, it no longer counts as busy for the watchdog, and
-/// its partition's lag series go away (another process may own it now).
-struct IdleOnDrop<'a>(&'a TaskHealth, &'a WorkerSpec, u32);
+/// However a lane ends, it no longer counts for the watchdog, and its
+/// partition's lag series go away (another process may own it now).
+struct IdleOnDrop<'a>(&'a WorkerSpec, u32);
 impl Drop for IdleOnDrop<'_> {
     fn drop(&mut self) {
-        self.0.lane_idle(self.2);
-        self.1.metrics.forget_partition(self.2);
+        self.0.host.health.lane_idle(self.1);
+        self.0.metrics.forget_partition(self.1);
     }
 }
 
 pub(super) async fn run(
     spec: Arc<WorkerSpec>,
     mut reader: Box<dyn PartitionReader>,
-    health: Arc<TaskHealth>,
     cancel: CancellationToken,
 ) -> Result<(), WorkerError> {
     let p = reader.partition();
-    let _idle_on_exit = IdleOnDrop(&health, &spec, p);
+    let health = spec.host.health.clone();
+    let _idle_on_exit = IdleOnDrop(&spec, p);
     let lag = spec.metrics.lag(p);
     let lag_seconds = spec.metrics.lag_seconds(p);
     let mut batch: Vec<PipelineMessage> = Vec::with_capacity(spec.batch_size);
     let mut emits: Vec<Emit> = Vec::new();
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(spec.batch_size);
-    let mut per_output: Vec<Vec<OutboundMessage>> = spec.outputs.iter().map(|_| Vec::new()).collect();
-    let mut throttle: Option<Duration> = None;
+    let mut delivery = Delivery::new(spec.outputs.len());
+    let mut throttle = Attempts::new(Backoff::new(Duration::from_millis(500), spec.policy.in_place.max));
+    let mut throttled = false;
     let mut handler = spec.metrics.handler.local();
     if let Some(l) = reader.lag() {
         lag.set(l as i64);
     }
     loop {
         // throttling: slow down before the next fetch
-        if let Some(d) = throttle {
+        if throttled {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(d) => {}
+                _ = tokio::time::sleep(throttle.fail()) => {}
             }
+        } else {
+            throttle.reset();
         }
         batch.clear();
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return Ok(()),
-            r = reader.fetch(spec.batch_size, &mut batch) => r.map_err(|source| WorkerError::Fetch {
-                entity: spec.input.clone(), partition: p, source,
+            r = reader.fetch(spec.batch_size, &mut batch) => r.map_err(|source| ConsumeError::Fetch {
+                entity: spec.host.entity.clone(), partition: p, source,
             })?,
+        }
+        if batch.is_empty() {
+            continue;
         }
         health.lane_busy(p);
         let n = batch.len();
@@ -93,13 +107,16 @@ pub(super) async fn run(
         let _guard = InFlight(&spec.metrics.in_flight, n as i64);
 
         // 2. process, in partition order
-        emits.clear();
         outcomes.clear();
         if spec.concurrency <= 1 {
             // one clock read per message: each message's end is the next one's start
             let mut clock = Instant::now();
             for msg in &batch {
-                outcomes.push(process(&spec, msg, &mut emits, &health, &cancel, &mut handler, &mut clock).await);
+                let o = process(&spec, msg, &mut emits, &cancel, &mut handler, &mut clock).await;
+                outcomes.push(match o {
+                    Outcome::Done(_) => Outcome::Done(std::mem::take(&mut emits)),
+                    other => other,
+                });
             }
             handler.flush();
         } else {
@@ -108,14 +125,11 @@ pub(super) async fn run(
             let mut next = 0;
             loop {
                 while running.len() < spec.concurrency && next < batch.len() {
-                    running.push_back(process_own(&spec, &batch[next], &health, &cancel));
+                    running.push_back(process_own(&spec, &batch[next], &cancel));
                     next += 1;
                 }
                 match running.next().await {
-                    Some((o, own)) => {
-                        outcomes.push(o);
-                        emits.extend(own);
-                    }
+                    Some(o) => outcomes.push(o),
                     None => break,
                 }
             }
@@ -136,101 +150,87 @@ pub(super) async fn run(
                         b.record(now, matches!(o, Outcome::Dead(..)));
                     }
                 }
-                b.tripped().map(|why| (why, b.cooldown()))
+                let dead_here = outcomes.iter().any(|o| matches!(o, Outcome::Dead(..)));
+                b.check(now).filter(|_| dead_here).map(|why| (why, b.state(now)))
             };
-            if let Some((why, cooldown)) = tripped {
-                return Err(open_circuit(&spec, &health, &cancel, why, cooldown).await);
+            if let Some((why, state)) = tripped {
+                let wait = match state {
+                    BreakerState::Open { remaining } => remaining,
+                    BreakerState::Closed => Duration::ZERO,
+                };
+                return Err(open_circuit(&spec, p, &cancel, why, wait).await);
             }
         }
 
-        // 3. produce everything and wait for the acknowledgements
-        for e in emits.drain(..) {
-            if let Some((default, tees)) = &spec.tee
-                && e.output == *default
-            {
-                for t in tees {
-                    per_output[*t].push(e.message.clone());
-                }
-            }
-            per_output[e.output].push(e.message);
-        }
-        let mut dead: Vec<(OutboundMessage, ErrorCategory)> = Vec::new();
-        let mut retries: Vec<OutboundMessage> = Vec::new();
-        let mut throttled = false;
-        for o in outcomes.drain(..) {
+        // 3. sort into buckets and deliver
+        throttled = false;
+        for (i, o) in outcomes.drain(..).enumerate() {
             match o {
-                Outcome::Dead(m, c) => dead.push((m, c)),
+                Outcome::Done(es) => {
+                    for e in es {
+                        delivery.emit(i, e, &spec.tee);
+                    }
+                }
+                Outcome::Dead(envelope, category) => {
+                    delivery.dead(Dead { envelope, key: batch[i].key.clone(), category })
+                }
                 Outcome::Retry(m, c) => {
                     throttled |= c == ErrorCategory::Throttling;
-                    retries.push(m);
+                    delivery.retry(i, m);
                 }
-                Outcome::Done | Outcome::Skipped | Outcome::Abandoned => {}
+                Outcome::Skipped | Outcome::Abandoned => {}
             }
         }
-        let mut sends = Vec::new();
-        for (i, msgs) in per_output.iter_mut().enumerate() {
-            if msgs.is_empty() {
-                continue;
-            }
-            let target = &spec.outputs[i];
-            let msgs = std::mem::take(msgs);
-            let count = msgs.len() as u64;
-            sends.push(async move {
-                target
-                    .producer
-                    .send(&target.physical, msgs)
-                    .await
-                    .map(|_| target.produced.inc_by(count))
-                    .map_err(|source| WorkerError::Produce { entity: target.entity.clone(), source })
-            });
-        }
-        let retry_send = async {
-            if retries.is_empty() {
-                return Ok(());
-            }
-            let r = spec.retry.as_ref().expect("retry outcomes exist only with a retry policy");
-            let count = retries.len() as u64;
-            r.via
-                .producer
-                .send(&r.via.physical, retries)
-                .await
-                .map_err(|source| WorkerError::Produce { entity: r.via.entity.clone(), source })?;
-            r.via.produced.inc_by(count);
-            r.scheduled.inc_by(count);
-            Ok(())
+        let refused = |source: usize, entity: &str, e: &TransportError| -> Option<Dead> {
+            spec.dead_letter.as_ref()?;
+            let msg = &batch[source];
+            let now = SystemTime::now();
+            let message = format!("{entity} refused the message: {e}");
+            let f = Failure {
+                category: ErrorCategory::Permanent,
+                kind: e.kind(),
+                message: &message,
+                first_failure: now,
+                last_failure: now,
+                attempts: 1,
+            };
+            Some(Dead { envelope: envelope(&spec, msg, &f), key: msg.key.clone(), category: f.category })
         };
-        let dead_send = async {
-            if dead.is_empty() {
-                return Ok(());
+        let mut stuck = Attempts::new(STUCK);
+        loop {
+            match delivery.send(&spec, &refused).await {
+                Ok(()) => break,
+                Err(DeliverError::Failed(e)) => return Err(e.into()),
+                Err(DeliverError::Stuck { entity, reason, messages }) => {
+                    health.lane_paused(p);
+                    health.set_with(TaskState::Paused, format!("cannot deliver {messages} message(s): {reason}"));
+                    health.record_error(ErrorCategory::Permanent, reason.clone());
+                    spec.metrics.undeliverable.set(delivery.len() as i64);
+                    let wait = stuck.fail_jittered();
+                    tracing::error!(
+                        worker = %spec.name, message_topic = %spec.host.entity, message_partition = p,
+                        message_consumer_group = %spec.host.group, entity = %entity, reason = %reason,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "undeliverable: the partition waits (nothing is committed) and tries again"
+                    );
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    health.lane_busy(p);
+                }
             }
-            let target = spec.dead_letter.as_ref().expect("dead outcomes exist only with a dead-letter entity");
-            let cats: Vec<ErrorCategory> = dead.iter().map(|d| d.1).collect();
-            let msgs: Vec<OutboundMessage> = dead.into_iter().map(|d| d.0).collect();
-            target
-                .producer
-                .send(&target.physical, msgs)
-                .await
-                .map_err(|source| WorkerError::Produce { entity: target.entity.clone(), source })?;
-            target.produced.inc_by(cats.len() as u64);
-            for c in cats {
-                spec.metrics.dead_lettered(c).inc();
-            }
-            Ok(())
-        };
-        let (outs, rt, dl) = futures::future::join3(futures::future::join_all(sends), retry_send, dead_send).await;
-        for r in outs {
-            r?;
         }
-        rt?;
-        dl?;
+        if stuck.failures() > 0 {
+            spec.metrics.undeliverable.set(0);
+            health.set(TaskState::Ready);
+        }
 
-        // the stage makes its own effects durable (a sink fsyncs)
-        spec.stage.flush().await.map_err(WorkerError::Flush)?;
-
-        // 4. commit
+        // 4. the stage makes its own effects durable (a sink fsyncs), commit
+        spec.stage.flush(p).await.map_err(WorkerError::Flush)?;
         let last = batch.last().expect("fetch returns at least one message");
-        reader.commit(last).await.map_err(|source| WorkerError::Commit {
-            entity: spec.input.clone(),
+        reader.commit(last).await.map_err(|source| ConsumeError::Commit {
+            entity: spec.host.entity.clone(),
             partition: p,
             position: last.position,
             source,
@@ -242,30 +242,27 @@ pub(super) async fn run(
             }
         }
         health.lane_idle(p);
-        throttle = if throttled {
-            Some(throttle.map_or(Duration::from_millis(500), |d| d * 2).min(spec.retry_max))
-        } else {
-            None
-        };
     }
 }
 
-/// The breaker tripped: pause (unready, nothing written), wait the cool-down,
-/// then end the worker so the supervisor starts it afresh.
+/// The breaker tripped: pause (unready, nothing written, not stuck for the
+/// watchdog), wait out the cool-down, then end the worker so the supervisor
+/// starts it afresh (the batch is delivered again).
 async fn open_circuit(
     spec: &WorkerSpec,
-    health: &TaskHealth,
+    partition: u32,
     cancel: &CancellationToken,
     why: String,
     cooldown: Duration,
 ) -> WorkerError {
+    let health = &spec.host.health;
+    health.lane_paused(partition);
     health
         .set_with(TaskState::Paused, format!("dead-letter limit exceeded, resuming in {}s: {why}", cooldown.as_secs()));
     health.record_error(ErrorCategory::Permanent, why.clone());
-    spec.metrics.ready.set(0);
     spec.metrics.breaker_trips.inc();
     tracing::error!(
-        worker = %spec.name, message_topic = %spec.input, message_consumer_group = %spec.group,
+        worker = %spec.name, message_topic = %spec.host.entity, message_consumer_group = %spec.host.group,
         reason = %why, cooldown_s = cooldown.as_secs(),
         "dead-letter limit exceeded: stopped dead-lettering; the worker pauses and the batch stays uncommitted"
     );
@@ -273,24 +270,18 @@ async fn open_circuit(
         _ = cancel.cancelled() => {}
         _ = tokio::time::sleep(cooldown) => {}
     }
-    if let Some(b) = &spec.breaker {
-        b.lock().unwrap().reset();
-    }
     WorkerError::DeadLetterLimit(why)
 }
 
 /// [`process`] with its own emit list (for concurrent processing).
-async fn process_own(
-    spec: &WorkerSpec,
-    msg: &PipelineMessage,
-    health: &TaskHealth,
-    cancel: &CancellationToken,
-) -> (Outcome, Vec<Emit>) {
+async fn process_own(spec: &WorkerSpec, msg: &PipelineMessage, cancel: &CancellationToken) -> Outcome {
     let mut own = Vec::new();
     let mut handler = spec.metrics.handler.local();
     let mut clock = Instant::now();
-    let o = process(spec, msg, &mut own, health, cancel, &mut handler, &mut clock).await;
-    (o, own)
+    match process(spec, msg, &mut own, cancel, &mut handler, &mut clock).await {
+        Outcome::Done(_) => Outcome::Done(own),
+        other => other,
+    }
 }
 
 fn ms_to_time(ms: i64) -> SystemTime {
@@ -301,24 +292,60 @@ fn time_to_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// Runs the stage on one message, retrying as its failures ask.
+/// The dead-letter envelope of `msg` for failure `f`.
+fn envelope(spec: &WorkerSpec, msg: &PipelineMessage, f: &Failure<'_>) -> Envelope {
+    let cx = Context { transport: spec.host.transport.kind(), consumer_group: &spec.host.group, worker: &spec.name };
+    Envelope::new(msg, f, &cx)
+}
+
+/// Runs the stage on one message, retrying as the failure policy decides.
+/// Emits go to `out`; `Outcome::Done` carries none (the caller takes `out`).
 async fn process(
     spec: &WorkerSpec,
     msg: &PipelineMessage,
     out: &mut Vec<Emit>,
-    health: &TaskHealth,
     cancel: &CancellationToken,
     handler: &mut crate::metrics::LocalHistogram,
     clock: &mut Instant,
 ) -> Outcome {
+    let health = &spec.host.health;
     // retry bookkeeping rides in headers; stages and outputs never see it
     let (msg, prior): (Cow<'_, PipelineMessage>, RetryState) = if retry::has_retry_headers(&msg.headers) {
         let state = RetryState::of(&msg.headers);
-        if state.worker.as_deref().is_some_and(|w| w != spec.name) {
-            return Outcome::Skipped;
-        }
         let mut clean = msg.clone();
         clean.headers = retry::strip(&msg.headers);
+        let workers: Vec<&str> = spec.input_workers.iter().map(String::as_str).collect();
+        match policy::retry_owner(state.worker.as_deref(), &spec.name, &workers) {
+            RetryOwner::Mine => {}
+            RetryOwner::Sibling | RetryOwner::OrphanOfAnother => return Outcome::Skipped,
+            RetryOwner::Adopt => {
+                spec.metrics.retries_adopted.inc();
+                tracing::warn!(
+                    worker = %spec.name, message_topic = %msg.entity, message_partition = msg.partition,
+                    message_offset = msg.position, addressed_to = ?state.worker,
+                    "a retry for a worker that no longer exists: this worker (the only one on the input) takes it over"
+                );
+            }
+            RetryOwner::Orphan => {
+                spec.metrics.retries_orphaned.inc();
+                let now = SystemTime::now();
+                let message = format!(
+                    "retry addressed to worker {:?}, which no longer exists; several workers consume {:?}, so it is dead-lettered for redrive",
+                    state.worker.as_deref().unwrap_or_default(),
+                    spec.host.entity
+                );
+                let f = Failure {
+                    category: ErrorCategory::Permanent,
+                    kind: "retry_orphaned",
+                    message: &message,
+                    first_failure: state.first_failure_ms.map(ms_to_time).unwrap_or(now),
+                    last_failure: now,
+                    attempts: state.attempts,
+                };
+                log_dead(spec, &clean, &f);
+                return Outcome::Dead(envelope(spec, &clean, &f), ErrorCategory::Permanent);
+            }
+        }
         (Cow::Owned(clean), state)
     } else {
         (Cow::Borrowed(msg), RetryState::default())
@@ -338,9 +365,9 @@ async fn process(
             Ok(Ok(())) => {
                 if paused {
                     health.set(TaskState::Ready);
-                    spec.metrics.ready.set(1);
+                    health.lane_busy(msg.partition);
                 }
-                return Outcome::Done;
+                return Outcome::Done(Vec::new());
             }
             Ok(Err(e)) => e,
             Err(panic) => StageError::Panic(panic_text(&*panic)),
@@ -351,70 +378,88 @@ async fn process(
         let first = *first_failure.get_or_insert(now);
         spec.metrics.failed(category).inc();
         health.record_error(category, err.to_string());
-
-        let retryable = matches!(category, ErrorCategory::Transient | ErrorCategory::Throttling);
-        if let (Some(r), true) = (&spec.retry, retryable)
-            && attempts < r.max_attempts
-        {
-            let delay = retry::delay_for(&r.schedule, attempts);
-            log_failure(spec, msg, &err, attempts, "message failed; scheduled for a delayed retry", Some(delay), None);
-            let m = retry::to_retry(
-                msg,
-                &msg.headers,
-                &spec.input,
-                &spec.name,
-                attempts,
-                time_to_ms(first),
-                delay,
-                &err.to_string(),
-            );
-            return Outcome::Retry(m, category);
-        }
-        let give_up = match category {
-            ErrorCategory::Permanent => true,
-            ErrorCategory::Transient | ErrorCategory::Throttling => {
-                spec.retry.as_ref().map_or(attempts >= IN_PLACE_ATTEMPTS, |r| attempts >= r.max_attempts)
-            }
-            ErrorCategory::Auth => false,
+        let breaker = match &spec.breaker {
+            Some(b) => b.lock().unwrap().state(tokio::time::Instant::now()),
+            None => BreakerState::Closed,
         };
-        if give_up && let Some(dl) = &spec.dead_letter {
-            log_failure(spec, msg, &err, attempts, "message dead-lettered", None, Some(&dl.entity));
-            let f = Failure {
-                category,
-                kind: err.kind(),
-                message: &err.to_string(),
-                first_failure: first,
-                last_failure: now,
-                attempts,
-            };
-            let cx = Context { transport: spec.transport.kind(), consumer_group: &spec.group, worker: &spec.name };
-            return Outcome::Dead(Envelope::new(msg, &f, &cx).to_message(msg.key.clone()), category);
-        }
-        if category == ErrorCategory::Auth && !paused {
-            paused = true;
-            health.set_with(TaskState::Paused, format!("auth failure: {err}"));
-            spec.metrics.ready.set(0);
-        }
-        let exp = attempts.saturating_sub(1).min(16);
-        let mut delay = spec.retry_base.saturating_mul(1 << exp).min(spec.retry_max);
-        if category == ErrorCategory::Throttling {
-            delay = delay.saturating_mul(2).min(spec.retry_max);
-        }
-        let delay = jitter(delay);
-        log_failure(spec, msg, &err, attempts, "message failed; retrying in place", Some(delay), None);
-        // waiting out a planned retry is healthy for the watchdog
-        health.lane_idle(msg.partition);
+        let wait = match policy::decide(Some(category), attempts, &spec.policy, breaker) {
+            Decision::Emit => unreachable!("a failure never emits"),
+            Decision::ViaRetry(delay) => {
+                log_failure(spec, msg, &err, attempts, "message failed; scheduled for a delayed retry", Some(delay));
+                let m = retry::to_retry(
+                    msg,
+                    &spec.host.entity,
+                    &spec.name,
+                    attempts,
+                    time_to_ms(first),
+                    delay,
+                    &err.to_string(),
+                );
+                return Outcome::Retry(m, category);
+            }
+            Decision::DeadLetter => {
+                let message = err.to_string();
+                let f = Failure {
+                    category,
+                    kind: err.kind(),
+                    message: &message,
+                    first_failure: first,
+                    last_failure: now,
+                    attempts,
+                };
+                log_dead(spec, msg, &f);
+                return Outcome::Dead(envelope(spec, msg, &f), category);
+            }
+            Decision::InPlace(delay) => {
+                let delay = jitter(delay);
+                log_failure(spec, msg, &err, attempts, "message failed; retrying in place", Some(delay));
+                // waiting out a planned retry is healthy for the watchdog
+                health.lane_idle(msg.partition);
+                delay
+            }
+            Decision::Pause(delay) => {
+                let delay = jitter(delay);
+                if !paused {
+                    paused = true;
+                    let why = match (category, breaker) {
+                        (ErrorCategory::Auth, _) => format!("auth failure: {err}"),
+                        (_, BreakerState::Open { .. }) => "dead-letter limit exceeded: dead letters wait".to_string(),
+                        _ => format!("paused: {err}"),
+                    };
+                    health.set_with(TaskState::Paused, why);
+                }
+                log_failure(spec, msg, &err, attempts, "message failed; the worker pauses", Some(delay));
+                health.lane_paused(msg.partition);
+                delay
+            }
+        };
         tokio::select! {
             _ = cancel.cancelled() => return Outcome::Abandoned,
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         health.lane_busy(msg.partition);
         *clock = Instant::now();
     }
 }
 
+fn log_dead(spec: &WorkerSpec, msg: &PipelineMessage, f: &Failure<'_>) {
+    tracing::warn!(
+        worker = %spec.name,
+        message_topic = %msg.entity,
+        message_partition = msg.partition,
+        message_offset = msg.position,
+        message_consumer_group = %spec.host.group,
+        error_category = %f.category,
+        error_type = f.kind,
+        error = %f.message,
+        attempts = f.attempts,
+        dead_letter = spec.dead_letter.as_ref().map(|d| d.entity.as_str()),
+        "message dead-lettered"
+    );
+}
+
 /// One log line per failed attempt, with the message's coordinates and
-/// what happens next (a retry after `delay`, or the dead-letter entity).
+/// when it is tried again.
 fn log_failure(
     spec: &WorkerSpec,
     msg: &PipelineMessage,
@@ -422,20 +467,18 @@ fn log_failure(
     attempts: u32,
     what: &str,
     delay: Option<Duration>,
-    dead_letter: Option<&str>,
 ) {
     tracing::warn!(
         worker = %spec.name,
         message_topic = %msg.entity,
         message_partition = msg.partition,
         message_offset = msg.position,
-        message_consumer_group = %spec.group,
+        message_consumer_group = %spec.host.group,
         error_category = %err.category(),
         error_type = err.kind(),
         error = %err,
         attempts,
         retry_in_ms = delay.map(|d| d.as_millis() as u64),
-        dead_letter,
         "{what}"
     );
 }

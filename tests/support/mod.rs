@@ -5,8 +5,8 @@
 pub mod azure;
 
 use conveyor::config::{self, Config, StartPosition};
-use conveyor::transport::embedded::{Embedded, EmbeddedOptions, EntitySpec};
-use conveyor::transport::{Assignment, OutboundMessage, PipelineMessage, Transport};
+use conveyor::transport::embedded::{Embedded, EmbeddedOptions};
+use conveyor::transport::{Assignment, EntitySpec, GroupSpec, OutboundMessage, PipelineMessage, Transport};
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -87,9 +87,19 @@ pub async fn eventually(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> 
 pub fn open_store(path: &Path, entities: &[(&str, u32)], groups: &[(&str, &str)]) -> Embedded {
     let specs: Vec<EntitySpec> =
         entities.iter().map(|(n, p)| EntitySpec { name: n.to_string(), key: n.to_string(), partitions: *p }).collect();
-    let opts = EmbeddedOptions { name: "local".into(), path: Some(path.to_path_buf()), capacity: 65_536 };
-    let groups: Vec<_> = groups.iter().map(|(e, g)| (e.to_string(), g.to_string(), StartPosition::Earliest)).collect();
+    let opts =
+        EmbeddedOptions { name: "local".into(), path: Some(path.to_path_buf()), capacity: 65_536, ..Default::default() };
+    let groups: Vec<GroupSpec> = groups
+        .iter()
+        .map(|(e, g)| GroupSpec { entity: e.to_string(), group: g.to_string(), start: StartPosition::Earliest })
+        .collect();
     Embedded::open(opts, &specs, &groups).expect("open store")
+}
+
+/// A consumer group's committed position on each partition of `entity`,
+/// read from the transport.
+pub async fn committed(t: &dyn Transport, entity: &str, group: &str) -> Vec<Option<i64>> {
+    t.group_positions(entity, group).await.expect("group positions").into_iter().map(|g| g.committed).collect()
 }
 
 /// Writes `ids` (as payload `{"id": ...}`, keyed by id) into `entity`.

@@ -62,7 +62,18 @@ pub(super) enum Op {
 
 pub(super) struct Write {
     pub op: Op,
-    pub ack: Option<oneshot::Sender<Result<(), String>>>,
+    pub ack: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// A storage failure (the text of redb's error, or what was corrupt).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct StoreError(String);
+
+impl StoreError {
+    fn of(e: impl std::fmt::Display) -> Self {
+        StoreError(e.to_string())
+    }
 }
 
 /// What a partition looked like on disk at open.
@@ -98,88 +109,88 @@ impl Drop for WriterHandle {
 }
 
 impl Store {
-    pub fn open(dir: &Path) -> Result<(Store, WriterHandle), String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create directory: {e}"))?;
+    pub fn open(dir: &Path) -> Result<(Store, WriterHandle), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("cannot create directory: {e}")))?;
         let db = Database::builder()
             .set_cache_size(8 << 20)
             .create(dir.join("conveyor.redb"))
             .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => {
-                    "the data directory is in use by another process (is conveyor running on it? the embedded store admits one process at a time)".to_string()
-                }
-                e => e.to_string(),
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError(
+                    "the data directory is in use by another process (is conveyor running on it? the embedded store admits one process at a time)".to_string(),
+                ),
+                e => StoreError::of(e),
             })?;
         let db = Arc::new(db);
         {
-            let w = db.begin_write().map_err(|e| e.to_string())?;
-            w.open_table(NEXT).map_err(|e| e.to_string())?;
-            w.open_table(OFFSETS).map_err(|e| e.to_string())?;
-            w.commit().map_err(|e| e.to_string())?;
+            let w = db.begin_write().map_err(StoreError::of)?;
+            w.open_table(NEXT).map_err(StoreError::of)?;
+            w.open_table(OFFSETS).map_err(StoreError::of)?;
+            w.commit().map_err(StoreError::of)?;
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let wdb = db.clone();
         let handle = std::thread::Builder::new()
             .name("embedded-writer".into())
             .spawn(move || writer(wdb, rx))
-            .map_err(|e| e.to_string())?;
+            .map_err(StoreError::of)?;
         Ok((Store { db }, WriterHandle { tx: Some(tx), thread: Some(handle) }))
     }
 
     /// Reads a partition's extent.
-    pub fn recover(&self, entity: &str, partition: u32) -> Result<Recovered, String> {
-        let r = self.db.begin_read().map_err(|e| e.to_string())?;
-        let next_t = r.open_table(NEXT).map_err(|e| e.to_string())?;
+    pub fn recover(&self, entity: &str, partition: u32) -> Result<Recovered, StoreError> {
+        let r = self.db.begin_read().map_err(StoreError::of)?;
+        let next_t = r.open_table(NEXT).map_err(StoreError::of)?;
         let stored_next =
-            next_t.get(part_key(entity, partition).as_str()).map_err(|e| e.to_string())?.map(|v| v.value());
+            next_t.get(part_key(entity, partition).as_str()).map_err(StoreError::of)?.map(|v| v.value());
         let name = log_table(entity, partition);
         let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
         let (first, last) = match r.open_table(def) {
             Ok(t) => {
-                let first = t.first().map_err(|e| e.to_string())?.map(|(k, _)| k.value());
-                let last = t.last().map_err(|e| e.to_string())?.map(|(k, _)| k.value());
+                let first = t.first().map_err(StoreError::of)?.map(|(k, _)| k.value());
+                let last = t.last().map_err(StoreError::of)?.map(|(k, _)| k.value());
                 (first, last)
             }
             Err(redb::TableError::TableDoesNotExist(_)) => (None, None),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(StoreError::of(e)),
         };
         let next = stored_next.unwrap_or(0).max(last.map(|l| l + 1).unwrap_or(0)) as i64;
         Ok(Recovered { earliest: first.map(|f| f as i64).unwrap_or(next), next })
     }
 
     /// Committed offsets of every group of `entity`, keyed by (group, partition).
-    pub fn offsets(&self) -> Result<HashMap<String, i64>, String> {
-        let r = self.db.begin_read().map_err(|e| e.to_string())?;
-        let t = r.open_table(OFFSETS).map_err(|e| e.to_string())?;
+    pub fn offsets(&self) -> Result<HashMap<String, i64>, StoreError> {
+        let r = self.db.begin_read().map_err(StoreError::of)?;
+        let t = r.open_table(OFFSETS).map_err(StoreError::of)?;
         let mut out = HashMap::new();
-        for row in t.iter().map_err(|e| e.to_string())? {
-            let (k, v) = row.map_err(|e| e.to_string())?;
+        for row in t.iter().map_err(StoreError::of)? {
+            let (k, v) = row.map_err(StoreError::of)?;
             out.insert(k.value().to_string(), v.value() as i64);
         }
         Ok(out)
     }
 
     /// Reads up to `max` records of a partition from `from` on.
-    pub fn read(&self, entity: &str, partition: u32, from: i64, max: usize) -> Result<Vec<(i64, Record)>, String> {
-        let r = self.db.begin_read().map_err(|e| e.to_string())?;
+    pub fn read(&self, entity: &str, partition: u32, from: i64, max: usize) -> Result<Vec<(i64, Record)>, StoreError> {
+        let r = self.db.begin_read().map_err(StoreError::of)?;
         let name = log_table(entity, partition);
         let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
         let t = match r.open_table(def) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(StoreError::of(e)),
         };
         let from = from.max(0) as u64;
         // the batch holding `from` starts at or before it
-        let start = match t.range(..=from).map_err(|e| e.to_string())?.next_back() {
-            Some(row) => row.map_err(|e| e.to_string())?.0.value(),
+        let start = match t.range(..=from).map_err(StoreError::of)?.next_back() {
+            Some(row) => row.map_err(StoreError::of)?.0.value(),
             None => from,
         };
         let mut out = Vec::with_capacity(max.min(4096));
-        for row in t.range(start..).map_err(|e| e.to_string())? {
-            let (k, v) = row.map_err(|e| e.to_string())?;
+        for row in t.range(start..).map_err(StoreError::of)? {
+            let (k, v) = row.map_err(StoreError::of)?;
             let first = k.value();
             let records =
-                decode_batch(v.value()).ok_or_else(|| format!("corrupt batch at {entity}/{partition}@{first}"))?;
+                decode_batch(v.value()).ok_or_else(|| StoreError(format!("corrupt batch at {entity}/{partition}@{first}")))?;
             for (i, rec) in records.into_iter().enumerate() {
                 let pos = first + i as u64;
                 if pos >= from {
@@ -205,7 +216,7 @@ fn writer(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Write>) {
                 Err(_) => break,
             }
         }
-        let result = apply(&db, &batch, &mut buf).map_err(|e| e.to_string());
+        let result = apply(&db, &batch, &mut buf).map_err(StoreError::of);
         if let Err(e) = &result {
             tracing::error!(error = %e, ops = batch.len(), "embedded store commit failed");
         }
@@ -292,7 +303,9 @@ fn decode_batch(mut b: &[u8]) -> Option<Vec<Record>> {
 }
 
 /// Record wire format: ts i64 | key_len i32 (-1 = none) | key | n_headers u16
-/// | (name_len u16, name, value_len u32, value)* | payload.
+/// | (name_len u16, name, value_len u32, value)* | payload. The transport
+/// refuses messages whose header count or a name length does not fit 16
+/// bits before they get here (`check_limits`).
 fn encode(r: &Record, out: &mut BytesMut) {
     out.reserve(16 + r.payload.len() + r.key.as_ref().map_or(0, |k| k.len()));
     out.put_i64_le(r.timestamp_ms);

@@ -8,9 +8,13 @@ fn specs(parts: u32) -> Vec<EntitySpec> {
     ]
 }
 
+fn group(entity: &str, group: &str) -> GroupSpec {
+    GroupSpec { entity: entity.into(), group: group.into(), start: StartPosition::Earliest }
+}
+
 fn open(path: Option<PathBuf>, capacity: usize, parts: u32) -> Embedded {
-    let opts = EmbeddedOptions { name: "t".into(), path, capacity };
-    Embedded::open(opts, &specs(parts), &[("in".into(), "g".into(), StartPosition::Earliest)]).unwrap()
+    let opts = EmbeddedOptions { name: "t".into(), path, capacity, max_message_bytes: 4096 };
+    Embedded::open(opts, &specs(parts), &[group("in", "g")]).unwrap()
 }
 
 fn msg(key: &str, payload: &str) -> OutboundMessage {
@@ -134,7 +138,7 @@ async fn durable_resumes_from_committed_position_after_reopen() {
     let mut seen = Vec::new();
     for r in rs.iter_mut() {
         let got = drain(r).await;
-        let committed = t.committed("in", "g").unwrap()[r.partition() as usize].unwrap();
+        let committed = t.group_positions("in", "g").await.unwrap()[r.partition() as usize].committed.unwrap();
         assert_eq!(got.first().unwrap().position, committed);
         seen.extend(got.iter().map(|m| String::from_utf8(m.payload.to_vec()).unwrap()));
     }
@@ -168,4 +172,98 @@ async fn unknown_entity_and_partition_are_permanent() {
     m.partition = Some(7);
     let e = t.producer().send("in", vec![m]).await.unwrap_err();
     assert!(e.to_string().contains("partition 7"), "{e}");
+}
+
+#[tokio::test]
+async fn a_group_removed_by_a_reload_stops_holding_records_back() {
+    // memory mode, capacity 10: "g" commits nothing, so the 11th send waits
+    let t = open(None, 10, 1);
+    let p = t.producer();
+    t.ensure(&specs(1), &[group("in", "g"), group("in", "old")]).await.unwrap();
+    p.send("in", (0..10).map(|i| msg("k", &i.to_string())).collect()).await.unwrap();
+    let (_sub, mut rs) = readers(&t, "g").await;
+    let got = drain(&mut rs[0]).await;
+    rs[0].commit(got.last().unwrap()).await.unwrap();
+    // "old" (a worker the reload removed or renamed) still pins all ten
+    let p2 = p.clone();
+    let blocked = tokio::spawn(async move { p2.send("in", vec![msg("k", "10")]).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!blocked.is_finished(), "the stale group holds the records");
+    // the reload's ensure lists only "g": the send goes through
+    t.ensure(&specs(1), &[group("in", "g")]).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(2), blocked).await.expect("unblocked").unwrap().unwrap();
+    let pos = t.group_positions("in", "old").await.unwrap();
+    assert_eq!(pos[0].committed, None, "unregistered");
+    assert_eq!(t.group_positions("in", "g").await.unwrap()[0].committed, Some(10));
+}
+
+#[tokio::test]
+async fn a_group_that_comes_back_resumes_where_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = open(Some(dir.path().into()), 100, 1);
+    t.producer().send("in", (0..6).map(|i| msg("k", &i.to_string())).collect()).await.unwrap();
+    {
+        let (_sub, mut rs) = readers(&t, "g").await;
+        let got = drain(&mut rs[0]).await;
+        rs[0].commit(&got[3]).await.unwrap();
+    }
+    t.ensure(&specs(1), &[]).await.unwrap();
+    t.ensure(&specs(1), &[group("in", "g")]).await.unwrap();
+    assert_eq!(t.group_positions("in", "g").await.unwrap()[0].committed, Some(4));
+}
+
+#[tokio::test]
+async fn counts_and_lengths_beyond_16_bits_are_refused_not_stored_corrupt() {
+    for path in [None, Some(tempfile::tempdir().unwrap())] {
+        let opts = EmbeddedOptions {
+            name: "t".into(),
+            path: path.as_ref().map(|d| d.path().to_path_buf()),
+            capacity: 100,
+            max_message_bytes: 64 << 20,
+        };
+        let t = Embedded::open(opts, &specs(1), &[group("in", "g")]).unwrap();
+        let mut many = msg("k", "x");
+        many.headers = Headers((0..=MAX_HEADERS).map(|i| (format!("h{i}"), Bytes::new())).collect());
+        let e = t.producer().send("in", vec![msg("k", "before"), many]).await.unwrap_err();
+        assert_eq!(e.category(), crate::classify::ErrorCategory::Permanent);
+        assert!(e.to_string().contains("65536 headers"), "{e}");
+        let mut long = msg("k", "x");
+        long.headers.set(&"n".repeat(MAX_HEADER_NAME + 1), "v");
+        let e = t.producer().send("in", vec![long]).await.unwrap_err();
+        assert!(e.to_string().contains("header name of 65536 bytes"), "{e}");
+        // nothing of those batches was written; the limits themselves are fine
+        let mut edge = msg("k", "edge");
+        edge.headers = Headers((0..MAX_HEADERS).map(|i| (format!("h{i}"), Bytes::from_static(b"v"))).collect());
+        edge.headers.0[0].0 = "n".repeat(MAX_HEADER_NAME);
+        t.producer().send("in", vec![edge.clone()]).await.unwrap();
+        t.flush().await.unwrap();
+        let mut r = t.open_reader("in", 0, Seek::Earliest).await.unwrap();
+        let mut got = Vec::new();
+        r.fetch(10, &mut got).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].headers, edge.headers, "read back intact");
+        assert_eq!(got[0].payload, Bytes::from_static(b"edge"));
+    }
+}
+
+#[tokio::test]
+async fn too_large_messages_are_permanent_errors() {
+    let t = open(None, 10, 1);
+    let e = t.producer().send("in", vec![msg("k", &"x".repeat(5000))]).await.unwrap_err();
+    assert!(matches!(e, TransportError::TooLarge { limit: 4096, .. }), "{e}");
+    assert_eq!(e.category(), crate::classify::ErrorCategory::Permanent);
+}
+
+#[tokio::test]
+async fn a_reader_without_a_group_reads_from_anywhere_and_cannot_commit() {
+    let t = open(None, 100, 1);
+    t.producer().send("in", (0..5).map(|i| msg("k", &i.to_string())).collect()).await.unwrap();
+    let mut r = t.open_reader("in", 0, Seek::At(2)).await.unwrap();
+    let got = drain(&mut r).await;
+    assert_eq!(got.iter().map(|m| m.position).collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert!(matches!(r.commit(&got[0]).await, Err(TransportError::ReadOnly)));
+    assert_eq!(r.lag(), None);
+    // the group's records are untouched
+    assert_eq!(t.group_positions("in", "g").await.unwrap()[0].committed, Some(0));
+    assert!(t.open_reader("in", 3, Seek::Earliest).await.is_err());
 }

@@ -2,11 +2,13 @@
 //! store, one pump task per owned partition, checkpoint flushing (semantics:
 //! see the parent module).
 
-use super::{EhEntity, EventHubsTransport, classify_error};
-use crate::checkpoint::{Checkpoint, CheckpointStore, Ownership, store_error};
+use super::checkpoint::{Checkpoint, CheckpointStore, Ownership, store_error};
+use super::{EventHubsTransport, classify_error};
+use crate::backoff::{Attempts, Backoff};
 use crate::classify::ErrorCategory;
 use crate::transport::{
-    Assignment, Headers, PartitionReader, PipelineMessage, StartPosition, Subscription, TransportError,
+    Assignment, EntitySpec, Headers, PartitionReader, PipelineMessage, Seek, StartPosition, Subscription,
+    TransportError,
 };
 use async_trait::async_trait;
 use azure_messaging_eventhubs::models::{AmqpSimpleValue, ReceivedEventData};
@@ -28,6 +30,9 @@ const FILL_WAIT: Duration = Duration::from_millis(5);
 
 /// Longest opening a consumer connection may take before it is retried.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits between reconnects of a partition pump (reset by an event).
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
 
 fn timeout_error(what: &str) -> azure_messaging_eventhubs::EventHubsError {
     azure_messaging_eventhubs::EventHubsError::from(azure_messaging_eventhubs::error::ErrorKind::AmqpError(
@@ -80,7 +85,7 @@ impl Subscription for EhSubscription {
 /// Opens the consumer client and starts the balancer task.
 pub(super) async fn start(
     t: EventHubsTransport,
-    e: EhEntity,
+    e: EntitySpec,
     group: String,
     start: StartPosition,
     store: Arc<dyn CheckpointStore>,
@@ -91,12 +96,12 @@ pub(super) async fn start(
         std::process::id(),
         fastrand::u32(..)
     );
-    let client = t.consumer_for(&e.hub, &group, &owner_id).await?;
-    let props = client.get_eventhub_properties().await.map_err(|err| t.map_err(&e.hub, &err))?;
+    let client = t.consumer_for(&e.name, &group, &owner_id).await?;
+    let props = client.get_eventhub_properties().await.map_err(|err| t.map_err(&e.name, &err))?;
     let partitions = props.partition_ids.clone();
     if partitions.len() as u32 != e.partitions {
         tracing::warn!(
-            transport = %t.inner.name, hub = %e.hub, config = e.partitions, actual = partitions.len(),
+            transport = %t.inner.name, hub = %e.name, config = e.partitions, actual = partitions.len(),
             "event hub partition count differs from the config; using the hub's"
         );
     }
@@ -104,7 +109,7 @@ pub(super) async fn start(
     let stop = CancellationToken::new();
     let b = Balancer {
         t,
-        hub: e.hub.clone(),
+        hub: e.name.clone(),
         label: e.key.as_str().into(),
         group,
         start,
@@ -512,7 +517,7 @@ struct Delivered {
 
 impl Pump {
     async fn run(mut self) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Attempts::new(RECONNECT);
         let mut degraded = false;
         while !self.stop.is_cancelled() {
             let start = match self.last_seq {
@@ -540,9 +545,8 @@ impl Pump {
             }
             tokio::select! {
                 _ = self.stop.cancelled() => break,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(backoff.fail()) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
 
@@ -551,7 +555,7 @@ impl Pump {
         &mut self,
         start: StartLocation,
         degraded: &mut bool,
-        backoff: &mut Duration,
+        backoff: &mut Attempts,
     ) -> Result<(), azure_messaging_eventhubs::EventHubsError> {
         if self.client.is_none() {
             let c = tokio::select! {
@@ -593,7 +597,7 @@ impl Pump {
         &mut self,
         r: &azure_messaging_eventhubs::EventReceiver,
         degraded: &mut bool,
-        backoff: &mut Duration,
+        backoff: &mut Attempts,
     ) -> Result<(), azure_messaging_eventhubs::EventHubsError> {
         let mut stream = std::pin::pin!(r.stream_events());
         loop {
@@ -614,7 +618,7 @@ impl Pump {
                 *degraded = false;
                 let _ = self.health.send(Ok(Assignment::Health(None)));
             }
-            *backoff = Duration::from_millis(200);
+            backoff.reset();
             let Some(seq) = ev.sequence_number() else { continue };
             if self.last_seq.is_some_and(|l| seq <= l) {
                 continue; // a replay after the SDK re-attached
@@ -736,5 +740,106 @@ impl PartitionReader for EhReader {
         let last = self.shared.last_enqueued.load(std::sync::atomic::Ordering::Relaxed);
         let c = self.shared.committed.lock().unwrap().seq.unwrap_or(-1);
         (last >= 0).then(|| (last - c).max(0) as u64)
+    }
+}
+
+/// Reads one partition as no consumer group (`Transport::open_reader`): a
+/// receiver in `$Default` without an owner level, so it takes nothing from
+/// the group's owners.
+pub(super) async fn browse(
+    t: EventHubsTransport,
+    e: EntitySpec,
+    partition: u32,
+    from: Seek,
+) -> Result<Box<dyn PartitionReader>, TransportError> {
+    let instance = format!("conveyor-reader-{:08x}", fastrand::u32(..));
+    let client = t.consumer_for(&e.name, "$Default", &instance).await?;
+    let props = client.get_eventhub_properties().await.map_err(|err| t.map_err(&e.name, &err))?;
+    let pid = partition.to_string();
+    if !props.partition_ids.contains(&pid) {
+        return Err(TransportError::UnknownPartition {
+            entity: e.key.clone(),
+            partition,
+            partitions: props.partition_ids.len() as u32,
+        });
+    }
+    let location = match from {
+        Seek::Earliest => StartLocation::Earliest,
+        Seek::At(p) => StartLocation::SequenceNumber(p),
+    };
+    let opts = OpenReceiverOptions {
+        owner_level: None,
+        prefetch: Some(300),
+        start_position: Some(azure_messaging_eventhubs::StartPosition { location, inclusive: true }),
+        ..Default::default()
+    };
+    let receiver = client.open_receiver_on_partition(pid, Some(opts)).await.map_err(|err| t.map_err(&e.name, &err))?;
+    let (tx, rx) = mpsc::channel::<Result<PipelineMessage, TransportError>>(256);
+    let stop = CancellationToken::new();
+    let (stop2, label) = (stop.clone(), Arc::<str>::from(e.key.as_str()));
+    tokio::spawn(async move {
+        {
+            let mut stream = std::pin::pin!(receiver.stream_events());
+            loop {
+                let next = tokio::select! {
+                    _ = stop2.cancelled() => break,
+                    n = stream.next() => n,
+                };
+                let item = match next {
+                    Some(Ok(ev)) => match ev.sequence_number() {
+                        Some(seq) => Ok(to_message(&ev, &label, partition, seq)),
+                        None => continue,
+                    },
+                    Some(Err(err)) => Err(t.map_err(&e.name, &err)),
+                    None => break,
+                };
+                let end = item.is_err();
+                if tx.send(item).await.is_err() || end {
+                    break;
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), receiver.close()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.close()).await;
+    });
+    Ok(Box::new(BrowseReader { partition, rx, _stop: stop.drop_guard() }))
+}
+
+struct BrowseReader {
+    partition: u32,
+    rx: mpsc::Receiver<Result<PipelineMessage, TransportError>>,
+    _stop: DropGuard,
+}
+
+#[async_trait]
+impl PartitionReader for BrowseReader {
+    fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    async fn fetch(&mut self, max: usize, out: &mut Vec<PipelineMessage>) -> Result<(), TransportError> {
+        let Some(first) = self.rx.recv().await else {
+            return Err(TransportError::Other {
+                category: ErrorCategory::Transient,
+                kind: "stream_ended",
+                message: "the event stream ended".into(),
+            });
+        };
+        out.push(first?);
+        while out.len() < max {
+            match self.rx.try_recv() {
+                Ok(Ok(m)) => out.push(m),
+                Ok(Err(e)) => {
+                    tracing::warn!(partition = self.partition, error = %e, "event hub read failed after a partial batch");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, _last: &PipelineMessage) -> Result<(), TransportError> {
+        Err(TransportError::ReadOnly)
     }
 }

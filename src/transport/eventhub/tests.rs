@@ -1,6 +1,6 @@
 use super::consumer::plan_claims;
 use super::*;
-use crate::checkpoint::Ownership;
+use super::checkpoint::Ownership;
 use azure_core_amqp::{AmqpDescribedError, AmqpErrorCondition, AmqpOrderedMap};
 use std::time::SystemTime;
 

@@ -2,10 +2,15 @@
 //! fingerprint is unchanged by a reload keeps running untouched.
 //!
 //! A task's fingerprint covers its own config section and every entity it
-//! reads or writes, including each entity's transport (secrets included, as
-//! a hash). Change any of those and the task is drained and restarted.
+//! reads or writes, including each entity's transport. Secrets count by
+//! their value: configs are fingerprinted through
+//! [`fingerprint_json`](crate::config::fingerprint_json), where a `Secret`
+//! serializes as a hash of itself. Change any of those and the task is
+//! drained and restarted. A retry scheduler's fingerprint also covers every
+//! worker's name, input and dead-letter entity (it routes retries of workers
+//! a reload changed).
 
-use crate::config::{Config, SourceConfig};
+use crate::config::{Config, SourceConfig, fingerprint_json};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a task is.
@@ -39,14 +44,10 @@ fn fnv(parts: &[&[u8]]) -> u64 {
     h
 }
 
-fn json<T: serde::Serialize>(t: &T) -> Vec<u8> {
-    serde_json::to_vec(t).expect("config serializes")
-}
-
 /// Fingerprint of a transport's config (secrets included).
 pub fn transport_fp(cfg: &Config, name: &str) -> u64 {
     match cfg.transports.get(name) {
-        Some(t) => fnv(&[&json(t), t.secret_material().as_bytes()]),
+        Some(t) => fnv(&[&fingerprint_json(t)]),
         None => 0,
     }
 }
@@ -54,7 +55,7 @@ pub fn transport_fp(cfg: &Config, name: &str) -> u64 {
 /// Fingerprint of an entity: its config and its transport's.
 pub fn entity_fp(cfg: &Config, key: &str) -> u64 {
     match cfg.entities.get(key) {
-        Some(e) => fnv(&[key.as_bytes(), &json(e), &transport_fp(cfg, &e.transport).to_le_bytes()]),
+        Some(e) => fnv(&[key.as_bytes(), &fingerprint_json(e), &transport_fp(cfg, &e.transport).to_le_bytes()]),
         None => 0,
     }
 }
@@ -85,18 +86,23 @@ pub fn plan(cfg: &Config) -> BTreeMap<String, TaskPlan> {
             ents.insert(r.via.clone());
             retry.entry(&r.via).or_default().insert(w.input.clone());
         }
-        let mut own = json(w);
-        own.extend_from_slice(w.secret_material().as_bytes());
-        let fp = combine(&own, cfg, &ents);
+        let fp = combine(&fingerprint_json(w), cfg, &ents);
         out.insert(
             name.clone(),
             TaskPlan { kind: TaskKind::Worker, fingerprint: fp, input: Some(w.input.clone()), entities: ents },
         );
     }
+    // every worker's name, input and dead-letter entity: where retries go
+    let routes: Vec<(&String, &String, &Option<String>)> =
+        cfg.workers.iter().map(|(n, w)| (n, &w.input, &w.dead_letter)).collect();
+    let mut retry_own = b"retry".to_vec();
+    retry_own.extend(fingerprint_json(&routes));
     for (via, targets) in retry {
         let mut ents = targets.clone();
         ents.insert(via.to_string());
-        let fp = combine(b"retry", cfg, &ents);
+        ents.extend(cfg.workers.values().map(|w| w.input.clone()));
+        ents.extend(cfg.workers.values().filter(|w| w.retry.as_ref().is_some_and(|r| r.via == via)).filter_map(|w| w.dead_letter.clone()));
+        let fp = combine(&retry_own, cfg, &ents);
         out.insert(
             retry_task(via),
             TaskPlan {
@@ -110,7 +116,7 @@ pub fn plan(cfg: &Config) -> BTreeMap<String, TaskPlan> {
     for (name, s) in &cfg.sources {
         let SourceConfig::Simulator { entity, .. } = s;
         let ents = BTreeSet::from([entity.clone()]);
-        let fp = combine(&json(s), cfg, &ents);
+        let fp = combine(&fingerprint_json(s), cfg, &ents);
         out.insert(name.clone(), TaskPlan { kind: TaskKind::Source, fingerprint: fp, input: None, entities: ents });
     }
     out

@@ -1,4 +1,4 @@
-//! HTTP endpoints (axum):
+//! The admin endpoints (axum), on `service.http.listen`:
 //!
 //! - `GET /healthz` — liveness: `200 {"status":"ok"}` while the supervisor runs;
 //! - `GET /readyz` — readiness: JSON with each worker's state, restarts and
@@ -29,20 +29,29 @@ use tokio_util::sync::CancellationToken;
 
 /// A reload asked for over HTTP; the daemon's loop answers it.
 pub struct ReloadRequest {
-    pub reply: oneshot::Sender<Result<serde_json::Value, String>>,
+    pub reply: oneshot::Sender<ReloadAnswer>,
 }
 
+/// How a reload asked for over HTTP ended.
+pub enum ReloadAnswer {
+    /// Applied; what changed.
+    Applied(serde_json::Value),
+    /// Not applied (the running topology is kept); why.
+    Refused(String),
+}
+
+/// What the endpoints read.
 #[derive(Clone)]
-pub struct HttpState {
+pub struct AdminState {
     pub service: String,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     pub draining: Arc<AtomicBool>,
-    pub config: Arc<dyn Fn() -> crate::app::ConfigStatus + Send + Sync>,
+    pub config: Arc<dyn Fn() -> crate::health::ConfigStatus + Send + Sync>,
     pub reload: mpsc::Sender<ReloadRequest>,
 }
 
-pub fn router(state: HttpState) -> Router {
+pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -52,7 +61,7 @@ pub fn router(state: HttpState) -> Router {
 }
 
 /// Serves until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, state: HttpState, stop: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) -> std::io::Result<()> {
     axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
@@ -62,7 +71,7 @@ async fn healthz() -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"status\":\"ok\"}\n").into_response()
 }
 
-async fn readyz(State(s): State<HttpState>) -> Response {
+async fn readyz(State(s): State<AdminState>) -> Response {
     let report = s.health.report();
     let draining = s.draining.load(Ordering::Relaxed);
     let cfg = (s.config)();
@@ -80,7 +89,7 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], format!("{body:#}\n")).into_response()
 }
 
-async fn reload(State(s): State<HttpState>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+async fn reload(State(s): State<AdminState>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
     if !peer.ip().is_loopback() {
         return (StatusCode::FORBIDDEN, "reload is only accepted from localhost\n").into_response();
     }
@@ -89,15 +98,17 @@ async fn reload(State(s): State<HttpState>, ConnectInfo(peer): ConnectInfo<Socke
         return (StatusCode::SERVICE_UNAVAILABLE, "this process does not reload from a file\n").into_response();
     }
     match rx.await {
-        Ok(Ok(v)) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], format!("{v:#}\n")).into_response(),
-        Ok(Err(e)) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        Ok(ReloadAnswer::Applied(v)) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], format!("{v:#}\n")).into_response()
+        }
+        Ok(ReloadAnswer::Refused(e)) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
     }
 }
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), else the
 /// classic text format 0.0.4.
-async fn metrics(State(s): State<HttpState>, headers: HeaderMap) -> Response {
+async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     let wants_om = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

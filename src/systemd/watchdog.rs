@@ -8,7 +8,7 @@
 //! `STATUS=` carries a one-line summary (tasks ready, messages/s).
 
 use crate::health::{Health, TaskState};
-use crate::notify;
+use super::notify;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

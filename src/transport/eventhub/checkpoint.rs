@@ -28,7 +28,7 @@ pub mod blob;
 pub mod file;
 
 use crate::classify::ErrorCategory;
-use crate::config::{CheckpointStoreConfig, EntraCredential};
+use crate::config::CheckpointStoreConfig;
 use crate::transport::TransportError;
 pub use azure_messaging_eventhubs::CheckpointStore;
 pub use azure_messaging_eventhubs::models::{Checkpoint, Ownership};
@@ -50,10 +50,10 @@ pub async fn open(transport: &str, cfg: &CheckpointStoreConfig) -> Result<Arc<dy
             })?))
         }
         CheckpointStoreConfig::Blob(loc) => {
-            let client = crate::stages::blob_client(loc).map_err(|message| TransportError::Other {
+            let client = crate::azure::blob_client(loc).map_err(|e| TransportError::Other {
                 category: ErrorCategory::Permanent,
                 kind: "config",
-                message: format!("transports.{transport}.checkpoint_store: {message}"),
+                message: format!("transports.{transport}.checkpoint_store: {e}"),
             })?;
             client.create_container(&loc.container).await.map_err(|e| blob_error(transport, &e))?;
             Ok(Arc::new(blob::BlobStore::new(client, loc.container.clone())))
@@ -81,41 +81,6 @@ pub fn store_error(transport: &str, e: azure_core::Error) -> TransportError {
         kind: "checkpoint_store",
         message: format!("{transport}: checkpoint store: {e}"),
     }
-}
-
-/// An Entra ID credential of `azure_identity`.
-pub fn entra_credential(c: &EntraCredential) -> azure_core::Result<Arc<dyn azure_core::credentials::TokenCredential>> {
-    use azure_identity::*;
-    Ok(match c {
-        EntraCredential::Developer => DeveloperToolsCredential::new(None)?,
-        EntraCredential::ManagedIdentity { client_id } => {
-            let options = client_id.as_ref().map(|id| ManagedIdentityCredentialOptions {
-                user_assigned_id: Some(UserAssignedId::ClientId(id.clone())),
-                ..Default::default()
-            });
-            ManagedIdentityCredential::new(options)?
-        }
-        EntraCredential::WorkloadIdentity => WorkloadIdentityCredential::new(None)?,
-    })
-}
-
-/// Blob Storage bearer tokens from an Entra ID credential.
-struct EntraTokens(Arc<dyn azure_core::credentials::TokenCredential>);
-
-#[async_trait::async_trait]
-impl conveyor_blob::TokenSource for EntraTokens {
-    async fn token(&self) -> Result<String, conveyor_blob::BlobError> {
-        let t = self
-            .0
-            .get_token(&["https://storage.azure.com/.default"], None)
-            .await
-            .map_err(|e| conveyor_blob::BlobError::token(e.to_string(), false))?;
-        Ok(t.token.secret().to_string())
-    }
-}
-
-pub fn entra_token_source(c: &EntraCredential) -> azure_core::Result<Arc<dyn conveyor_blob::TokenSource>> {
-    Ok(Arc::new(EntraTokens(entra_credential(c)?)))
 }
 
 /// Wraps a store-specific error for the trait's `azure_core::Result`.

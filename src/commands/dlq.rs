@@ -4,8 +4,19 @@
 //! admits one process, so for an embedded DLQ stop the daemon first (the
 //! error says so); broker transports can be used while it runs.
 //!
+//! Both read up to the end each partition had when they started, and never
+//! report success after reading less: the first fetch of a partition that
+//! holds records waits up to [`FIRST_FETCH`] and fails when nothing comes
+//! (a broker that does not answer is an error, not "0 examined"). A
+//! partition whose last positions cannot be read (Kafka compaction or
+//! transaction markers) ends after [`IDLE_FETCH`] without a message, with a
+//! warning naming the positions.
+//!
+//! `inspect` reads as no consumer group (`Transport::open_reader`): it
+//! changes nothing anywhere.
+//!
 //! `redrive` reads the DLQ with its own consumer group (default
-//! `conveyor-redrive`) up to the end it saw when it started, re-produces each
+//! `conveyor-redrive`) from that group's committed position, re-produces each
 //! matching envelope's original key, headers and payload — byte for byte —
 //! to its origin entity (or `--to`), with `conveyor-redrive-count` raised by
 //! one and retry bookkeeping removed, and commits the DLQ position after each
@@ -13,27 +24,46 @@
 //! examined, matching or not: to redrive selectively in several passes, give
 //! each pass its own `--group`. `--dry-run` produces and commits nothing.
 
-use super::Envelope;
-use crate::app::{AppError, Transports, open_transports};
 use crate::config::{Config, StartPosition};
+use crate::dlq::Envelope;
 use crate::retry;
-use crate::transport::{Assignment, Headers, OutboundMessage, PipelineMessage, Transport, TransportError};
+use crate::runtime::{RuntimeError, Transports};
+use crate::transport::{
+    Assignment, Headers, OutboundMessage, PartitionReader, PipelineMessage, Seek, Transport, TransportError,
+};
 use base64::Engine;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Longest wait for the first record of a partition that holds records.
+pub const FIRST_FETCH: Duration = Duration::from_secs(30);
+/// Longest wait for more records once a partition has answered.
+pub const IDLE_FETCH: Duration = Duration::from_secs(5);
+/// Longest wait for a consumer group to be given every partition.
+pub const ASSIGN_WAIT: Duration = Duration::from_secs(60);
+/// Longest flush of the transports when a tool is done.
+const CLOSE_WITHIN: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
     #[error(transparent)]
-    App(#[from] AppError),
+    Runtime(#[from] RuntimeError),
     #[error("entity {0:?} is not in the config")]
     UnknownEntity(String),
     #[error("{entity:?}: {source}")]
     Transport { entity: String, source: TransportError },
     #[error("bad --filter {0:?}: write key=value with key one of category, worker, origin, type")]
     BadFilter(String),
+    #[error(
+        "{entity:?} partition {partition}: no record arrived within {waited:?} at position {position} (the partition ends at {end}); nothing after it was read"
+    )]
+    Stalled { entity: String, partition: u32, position: i64, end: i64, waited: Duration },
+    #[error(
+        "{entity:?}: consumer group {group:?} was not given partition(s) {missing:?} within {waited:?} (does another process hold them?)"
+    )]
+    NotAssigned { entity: String, group: String, missing: Vec<u32>, waited: Duration },
 }
 
 /// A `key=value` filter on envelopes.
@@ -67,57 +97,153 @@ impl Filter {
 /// One DLQ record: where it sits and what it says.
 pub struct Entry {
     pub message: PipelineMessage,
-    pub envelope: Result<Envelope, String>,
+    pub envelope: Result<Envelope, serde_json::Error>,
 }
 
-/// Reads every record of `entity` present when called, partition by
-/// partition, with `group` (nothing is committed).
-async fn read_to_end(
+/// What to do after a batch.
+enum Next {
+    More,
+    Stop,
+}
+
+/// Reads `r` from where it stands up to `end` (exclusive), batch by batch,
+/// with the waits of the module docs. `Ok(Next::Stop)` when `each` stopped.
+async fn read_until(
+    r: &mut Box<dyn PartitionReader>,
+    entity: &str,
+    end: i64,
+    each: &mut impl AsyncFnMut(&mut Box<dyn PartitionReader>, Vec<PipelineMessage>) -> Result<Next, ToolError>,
+) -> Result<Next, ToolError> {
+    let partition = r.partition();
+    let mut at: Option<i64> = None;
+    loop {
+        let mut batch = Vec::new();
+        let wait = if at.is_none() { FIRST_FETCH } else { IDLE_FETCH };
+        match tokio::time::timeout(wait, r.fetch(500, &mut batch)).await {
+            Ok(res) => res.map_err(|source| ToolError::Transport { entity: entity.to_string(), source })?,
+            Err(_) => match at {
+                None => {
+                    return Err(ToolError::Stalled { entity: entity.to_string(), partition, position: -1, end, waited: wait });
+                }
+                Some(last) => {
+                    tracing::warn!(
+                        entity, partition, from = last + 1, end,
+                        "the last positions of the partition cannot be read (compacted, or transaction markers); done with it"
+                    );
+                    return Ok(Next::More);
+                }
+            },
+        }
+        batch.retain(|m| m.position < end);
+        let reached = batch.last().is_some_and(|m| m.position + 1 >= end);
+        if let Some(m) = batch.last() {
+            at = Some(m.position);
+        } else if at.is_some() {
+            // records beyond the end only: done
+            return Ok(Next::More);
+        }
+        if !batch.is_empty()
+            && let Next::Stop = each(r, batch).await?
+        {
+            return Ok(Next::Stop);
+        }
+        if reached {
+            return Ok(Next::More);
+        }
+    }
+}
+
+/// Reads every record of `physical` present when called, partition by
+/// partition, as no consumer group.
+async fn browse(
     t: &Arc<dyn Transport>,
     entity: &str,
     physical: &str,
-    group: &str,
-    mut each: impl AsyncFnMut(
-        &mut Box<dyn crate::transport::PartitionReader>,
-        Vec<PipelineMessage>,
-    ) -> Result<bool, ToolError>,
+    mut each: impl AsyncFnMut(&mut Box<dyn PartitionReader>, Vec<PipelineMessage>) -> Result<Next, ToolError>,
 ) -> Result<(), ToolError> {
     let terr = |source| ToolError::Transport { entity: entity.to_string(), source };
-    let ends: BTreeMap<u32, i64> =
-        t.partitions(physical).await.map_err(terr)?.into_iter().map(|p| (p.partition, p.next)).collect();
-    let mut sub = t.subscribe(physical, group, StartPosition::Earliest).await.map_err(terr)?;
-    let mut seen = 0;
-    while seen < ends.len() {
-        let Assignment::Assigned(mut r) = sub.next().await.map_err(terr)? else { continue };
-        seen += 1;
-        let end = ends.get(&r.partition()).copied().unwrap_or(0);
-        loop {
-            let mut batch = Vec::new();
-            match tokio::time::timeout(Duration::from_millis(500), r.fetch(500, &mut batch)).await {
-                Ok(res) => res.map_err(terr)?,
-                Err(_) => break, // nothing more (committed past the end already)
-            }
-            batch.retain(|m| m.position < end);
-            let reached_end = batch.last().is_none_or(|m| m.position + 1 >= end);
-            if !batch.is_empty() && !each(&mut r, batch).await? {
-                return Ok(());
-            }
-            if reached_end {
-                break;
-            }
+    for p in t.partitions(physical).await.map_err(terr)? {
+        if p.next <= p.earliest {
+            continue;
+        }
+        let mut r = t.open_reader(physical, p.partition, Seek::Earliest).await.map_err(terr)?;
+        if let Next::Stop = read_until(&mut r, entity, p.next, &mut each).await? {
+            return Ok(());
         }
     }
     Ok(())
 }
 
+/// Reads every record of `physical` present when called that consumer
+/// group `group` has not committed, with that group (so `each` may commit).
+/// Returns how many records that is.
+async fn consume_to_end(
+    t: &Arc<dyn Transport>,
+    entity: &str,
+    physical: &str,
+    group: &str,
+    mut each: impl AsyncFnMut(&mut Box<dyn PartitionReader>, Vec<PipelineMessage>) -> Result<Next, ToolError>,
+) -> Result<(), ToolError> {
+    let terr = |source| ToolError::Transport { entity: entity.to_string(), source };
+    let positions: BTreeMap<u32, (i64, i64)> = t
+        .partitions(physical)
+        .await
+        .map_err(terr)?
+        .into_iter()
+        .map(|p| (p.partition, (p.earliest, p.next)))
+        .collect();
+    let mut sub = t.subscribe(physical, group, StartPosition::Earliest).await.map_err(terr)?;
+    let mut pending: Vec<u32> = positions.keys().copied().collect();
+    let deadline = tokio::time::Instant::now() + ASSIGN_WAIT;
+    while !pending.is_empty() {
+        let next = match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(n) => n.map_err(terr)?,
+            Err(_) => {
+                return Err(ToolError::NotAssigned {
+                    entity: entity.to_string(),
+                    group: group.to_string(),
+                    missing: pending,
+                    waited: ASSIGN_WAIT,
+                });
+            }
+        };
+        let Assignment::Assigned(mut r) = next else { continue };
+        let p = r.partition();
+        pending.retain(|x| *x != p);
+        let Some((earliest, end)) = positions.get(&p).copied() else { continue };
+        if end <= earliest {
+            continue;
+        }
+        match read_until(&mut r, entity, end, &mut each).await {
+            Ok(Next::More) => {}
+            Ok(Next::Stop) => return Ok(()),
+            // the group has committed through the end already
+            Err(ToolError::Stalled { .. }) if committed_through(t, physical, group, p, end).await => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `group` has committed everything of partition `p` before `end`.
+async fn committed_through(t: &Arc<dyn Transport>, physical: &str, group: &str, p: u32, end: i64) -> bool {
+    match t.group_positions(physical, group).await {
+        Ok(ps) => ps.iter().any(|g| g.info.partition == p && g.committed.is_some_and(|c| c >= end)),
+        Err(_) => false,
+    }
+}
+
 fn entry(m: PipelineMessage) -> Entry {
-    let envelope = Envelope::parse(&m.payload).map_err(|e| e.to_string());
+    let envelope = Envelope::parse(&m.payload);
     Entry { message: m, envelope }
 }
 
 /// `conveyor dlq inspect`: the first `limit` envelopes (table or JSON lines).
 pub async fn inspect(cfg: &Config, entity: &str, limit: usize, json: bool) -> Result<usize, ToolError> {
-    let ts = open_transports(cfg).await?;
+    if !cfg.entities.contains_key(entity) {
+        return Err(ToolError::UnknownEntity(entity.to_string()));
+    }
+    let ts = Transports::open(cfg).await?;
     let (t, physical) = ts.entity(cfg, entity).ok_or_else(|| ToolError::UnknownEntity(entity.to_string()))?;
     let mut shown = 0usize;
     if !json {
@@ -126,25 +252,24 @@ pub async fn inspect(cfg: &Config, entity: &str, limit: usize, json: bool) -> Re
             "dead-lettered at", "origin", "worker", "category", "type", "#"
         );
     }
-    let group = format!("conveyor-inspect-{}", fastrand::u64(..));
-    read_to_end(&t, entity, &physical, &group, async |_r, batch| {
+    let read = browse(&t, entity, &physical, async |_r, batch| {
         for m in batch {
             if shown >= limit {
-                return Ok(false);
+                return Ok(Next::Stop);
             }
             shown += 1;
             let e = entry(m);
             match (&e.envelope, json) {
                 (Ok(env), true) => {
-                    let mut v = serde_json::to_value(env).expect("envelope serializes");
+                    let mut v = serde_json::to_value(env).unwrap_or_default();
                     v["dlq_partition"] = e.message.partition.into();
                     v["dlq_position"] = e.message.position.into();
                     println!("{v}");
                 }
                 (Ok(env), false) => {
                     let origin = format!("{}/{}@{}", env.origin.entity, env.origin.partition, env.origin.position);
-                    let mut msg = env.error.message.replace('\n', " ");
-                    msg.truncate(80);
+                    let msg = env.error.message.replace('\n', " ");
+                    let msg = crate::text::clip(&msg, 80);
                     println!(
                         "{:<24} {:<36} {:<18} {:<10} {:<16} {:>3}  {msg}",
                         env.dead_lettered_at, origin, env.origin.worker, env.error.category, env.error.kind, env.error.attempts
@@ -152,7 +277,7 @@ pub async fn inspect(cfg: &Config, entity: &str, limit: usize, json: bool) -> Re
                 }
                 (Err(err), true) => println!(
                     "{}",
-                    serde_json::json!({"dlq_partition": e.message.partition, "dlq_position": e.message.position, "unreadable": err})
+                    serde_json::json!({"dlq_partition": e.message.partition, "dlq_position": e.message.position, "unreadable": err.to_string()})
                 ),
                 (Err(err), false) => println!(
                     "{:<24} {:<36} unreadable envelope at {entity}/{}@{}: {err}",
@@ -160,10 +285,11 @@ pub async fn inspect(cfg: &Config, entity: &str, limit: usize, json: bool) -> Re
                 ),
             }
         }
-        Ok(true)
+        Ok(Next::More)
     })
-    .await?;
-    ts.close().await;
+    .await;
+    ts.close(CLOSE_WITHIN).await;
+    read?;
     if !json {
         eprintln!("{shown} envelope(s) shown from {entity}");
     }
@@ -177,6 +303,8 @@ pub struct RedriveReport {
     pub redriven: u64,
     pub skipped: u64,
     pub unreadable: u64,
+    /// Envelopes written without their payload (too large): left alone.
+    pub trimmed: u64,
     pub by_target: BTreeMap<String, u64>,
 }
 
@@ -192,9 +320,14 @@ pub struct RedriveOptions {
 
 /// `conveyor dlq redrive`.
 pub async fn redrive(cfg: &Config, o: &RedriveOptions) -> Result<RedriveReport, ToolError> {
-    let ts = open_transports(cfg).await?;
+    for e in std::iter::once(&o.from).chain(o.to.as_ref()) {
+        if !cfg.entities.contains_key(e) {
+            return Err(ToolError::UnknownEntity(e.clone()));
+        }
+    }
+    let ts = Transports::open(cfg).await?;
     let r = redrive_with(cfg, &ts, o).await;
-    ts.close().await;
+    ts.close(CLOSE_WITHIN).await;
     r
 }
 
@@ -218,7 +351,7 @@ async fn redrive_with(cfg: &Config, ts: &Transports, o: &RedriveOptions) -> Resu
     );
     let mut report = RedriveReport::default();
     let started = tokio::time::Instant::now();
-    read_to_end(&t, &o.from, &physical, &o.group, async |reader, batch| {
+    consume_to_end(&t, &o.from, &physical, &o.group, async |reader, batch| {
         let mut out: BTreeMap<String, Vec<OutboundMessage>> = BTreeMap::new();
         for m in &batch {
             report.examined += 1;
@@ -232,6 +365,12 @@ async fn redrive_with(cfg: &Config, ts: &Transports, o: &RedriveOptions) -> Resu
             };
             if !o.filter.matches(&env) {
                 report.skipped += 1;
+                continue;
+            }
+            if env.payload_truncated {
+                // the payload is gone: nothing to send back
+                report.trimmed += 1;
+                tracing::warn!(entity = %o.from, partition = m.partition, position = m.position, "trimmed envelope (no payload) left alone");
                 continue;
             }
             let target = o.to.clone().unwrap_or_else(|| env.origin.entity.clone());
@@ -266,7 +405,7 @@ async fn redrive_with(cfg: &Config, ts: &Transports, o: &RedriveOptions) -> Resu
         }
         bar.inc(batch.len() as u64);
         bar.set_message(format!("{} redriven", report.redriven));
-        Ok(true)
+        Ok(Next::More)
     })
     .await?;
     bar.finish_and_clear();

@@ -1,0 +1,10 @@
+//! The command-line tools beside `conveyor run`: each opens what it needs
+//! from a config and does one job.
+//!
+//! - [`check`]: validate a config and compare it with the brokers it names;
+//! - [`dlq`]: inspect and redrive dead-letter entities;
+//! - [`graph`]: draw the topology.
+
+pub mod check;
+pub mod dlq;
+pub mod graph;

@@ -1,0 +1,366 @@
+//! Cross-reference and value checks on a deserialized config, one function
+//! per area (entities, transports, sources, workers, retry entities, Event
+//! Hubs names, unconsumed entities). Stage settings check themselves
+//! (`StageConfig::validate`). A reference to an entry that is in the file but
+//! did not parse is not reported again: its own error says what is wrong.
+
+use super::issues::{Issues, join, suggest};
+use super::model::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Every check, errors and warnings into `v`.
+pub(super) fn validate(c: &Config, v: &mut Issues<'_>) {
+    entities(c, v);
+    for (name, t) in &c.transports {
+        transport(v, name, t);
+    }
+    sources(c, v);
+    let mut groups: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+    for (name, w) in &c.workers {
+        worker(c, v, name, w, &mut groups);
+    }
+    retry_entities(c, v);
+    eventhubs_names(c, v);
+    unconsumed(c, v);
+}
+
+/// An error unless entity `name` exists (or is in the file but broken).
+fn entity_ref(c: &Config, v: &mut Issues<'_>, at: &[&str], name: &str) {
+    if !c.entities.contains_key(name) && !v.unparsed("entities", name) {
+        let hint = suggest(name, c.entities.keys().map(String::as_str));
+        v.error(at, format!("unknown entity {name:?}{hint}"));
+    }
+}
+
+fn entities(c: &Config, v: &mut Issues<'_>) {
+    for (name, e) in &c.entities {
+        if !c.transports.contains_key(&e.transport) && !v.unparsed("transports", &e.transport) {
+            let hint = suggest(&e.transport, c.transports.keys().map(String::as_str));
+            v.error(&["entities", name, "transport"], format!("unknown transport {:?}{hint}", e.transport));
+        }
+        if e.partitions == 0 || e.partitions > 1024 {
+            v.error(&["entities", name, "partitions"], "must be between 1 and 1024");
+        }
+    }
+}
+
+fn transport(v: &mut Issues<'_>, name: &str, t: &TransportConfig) {
+    match t {
+        TransportConfig::Embedded { capacity, max_message_bytes, .. } => {
+            if *capacity == 0 {
+                v.error(&["transports", name, "capacity"], "must be at least 1");
+            }
+            if *max_message_bytes < 1024 {
+                v.error(&["transports", name, "max_message_bytes"], "must be at least 1024");
+            }
+        }
+        TransportConfig::Kafka(k) => k.validate(v, name),
+        TransportConfig::Eventhubs(e) => e.validate(v, name),
+    }
+}
+
+impl KafkaConfig {
+    fn validate(&self, v: &mut Issues<'_>, name: &str) {
+        if self.bootstrap_servers.trim().is_empty() {
+            v.error(&["transports", name, "bootstrap_servers"], "must not be empty");
+        }
+        if !cfg!(feature = "kafka") {
+            v.error(&["transports", name, "type"], "this build has no Kafka support (cargo feature `kafka`)");
+        }
+        for reserved in ["enable.auto.offset.store", "group.id", "bootstrap.servers"] {
+            if self.properties.contains_key(reserved) {
+                v.error(
+                    &["transports", name, "properties", reserved],
+                    "is set by Conveyor (offsets are stored only after outputs are acknowledged; group and servers come from the config)",
+                );
+            }
+        }
+        let sec = &self.security;
+        if sec.protocol.is_sasl() {
+            match sec.mechanism {
+                None => v.error(&["transports", name, "security"], "a sasl_* protocol needs `mechanism`"),
+                Some(SaslMechanism::OauthBearer) => {}
+                Some(_) if sec.username.is_none() || sec.password.is_none() => {
+                    v.error(&["transports", name, "security"], "PLAIN and SCRAM need `username` and `password`")
+                }
+                Some(_) => {}
+            }
+        } else if sec.mechanism.is_some() {
+            v.error(&["transports", name, "security", "mechanism"], "only applies to sasl_plaintext and sasl_ssl");
+        }
+    }
+}
+
+impl EventHubsConfig {
+    fn validate(&self, v: &mut Issues<'_>, name: &str) {
+        let at = |field: &'static str| ["transports", name, field];
+        if !cfg!(feature = "eventhubs") {
+            v.error(&at("type"), "this build has no Event Hubs support (cargo feature `eventhubs`)");
+        }
+        match (&self.connection_string, &self.namespace, &self.credential) {
+            (Some(cs), _, None) => {
+                let lower = cs.expose().to_ascii_lowercase();
+                if !lower.contains("endpoint=") {
+                    v.error(&at("connection_string"), "has no `Endpoint=sb://...` part (is the variable set?)");
+                } else if !lower.contains("sharedaccesskey=") && !lower.contains("sharedaccesssignature=") {
+                    v.error(
+                        &at("connection_string"),
+                        "needs `SharedAccessKeyName`/`SharedAccessKey` or `SharedAccessSignature`",
+                    );
+                }
+            }
+            (Some(_), _, Some(_)) => {
+                v.error(&at("credential"), "use either `connection_string` or `credential`, not both")
+            }
+            (None, Some(_), Some(_)) => {}
+            (None, None, Some(_)) => {
+                v.error(&at("namespace"), "`credential` needs `namespace: NS.servicebus.windows.net`")
+            }
+            (None, _, None) => v.error(
+                &["transports", name],
+                "needs `connection_string` (SAS) or `namespace` + `credential` (Entra ID)",
+            ),
+        }
+        if let Some(ep) = &self.custom_endpoint
+            && !(ep.starts_with("amqp://") || ep.starts_with("amqps://"))
+        {
+            v.error(&at("custom_endpoint"), "must start with amqp:// or amqps://");
+        }
+        if self.update_interval.get().is_zero() {
+            v.error(&at("update_interval"), "must be longer than 0s");
+        }
+        if self.ownership_expiration.get() < self.update_interval.get() * 2 {
+            v.error(
+                &at("ownership_expiration"),
+                "must be at least twice `update_interval` (or owners lose partitions between renewals)",
+            );
+        }
+        if self.prefetch == 0 {
+            v.error(&at("prefetch"), "must be at least 1");
+        }
+        if let Some(CheckpointStoreConfig::Blob(loc)) = &self.checkpoint_store {
+            loc.validate(v, &["transports", name, "checkpoint_store"]);
+        }
+    }
+}
+
+impl BlobLocation {
+    /// One way in, and a valid container name (checkpoint stores and upload
+    /// targets alike).
+    pub(super) fn validate(&self, v: &mut Issues<'_>, at: &[&str]) {
+        match (&self.connection_string, &self.endpoint, &self.credential) {
+            (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+            _ => v.error(at, "needs `connection_string`, or `endpoint` + `credential` (Entra ID)"),
+        }
+        let c = &self.container;
+        let valid = (3..=63).contains(&c.len())
+            && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
+            && !c.starts_with('-')
+            && !c.ends_with('-')
+            && !c.contains("--");
+        if !valid {
+            v.error(&join(at, &["container"]), "must be 3–63 lower-case letters, digits and single hyphens");
+        }
+    }
+}
+
+fn sources(c: &Config, v: &mut Issues<'_>) {
+    for (name, s) in &c.sources {
+        entity_ref(c, v, &["sources", name, "entity"], s.entity());
+        let SourceConfig::Simulator { rate, malformed_ratio, .. } = s;
+        if !(*rate > 0.0 && rate.is_finite()) {
+            v.error(&["sources", name, "rate"], "must be a positive number of events per second");
+        }
+        if !(0.0..=1.0).contains(malformed_ratio) {
+            v.error(&["sources", name, "malformed_ratio"], "must be between 0.0 and 1.0");
+        }
+    }
+}
+
+fn worker<'c>(
+    c: &'c Config,
+    v: &mut Issues<'_>,
+    name: &'c str,
+    w: &'c WorkerConfig,
+    groups: &mut BTreeMap<(&'c str, &'c str), &'c str>,
+) {
+    entity_ref(c, v, &["workers", name, "input"], &w.input);
+    for (out, entity) in &w.outputs {
+        entity_ref(c, v, &["workers", name, "outputs", out], entity);
+        if *entity == w.input {
+            v.error(
+                &["workers", name, "outputs", out],
+                "an output cannot be the worker's own input (it would loop forever)",
+            );
+        }
+    }
+    if let Some(dl) = &w.dead_letter {
+        entity_ref(c, v, &["workers", name, "dead_letter"], dl);
+        if *dl == w.input {
+            v.error(&["workers", name, "dead_letter"], "the dead-letter entity cannot be the worker's input");
+        }
+    }
+    w.stage.validate(v, &["workers", name, "stage"], &w.outputs);
+    for (i, t) in w.tee.iter().enumerate() {
+        if !w.outputs.contains_key(t) {
+            let i = i.to_string();
+            v.error(&["workers", name, "tee", &i], format!("no output named {t:?} in this worker's `outputs`"));
+        }
+    }
+    if !w.outputs.contains_key("default") && w.stage.needs_default_output() {
+        v.error(
+            &["workers", name, "outputs"],
+            format!(
+                "stage `{}` writes to the output named `default`; add `outputs: {{ default: <entity> }}`",
+                w.stage.kind()
+            ),
+        );
+    }
+    if w.concurrency == 0 || w.concurrency > 10_000 {
+        v.error(&["workers", name, "concurrency"], "must be between 1 and 10000");
+    }
+    if w.batch_size == 0 || w.batch_size > 100_000 {
+        v.error(&["workers", name, "batch_size"], "must be between 1 and 100000");
+    }
+    if let Some(r) = &w.retry {
+        entity_ref(c, v, &["workers", name, "retry", "via"], &r.via);
+        if r.via == w.input || w.outputs.values().any(|o| *o == r.via) || w.dead_letter.as_deref() == Some(&r.via) {
+            v.error(
+                &["workers", name, "retry", "via"],
+                "the retry entity must differ from the worker's input, outputs and dead-letter entity",
+            );
+        }
+        if r.schedule.is_empty() {
+            v.error(&["workers", name, "retry", "schedule"], "needs at least one delay");
+        }
+        if r.max_attempts < 1 {
+            v.error(&["workers", name, "retry", "max_attempts"], "must be at least 1");
+        }
+        if w.dead_letter.is_none() {
+            v.error(
+                &["workers", name, "retry"],
+                "`retry` needs `dead_letter`: a message that exhausts its attempts goes there",
+            );
+        }
+    }
+    if let Some(l) = &w.dead_letter_limit {
+        if !(0.0..=1.0).contains(&l.max_ratio) {
+            v.error(&["workers", name, "dead_letter_limit", "max_ratio"], "must be between 0.0 and 1.0");
+        }
+        if l.window.get().is_zero() {
+            v.error(&["workers", name, "dead_letter_limit", "window"], "must be longer than 0s");
+        }
+        if w.dead_letter.is_none() {
+            v.error(&["workers", name, "dead_letter_limit"], "only applies with `dead_letter`");
+        }
+    }
+    let group = w.group(name);
+    if let Some(other) = groups.insert((w.input.as_str(), group), name) {
+        v.error(
+            &["workers", name, "consumer_group"],
+            format!(
+                "consumer group {group:?} on entity {:?} is already used by worker {other:?}; give each worker its own group",
+                w.input
+            ),
+        );
+    }
+    if w.dead_letter.is_none() && w.retry.is_none() {
+        v.warn(
+            &["workers", name],
+            "no `dead_letter`: a message that fails permanently stops its partition until the worker is fixed",
+        );
+    }
+}
+
+/// Every entity some task consumes: worker inputs and retry entities.
+fn consumed(c: &Config) -> BTreeSet<&str> {
+    let mut out: BTreeSet<&str> = c.workers.values().map(|w| w.input.as_str()).collect();
+    out.extend(c.workers.values().filter_map(|w| w.retry.as_ref()).map(|r| r.via.as_str()));
+    out
+}
+
+fn retry_entities(c: &Config, v: &mut Issues<'_>) {
+    for (name, w) in &c.workers {
+        let Some(r) = &w.retry else { continue };
+        if let Some((other, _)) = c.workers.iter().find(|(_, o)| o.input == r.via) {
+            v.error(
+                &["workers", name, "retry", "via"],
+                format!(
+                    "entity {:?} is the input of worker {other:?}; a retry entity is read only by the retry scheduler",
+                    r.via
+                ),
+            );
+        }
+    }
+}
+
+/// Event Hubs names of entities and consumer groups, and the checkpoint
+/// store a consumed hub needs.
+fn eventhubs_names(c: &Config, v: &mut Issues<'_>) {
+    let consumed = consumed(c);
+    let on_eh = |key: &str| {
+        c.entities
+            .get(key)
+            .and_then(|e| c.transports.get(&e.transport))
+            .and_then(|t| match t {
+                TransportConfig::Eventhubs(eh) => Some(eh),
+                _ => None,
+            })
+    };
+    for (name, e) in &c.entities {
+        let Some(eh) = on_eh(name) else { continue };
+        let hub = e.physical_name(name);
+        if !valid_hub_name(hub) {
+            v.error(
+                &["entities", name, if e.name.is_some() { "name" } else { "transport" }],
+                format!("{hub:?} is not a valid event hub name (1–256 letters, digits, '.', '-', '_'; starting and ending with a letter or digit); set `name:`"),
+            );
+        }
+        if consumed.contains(name.as_str()) && eh.checkpoint_store.is_none() {
+            v.error(
+                &["transports", &e.transport],
+                format!("entity {name:?} is consumed from this Event Hubs transport, which needs `checkpoint_store: {{ type: blob, ... }}` (or `type: file` for a single node) to keep checkpoints across restarts"),
+            );
+        }
+    }
+    for (name, w) in &c.workers {
+        if on_eh(&w.input).is_none() {
+            continue;
+        }
+        let g = w.group(name);
+        let valid = g == "$Default"
+            || (1..=50).contains(&g.len()) && g.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch));
+        if !valid {
+            v.error(
+                &["workers", name, "consumer_group"],
+                format!("{g:?} is not a valid Event Hubs consumer group (1–50 letters, digits, '.', '-', '_', or $Default); the default is the worker's name"),
+            );
+        }
+    }
+}
+
+/// A memory-only entity nothing consumes keeps only its newest messages.
+fn unconsumed(c: &Config, v: &mut Issues<'_>) {
+    let consumed = consumed(c);
+    for (name, e) in &c.entities {
+        if consumed.contains(name.as_str()) {
+            continue;
+        }
+        if let Some(TransportConfig::Embedded { path: None, capacity, .. }) = c.transports.get(&e.transport) {
+            v.warn(
+                &["entities", name],
+                format!("no worker consumes this entity and its transport is memory-only: only its newest {capacity} messages per partition are kept"),
+            );
+        }
+    }
+}
+
+/// Event Hubs names: 1–256 characters, letters, digits, `.`, `-`, `_`,
+/// starting and ending with a letter or digit.
+fn valid_hub_name(n: &str) -> bool {
+    let ok_end = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    (1..=256).contains(&n.len())
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+        && ok_end(n.chars().next())
+        && ok_end(n.chars().last())
+}

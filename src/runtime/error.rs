@@ -1,0 +1,24 @@
+//! Why the pipeline could not start, change or stop cleanly.
+
+use crate::config::{ConfigError, Dur};
+use crate::stages::BuildError;
+use crate::transport::TransportError;
+use std::net::SocketAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("transport {name:?}: {source}")]
+    Transport { name: String, source: TransportError },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("worker {worker:?}: {source}")]
+    Stage { worker: String, source: BuildError },
+    #[error(
+        "drain did not finish within the shutdown grace of {0}; in-flight work was aborted (it is redelivered on the next start)"
+    )]
+    GraceExceeded(Dur),
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("the pipeline is shutting down; the reload was not applied")]
+    ShuttingDown,
+}

@@ -1,0 +1,70 @@
+//! The applied state of a pipeline and what its parts share.
+//!
+//! What runs has one owner, the reload path (`reload::Topology`), which
+//! publishes each applied state as an immutable [`Snapshot`]: the config,
+//! its open transports and the config status. Everything else (the admin
+//! endpoints, the scaling signals, tests) reads the latest snapshot and never
+//! sees a half-applied config.
+
+use super::build::Options;
+use super::transports::LiveTransport;
+use crate::config::Config;
+use crate::health::{ConfigStatus, Health};
+use crate::metrics::Metrics;
+use crate::supervisor::Supervisor;
+use crate::transport::Transport;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// The applied state, as readers see it (replaced whole, never mutated).
+#[derive(Default, Clone)]
+pub struct Snapshot {
+    /// The config as applied (`None` before the first one).
+    pub config: Option<Config>,
+    /// Its open transports, by name.
+    pub transports: BTreeMap<String, LiveTransport>,
+    /// Generation and the last reload's outcome.
+    pub status: ConfigStatus,
+}
+
+impl Snapshot {
+    /// Transport `name`, if open.
+    pub fn transport(&self, name: &str) -> Option<Arc<dyn Transport>> {
+        self.transports.get(name).map(|t| t.transport.clone())
+    }
+}
+
+/// What every part of a pipeline shares.
+pub struct Shared {
+    pub opts: Options,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub supervisor: Supervisor,
+    /// How long one task's drain may take.
+    pub grace: Duration,
+    snapshot: RwLock<Arc<Snapshot>>,
+}
+
+impl Shared {
+    pub fn new(opts: Options, metrics: Arc<Metrics>, health: Arc<Health>, grace: Duration) -> Self {
+        Shared {
+            supervisor: Supervisor::new(opts.backoff.unwrap_or_default()),
+            opts,
+            metrics,
+            health,
+            grace,
+            snapshot: RwLock::new(Arc::new(Snapshot::default())),
+        }
+    }
+
+    /// The latest applied state.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.read().unwrap().clone()
+    }
+
+    /// Replaces the applied state (the reload path only).
+    pub(super) fn publish(&self, s: Snapshot) {
+        *self.snapshot.write().unwrap() = Arc::new(s);
+    }
+}
