@@ -26,8 +26,8 @@ use crate::runtime::{RuntimeError, transports};
 use crate::transport::{Assignment, OutboundMessage, Transport, TransportError};
 use crate::worker::{self, WorkerError};
 use bytes::Bytes;
-use std::collections::BTreeMap;
 use clap::Args;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -277,7 +277,14 @@ async fn run_once(args: &BenchArgs, dir: Option<std::path::PathBuf>, conveyor: b
     let hop = if conveyor {
         let (metrics, health) = (Metrics::new(), Health::new());
         let opts = Options::default();
-        let parts = Parts { cfg: &cfg, transports: &live, metrics: &metrics, health: &health, opts: &opts, grace: Duration::from_secs(30) };
+        let parts = Parts {
+            cfg: &cfg,
+            transports: &live,
+            metrics: &metrics,
+            health: &health,
+            opts: &opts,
+            grace: Duration::from_secs(30),
+        };
         let spec = parts.worker("bench")?;
         let c = cancel.clone();
         tokio::spawn(async move { Ok(worker::run(spec, c).await?) })

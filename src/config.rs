@@ -10,6 +10,7 @@
 //! config.yaml:14:5: workers.orders-forward.input: unknown entity "orders.inn" (did you mean "orders.in"?)
 //! ```
 
+mod azure;
 mod duration;
 mod interpolate;
 mod issues;
@@ -19,6 +20,7 @@ mod secret;
 mod stage;
 mod validate;
 
+pub use azure::{BlobLocation, EntraCredential};
 pub use duration::Dur;
 pub use model::*;
 pub use secret::{Secret, fingerprint_json};
@@ -187,4 +189,3 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests;
-

@@ -48,9 +48,7 @@ pub enum ConsumeError {
     Commit { entity: String, partition: u32, position: i64, source: TransportError },
     #[error("the lane of {entity:?} partition {partition} panicked: {message}")]
     Panic { entity: String, partition: u32, message: String },
-    #[error(
-        "lanes of {entity:?} did not finish within the drain grace of {grace:?}; their batches are redelivered"
-    )]
+    #[error("lanes of {entity:?} did not finish within the drain grace of {grace:?}; their batches are redelivered")]
     DrainTimeout { entity: String, grace: Duration },
 }
 

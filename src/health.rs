@@ -160,7 +160,11 @@ impl TaskHealth {
     }
 
     fn stuck_longer_than(&self, limit: Duration, now: Instant) -> bool {
-        self.lanes.lock().unwrap().values().any(|l| matches!(l, Lane::Busy(since) if now.duration_since(*since) > limit))
+        self.lanes
+            .lock()
+            .unwrap()
+            .values()
+            .any(|l| matches!(l, Lane::Busy(since) if now.duration_since(*since) > limit))
     }
 }
 

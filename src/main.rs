@@ -3,8 +3,8 @@
 
 use clap::Parser;
 use conveyor::cli::{Cli, Command, DlqCommand, EXIT_FAILURE, EXIT_USAGE};
-use conveyor::config;
 use conveyor::commands::dlq::{self as tools, Filter, RedriveOptions};
+use conveyor::config;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -19,6 +19,7 @@ use crate::health::{TaskHealth, TaskState};
 use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -50,17 +51,24 @@ pub enum Exit {
 pub struct TaskHandle {
     pub token: CancellationToken,
     pub join: tokio::task::JoinHandle<()>,
+    /// The supervisor's root token and its unclean-drain flag.
+    root: CancellationToken,
+    unclean: Arc<AtomicBool>,
 }
 
 impl TaskHandle {
     /// Drains the task (it finishes and commits what it holds) and waits,
     /// at most `grace`; then aborts it. Returns whether it drained in time.
+    /// An abort while the whole supervisor drains makes that drain unclean.
     pub async fn stop(self, grace: Duration) -> bool {
         self.token.cancel();
         let mut join = self.join;
         match tokio::time::timeout(grace, &mut join).await {
             Ok(_) => true,
             Err(_) => {
+                if self.root.is_cancelled() {
+                    self.unclean.store(true, Ordering::Relaxed);
+                }
                 join.abort();
                 let _ = join.await;
                 false
@@ -83,11 +91,18 @@ pub struct Supervisor {
     root: CancellationToken,
     tracker: TaskTracker,
     backoff: Backoff,
+    /// Set when a task's drain ended in an error (work abandoned).
+    unclean: Arc<AtomicBool>,
 }
 
 impl Supervisor {
     pub fn new(backoff: Backoff) -> Self {
-        Supervisor { root: CancellationToken::new(), tracker: TaskTracker::new(), backoff }
+        Supervisor {
+            root: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            backoff,
+            unclean: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     pub fn token(&self) -> &CancellationToken {
@@ -106,6 +121,7 @@ impl Supervisor {
         let root = self.root.child_token();
         let handle_token = root.clone();
         let backoff = self.backoff;
+        let unclean = self.unclean.clone();
         let join = self.tracker.spawn(async move {
             let mut attempt = 0u32;
             loop {
@@ -128,6 +144,7 @@ impl Supervisor {
                 if root.is_cancelled() {
                     tracing::error!(task = %name, error_category = %category, error = %message, "task failed while draining");
                     health.record_error(category, message);
+                    unclean.store(true, Ordering::Relaxed);
                     break;
                 }
                 attempt = if started.elapsed() >= HEALTHY_AFTER { 1 } else { attempt + 1 };
@@ -148,16 +165,18 @@ impl Supervisor {
                 health.set(TaskState::Stopped);
             }
         });
-        TaskHandle { token: handle_token, join }
+        TaskHandle { token: handle_token, join, root: self.root.clone(), unclean: self.unclean.clone() }
     }
 
     /// Cancels everything and waits for the tasks to drain, at most `grace`.
     /// Returns `false` if the grace period ran out (the caller exits; tasks
-    /// still running are abandoned uncommitted).
+    /// still running are abandoned uncommitted) or a task's drain ended in
+    /// an error (it abandoned work, e.g. lanes that outlived their grace).
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.root.cancel();
         self.tracker.close();
-        tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
+        let in_time = tokio::time::timeout(grace, self.tracker.wait()).await.is_ok();
+        in_time && !self.unclean.load(Ordering::Relaxed)
     }
 }
 
@@ -268,5 +287,23 @@ mod tests {
         assert!(t0.elapsed() <= Duration::from_secs(3), "{:?}", t0.elapsed());
         tokio::time::sleep(Duration::from_secs(7200)).await;
         assert_eq!(finished.load(Ordering::Relaxed), 0, "the run was aborted, not left behind");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_that_ends_in_an_error_is_not_a_clean_shutdown() {
+        let sup = Supervisor::new(Backoff::default());
+        let health = Health::new();
+        sup.spawn("clean".into(), health.task("clean", "worker"), |token| async move {
+            token.cancelled().await;
+            None
+        });
+        assert!(sup.shutdown(Duration::from_secs(1)).await, "a clean drain");
+        let sup = Supervisor::new(Backoff::default());
+        sup.spawn("aborts".into(), health.task("aborts", "worker"), |token| async move {
+            token.cancelled().await;
+            // lanes that outlived their grace were dropped mid-batch
+            Some(Exit::Failed(ErrorCategory::Transient, "lanes did not finish within the drain grace".into()))
+        });
+        assert!(!sup.shutdown(Duration::from_secs(1)).await, "work was abandoned");
     }
 }

@@ -4,9 +4,9 @@
 mod support;
 
 use async_trait::async_trait;
-use conveyor::runtime::{Options, Pipeline};
 use conveyor::classify::ErrorCategory;
 use conveyor::dlq::Envelope;
+use conveyor::runtime::{Options, Pipeline};
 use conveyor::stages::{Emit, Stage, StageError};
 use conveyor::transport::{OutboundMessage, PipelineMessage};
 use std::collections::{BTreeSet, HashMap};
@@ -192,8 +192,9 @@ workers:
     assert_eq!(metric_sum(&text, "conveyor_dead_lettered_total", "category=\"transient\""), 20.0);
     assert_eq!(metric_sum(&text, "conveyor_dead_lettered_total", "category=\"throttling\""), 20.0);
     assert!(
-        eventually(Duration::from_secs(5), async || committed_sum(&rt, "retry", "conveyor-retry").await == scheduled as i64)
-            .await
+        eventually(Duration::from_secs(5), async || committed_sum(&rt, "retry", "conveyor-retry").await
+            == scheduled as i64)
+        .await
     );
     rt.shutdown().await.unwrap();
 }
@@ -318,5 +319,101 @@ workers:
     let out = read_all(&*t, "out").await;
     assert_eq!(out.iter().map(key_str).collect::<BTreeSet<_>>(), ids);
     assert!(out.iter().all(|m| m.headers.get_str("conveyor-redrive-count") == Some("1")));
+    rt.shutdown().await.unwrap();
+}
+
+/// An output that refuses a message for good (too large) gets it
+/// dead-lettered instead; an envelope too large for the DLQ is written
+/// trimmed (size and SHA-256 instead of the payload). Nothing restarts,
+/// nothing is lost, every position is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_refusing_a_message_dead_letters_it_with_a_trimmed_envelope_and_nothing_restarts() {
+    let cfg = config(
+        r#"
+service: { http: { listen: "127.0.0.1:0" } }
+transports:
+  big: { type: embedded }
+  small: { type: embedded, max_message_bytes: 4096 }
+entities:
+  in: { transport: big, partitions: 1 }
+  out: { transport: small, partitions: 1 }
+  dlq: { transport: small }
+workers:
+  w: { input: in, outputs: { default: out }, dead_letter: dlq }
+"#,
+    );
+    let rt = Pipeline::start(&cfg, 0, Options::default()).await.unwrap();
+    let big = "€".repeat(4000); // 12,000 bytes: too large for `out`, and its envelope for `dlq`
+    let msgs: Vec<OutboundMessage> = [("a", "small-a".to_string()), ("b", big.clone()), ("c", "small-c".to_string())]
+        .into_iter()
+        .map(|(k, p)| OutboundMessage {
+            key: Some(k.as_bytes().to_vec().into()),
+            payload: p.into(),
+            ..Default::default()
+        })
+        .collect();
+    rt.transport("big").producer().send("in", msgs).await.unwrap();
+    let big_t = rt.transport("big");
+    let done = async || committed(&*big_t, "in", "w").await.iter().map(|c| c.unwrap_or(0)).sum::<i64>();
+    assert!(eventually(Duration::from_secs(10), async || done().await == 3).await);
+    let small = rt.transport("small");
+    let out: Vec<String> = read_all(&*small, "out").await.iter().map(key_str).collect();
+    assert_eq!(out, ["a", "c"]);
+    let dlq = read_all(&*small, "dlq").await;
+    assert_eq!(dlq.len(), 1);
+    let env = Envelope::parse(&dlq[0].payload).unwrap();
+    assert!(env.payload_truncated && env.payload.is_empty(), "trimmed");
+    assert_eq!(env.payload_size, Some(big.len() as u64));
+    use sha2::Digest;
+    let sha: String = sha2::Sha256::digest(big.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(env.payload_sha256.as_deref(), Some(sha.as_str()));
+    assert_eq!(env.error.kind, "too_large");
+    let text = rt.metrics.encode();
+    assert_eq!(metric_sum(&text, "conveyor_output_refused_total", "worker=\"w\""), 1.0, "{text}");
+    assert_eq!(metric_sum(&text, "conveyor_dead_letters_trimmed_total", "worker=\"w\""), 1.0);
+    assert_eq!(rt.health.get("w").unwrap().restarts(), 0, "no restart loop");
+    rt.shutdown().await.unwrap();
+}
+
+/// Without a dead-letter entity, a message an output refuses for good holds
+/// its partition: the worker turns unready, says why, counts it as
+/// undeliverable and keeps the batch uncommitted — it never restarts in a
+/// loop and never drops the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_dead_letter_a_refused_message_pauses_the_lane_instead_of_a_restart_loop() {
+    let cfg = config(
+        r#"
+service: { http: { listen: "127.0.0.1:0" } }
+transports:
+  big: { type: embedded }
+  small: { type: embedded, max_message_bytes: 4096 }
+entities:
+  in: { transport: big, partitions: 1 }
+  out: { transport: small, partitions: 1 }
+workers:
+  w: { input: in, outputs: { default: out } }
+"#,
+    );
+    let rt = Pipeline::start(&cfg, 0, Options::default()).await.unwrap();
+    let msgs = vec![
+        OutboundMessage { payload: "x".repeat(10_000).into(), ..Default::default() },
+        OutboundMessage { payload: "fine".into(), ..Default::default() },
+    ];
+    rt.transport("big").producer().send("in", msgs).await.unwrap();
+    let addr = rt.http_addr;
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            let (code, body) = get(addr, "/readyz").await.unwrap();
+            code == 503 && body.contains("cannot deliver")
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let text = rt.metrics.encode();
+    assert_eq!(metric_sum(&text, "conveyor_undeliverable_messages", "worker=\"w\""), 1.0, "{text}");
+    assert_eq!(rt.health.get("w").unwrap().restarts(), 0, "paused, not restarting");
+    let held: i64 = committed(&*rt.transport("big"), "in", "w").await.iter().map(|c| c.unwrap_or(0)).sum();
+    assert_eq!(held, 0, "the batch stays uncommitted");
+    assert!(rt.health.stalled(Duration::from_millis(500)).is_empty(), "a paused lane does not trip the watchdog");
     rt.shutdown().await.unwrap();
 }

@@ -258,10 +258,7 @@ workers:
         mock.bootstrap_servers()
     );
     let opts = Options {
-        backoff: Some(conveyor::backoff::Backoff {
-            base: Duration::from_millis(100),
-            max: Duration::from_millis(400),
-        }),
+        backoff: Some(conveyor::backoff::Backoff { base: Duration::from_millis(100), max: Duration::from_millis(400) }),
         ..Default::default()
     };
     let rt = Pipeline::start(&config(&text), 0, opts).await.unwrap();
@@ -465,4 +462,170 @@ async fn producer_results_follow_send_order_and_keys_hash_like_the_java_client()
         assert_eq!(*h, last.get(&(p as u32)).map_or(0, |o| o + 1), "partition {p}");
     }
     kafka.close(Duration::from_secs(10)).await;
+}
+
+/// `dlq inspect` and `dlq redrive` on Kafka read every envelope present when
+/// they start — a consumer group's join and the first fetch take seconds
+/// there, which once made them report "0 examined" and exit 0 — and a
+/// second redrive with the same group finds nothing left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_tools_on_kafka_read_every_envelope_and_redrive_commits() {
+    use conveyor::dlq::{Context, Envelope, Failure};
+    use conveyor::transport::{OutboundMessage, PipelineMessage};
+    let broker = KafkaBroker::get(false);
+    let (tin, tout, tdlq) = (topic("in"), topic("out"), topic("dlq"));
+    let text = kafka_yaml(&broker.bootstrap, &tin, &tout, 2, "")
+        .replace("workers:", &format!("  dlq: {{ transport: kafka, partitions: 3, name: {tdlq} }}\nworkers:"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, &text).unwrap();
+    let cfg = config(&text);
+    let transports = conveyor::runtime::Transports::open(&cfg).await.unwrap();
+    let (t, _) = transports.entity(&cfg, "dlq").unwrap();
+    let now = std::time::SystemTime::now();
+    let envelopes: Vec<OutboundMessage> = (0..30)
+        .map(|i| {
+            let m = PipelineMessage {
+                entity: "in".into(),
+                partition: 0,
+                position: i,
+                key: Some(format!("d{i}").into_bytes().into()),
+                headers: Default::default(),
+                payload: format!("{{\"id\":\"d{i}\"}}").into_bytes().into(),
+                timestamp_ms: 0,
+            };
+            let message = format!("failed: {}", "é".repeat(60)); // clipped in the table at a char boundary
+            let f = Failure {
+                category: conveyor::classify::ErrorCategory::Permanent,
+                kind: "missing_field",
+                message: &message,
+                first_failure: now,
+                last_failure: now,
+                attempts: 1,
+            };
+            let cx = Context { transport: "kafka", consumer_group: "copy", worker: "copy" };
+            Envelope::new(&m, &f, &cx).to_message(m.key.clone())
+        })
+        .collect();
+    t.producer().send(&tdlq, envelopes).await.unwrap();
+    transports.close(Duration::from_secs(10)).await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN).args(args).arg("--config").arg(&path).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json = run(&["dlq", "inspect", "--entity", "dlq", "--json", "--limit", "1000"]);
+    assert_eq!(json.lines().count(), 30, "{json}");
+    let table = run(&["dlq", "inspect", "--entity", "dlq"]);
+    assert_eq!(table.lines().count(), 31, "{table}");
+    let done = run(&["dlq", "redrive", "--from", "dlq", "--group", "redrive-test"]);
+    assert!(done.contains("redrove 30 of 30"), "{done}");
+    let again = run(&["dlq", "redrive", "--from", "dlq", "--group", "redrive-test"]);
+    assert!(again.contains("redrove 0 of 0"), "{again}");
+    let keys = wait_keys(&broker.bootstrap, &tin, 30, Duration::from_secs(30)).await;
+    assert_eq!(keys, (0..30).map(|i| format!("d{i}")).collect::<BTreeSet<_>>());
+}
+
+/// Across rebalances (members joining and leaving while messages are read),
+/// every reader hands out its partition from the group's committed offset
+/// on, in order and without gaps: a message that reached the consumer's
+/// main queue before its partition queue was split off (a *stray*) is read
+/// first, never after a later offset (which would store that later offset
+/// before the earlier message was processed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_hand_out_their_partition_in_order_from_the_committed_offset_across_rebalances() {
+    use conveyor::transport::{Assignment, OutboundMessage, StartPosition};
+    use std::sync::{Arc, Mutex};
+    let broker = KafkaBroker::get(false);
+    let t = topic("order");
+    let text = kafka_yaml(&broker.bootstrap, &t, &topic("unused"), 4, "");
+    let cfg = config(&text);
+    let transports = conveyor::runtime::Transports::open(&cfg).await.unwrap();
+    let (kafka, physical) = transports.entity(&cfg, "in").unwrap();
+    let msgs: Vec<OutboundMessage> = (0..8000)
+        .map(|i| OutboundMessage { payload: format!("{i}").into(), partition: Some(i % 4), ..Default::default() })
+        .collect();
+    kafka.producer().send(&physical, msgs).await.unwrap();
+    // (partition, offsets read by one reader, committed offset when it was assigned)
+    let reads: Arc<Mutex<Vec<(u32, Vec<i64>, Option<i64>)>>> = Arc::default();
+    let member = |stop_after: Duration| {
+        let (kafka, physical, reads) = (kafka.clone(), physical.clone(), reads.clone());
+        tokio::spawn(async move {
+            let mut sub = kafka.subscribe(&physical, "order-check", StartPosition::Earliest).await.unwrap();
+            let end = tokio::time::Instant::now() + stop_after;
+            let mut lanes = tokio::task::JoinSet::new();
+            let mut stops = std::collections::HashMap::new();
+            loop {
+                let next = tokio::select! {
+                    n = sub.next() => n.unwrap(),
+                    _ = tokio::time::sleep_until(end) => break,
+                };
+                match next {
+                    Assignment::Assigned(mut r) => {
+                        let p = r.partition();
+                        let committed = kafka
+                            .group_positions(&physical, "order-check")
+                            .await
+                            .unwrap()
+                            .into_iter()
+                            .find(|g| g.info.partition == p)
+                            .and_then(|g| g.committed);
+                        let stop = tokio_util::sync::CancellationToken::new();
+                        stops.insert(p, stop.clone());
+                        let reads = reads.clone();
+                        lanes.spawn(async move {
+                            let mut seen = Vec::new();
+                            loop {
+                                let mut batch = Vec::new();
+                                tokio::select! {
+                                    _ = stop.cancelled() => break,
+                                    r2 = r.fetch(5, &mut batch) => r2.unwrap(),
+                                }
+                                seen.extend(batch.iter().map(|m| m.position));
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                r.commit(batch.last().unwrap()).await.unwrap();
+                            }
+                            reads.lock().unwrap().push((p, seen, committed));
+                        });
+                    }
+                    Assignment::Revoked { partition, done } => {
+                        if let Some(s) = stops.remove(&partition) {
+                            s.cancel();
+                        }
+                        // the lane ends at its next fetch; give it that long
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let _ = done.send(());
+                    }
+                    Assignment::Health(_) => {}
+                }
+            }
+            for s in stops.values() {
+                s.cancel();
+            }
+            while lanes.join_next().await.is_some() {}
+            drop(sub);
+        })
+    };
+    let a = member(Duration::from_secs(14));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let b = member(Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let c = member(Duration::from_secs(6));
+    for m in [a, b, c] {
+        m.await.unwrap();
+    }
+    transports.close(Duration::from_secs(10)).await;
+    let reads = reads.lock().unwrap().clone();
+    assert!(reads.len() >= 6, "rebalances happened: {} readers", reads.len());
+    let mut read_any = 0;
+    for (p, seen, committed) in &reads {
+        if let Some(first) = seen.first() {
+            read_any += 1;
+            assert_eq!(Some(*first), Some(committed.unwrap_or(0)), "partition {p} starts at its committed offset");
+        }
+        for w in seen.windows(2) {
+            assert_eq!(w[1], w[0] + 1, "partition {p}: offsets in order and without gaps: {seen:?}");
+        }
+    }
+    assert!(read_any >= 4, "{reads:?}");
 }

@@ -4,9 +4,9 @@
 mod support;
 
 use async_trait::async_trait;
-use conveyor::runtime::{Options, Pipeline};
 use conveyor::classify::ErrorCategory;
 use conveyor::dlq::Envelope;
+use conveyor::runtime::{Options, Pipeline};
 use conveyor::stages::{Emit, Stage, StageError};
 use conveyor::transport::{OutboundMessage, PipelineMessage};
 use std::collections::{BTreeSet, HashMap};

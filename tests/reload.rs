@@ -57,7 +57,10 @@ fn consumed(rt: &Pipeline, worker: &str) -> f64 {
 async fn reload_restarts_only_what_changed_and_loses_nothing() {
     let rt = Pipeline::start(&config(BASE), 1, slow_w2()).await.unwrap();
     assert!(eventually(Duration::from_secs(10), async || consumed(&rt, "w2") > 300.0).await);
-    let report = rt.reload_text(&BASE.replace("concurrency: 2", "concurrency: 4"), Path::new("c.yaml"), |v| std::env::var(v).ok()).await.unwrap();
+    let report = rt
+        .reload_text(&BASE.replace("concurrency: 2", "concurrency: 4"), Path::new("c.yaml"), |v| std::env::var(v).ok())
+        .await
+        .unwrap();
     assert_eq!(report.restarted, vec!["w2".to_string()]);
     assert!(report.unchanged.contains(&"w1".to_string()) && report.unchanged.contains(&"sim".to_string()));
     assert_eq!(rt.health.get("w1").unwrap().restarts(), 0, "untouched worker kept running");
@@ -79,7 +82,10 @@ async fn invalid_reload_keeps_the_running_topology_and_reports_it() {
     let rt = Pipeline::start(&config(BASE), 1, slow_w2()).await.unwrap();
     let addr = rt.http_addr;
     assert!(eventually(Duration::from_secs(10), async || consumed(&rt, "w2") > 100.0).await);
-    let err = rt.reload_text(&BASE.replace("input: mid", "input: midd"), Path::new("c.yaml"), |v| std::env::var(v).ok()).await.unwrap_err();
+    let err = rt
+        .reload_text(&BASE.replace("input: mid", "input: midd"), Path::new("c.yaml"), |v| std::env::var(v).ok())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("unknown entity \"midd\""), "{err}");
     let st = rt.config_status();
     assert_eq!(st.generation, 1, "nothing applied");
@@ -113,10 +119,9 @@ async fn moving_an_entity_to_another_transport_by_reload_loses_nothing() {
         "{}",
         out_ids(&rt, "t1").await.len()
     );
-    // the old `mid` was emptied before w2 switched; the new one carries the rest
-    let old_mid = committed(&*rt.transport("t1"), "mid", "w2").await;
-    let info = rt.transport("t1").partitions("mid").await.unwrap();
-    assert_eq!(old_mid, info.iter().map(|p| Some(p.next)).collect::<Vec<_>>(), "nothing stranded on t1");
+    // the old `mid` was emptied before w2 switched (its committed positions,
+    // read from t1, reached the end); the new one carries the rest
+    assert!(report.not_drained.is_empty(), "nothing stranded on t1: {report:?}");
     let on_t2: i64 = rt.transport("t2").partitions("mid").await.unwrap().iter().map(|p| p.next).sum();
     assert!(on_t2 > 0, "new writes went to t2");
     rt.shutdown().await.unwrap();

@@ -33,14 +33,12 @@ pub async fn run(a: NaiveArgs) -> Result<(), BenchError> {
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .create()
-        ?;
+        .create()?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &a.bootstrap)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
-        .create()
-        ?;
+        .create()?;
     consumer.subscribe(&[&a.from])?;
     let t0 = Instant::now();
     let mut n = 0u64;

@@ -123,11 +123,20 @@ async fn read_until(
             Ok(res) => res.map_err(|source| ToolError::Transport { entity: entity.to_string(), source })?,
             Err(_) => match at {
                 None => {
-                    return Err(ToolError::Stalled { entity: entity.to_string(), partition, position: -1, end, waited: wait });
+                    return Err(ToolError::Stalled {
+                        entity: entity.to_string(),
+                        partition,
+                        position: -1,
+                        end,
+                        waited: wait,
+                    });
                 }
                 Some(last) => {
                     tracing::warn!(
-                        entity, partition, from = last + 1, end,
+                        entity,
+                        partition,
+                        from = last + 1,
+                        end,
                         "the last positions of the partition cannot be read (compacted, or transaction markers); done with it"
                     );
                     return Ok(Next::More);
@@ -176,7 +185,6 @@ async fn browse(
 
 /// Reads every record of `physical` present when called that consumer
 /// group `group` has not committed, with that group (so `each` may commit).
-/// Returns how many records that is.
 async fn consume_to_end(
     t: &Arc<dyn Transport>,
     entity: &str,
@@ -185,15 +193,29 @@ async fn consume_to_end(
     mut each: impl AsyncFnMut(&mut Box<dyn PartitionReader>, Vec<PipelineMessage>) -> Result<Next, ToolError>,
 ) -> Result<(), ToolError> {
     let terr = |source| ToolError::Transport { entity: entity.to_string(), source };
-    let positions: BTreeMap<u32, (i64, i64)> = t
-        .partitions(physical)
-        .await
-        .map_err(terr)?
-        .into_iter()
-        .map(|p| (p.partition, (p.earliest, p.next)))
-        .collect();
+    // where the group stands, where each partition ends: only partitions
+    // with something left to read are waited for
+    let ends: BTreeMap<u32, i64> = match t.group_positions(physical, group).await {
+        Ok(ps) => ps
+            .into_iter()
+            .filter(|g| g.committed.unwrap_or(g.info.earliest).max(g.info.earliest) < g.info.next)
+            .map(|g| (g.info.partition, g.info.next))
+            .collect(),
+        // the transport cannot tell (Event Hubs without a checkpoint store)
+        Err(_) => t
+            .partitions(physical)
+            .await
+            .map_err(terr)?
+            .into_iter()
+            .filter(|p| p.earliest < p.next)
+            .map(|p| (p.partition, p.next))
+            .collect(),
+    };
+    if ends.is_empty() {
+        return Ok(());
+    }
     let mut sub = t.subscribe(physical, group, StartPosition::Earliest).await.map_err(terr)?;
-    let mut pending: Vec<u32> = positions.keys().copied().collect();
+    let mut pending: Vec<u32> = ends.keys().copied().collect();
     let deadline = tokio::time::Instant::now() + ASSIGN_WAIT;
     while !pending.is_empty() {
         let next = match tokio::time::timeout_at(deadline, sub.next()).await {
@@ -209,15 +231,12 @@ async fn consume_to_end(
         };
         let Assignment::Assigned(mut r) = next else { continue };
         let p = r.partition();
+        let Some(end) = ends.get(&p).copied() else { continue };
         pending.retain(|x| *x != p);
-        let Some((earliest, end)) = positions.get(&p).copied() else { continue };
-        if end <= earliest {
-            continue;
-        }
         match read_until(&mut r, entity, end, &mut each).await {
             Ok(Next::More) => {}
             Ok(Next::Stop) => return Ok(()),
-            // the group has committed through the end already
+            // committed through the end meanwhile (another redrive)
             Err(ToolError::Stalled { .. }) if committed_through(t, physical, group, p, end).await => {}
             Err(e) => return Err(e),
         }

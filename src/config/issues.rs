@@ -5,8 +5,8 @@
 //! broken transport does not also produce "unknown transport" for every
 //! entity that names it).
 
-use super::locate::{PathIndex, Pos};
 use super::ConfigIssue;
+use super::locate::{PathIndex, Pos};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -97,7 +97,10 @@ impl<'e> Issues<'e> {
                 } else if let Some(variant) = between(&msg, "unknown variant `", "`") {
                     let expected = expected_list(&msg);
                     let hint = suggest(variant, expected.iter().map(String::as_str));
-                    self.error(&refs, format!("unknown kind {variant:?}{hint}; expected one of: {}", expected.join(", ")));
+                    self.error(
+                        &refs,
+                        format!("unknown kind {variant:?}{hint}; expected one of: {}", expected.join(", ")),
+                    );
                 } else {
                     self.error(&refs, strip_location(&msg));
                 }

@@ -2,6 +2,7 @@
 //! documentation (`docs/config.md` is generated from the same text by hand;
 //! keep them in step).
 
+use super::azure::{BlobLocation, EntraCredential};
 use super::duration::Dur;
 use super::secret::Secret;
 use super::stage::StageConfig;
@@ -246,45 +247,6 @@ fn default_eh_expiry() -> Dur {
 }
 fn default_prefetch() -> u32 {
     300
-}
-
-/// An Entra ID credential (`azure_identity`).
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum EntraCredential {
-    /// Azure CLI / Azure Developer CLI login of the developer.
-    Developer,
-    /// The VM's / App Service's managed identity (`client_id` for a
-    /// user-assigned one).
-    ManagedIdentity {
-        #[serde(default)]
-        client_id: Option<String>,
-    },
-    /// Kubernetes workload identity (`AZURE_CLIENT_ID`, `AZURE_TENANT_ID`,
-    /// `AZURE_FEDERATED_TOKEN_FILE` from the environment).
-    WorkloadIdentity,
-}
-
-/// An Azure Blob Storage container and how to reach it (checkpoint stores,
-/// upload targets).
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BlobLocation {
-    /// Storage connection string (`AccountName=..;AccountKey=..`,
-    /// `BlobEndpoint=..;SharedAccessSignature=..`, or
-    /// `UseDevelopmentStorage=true` for Azurite), as `${VAR}`. Or use
-    /// `endpoint` + `credential`.
-    #[serde(default)]
-    pub connection_string: Option<Secret>,
-    /// Blob endpoint (`https://ACCOUNT.blob.core.windows.net`) for Entra ID.
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// Entra ID credential for `endpoint` (needs the `eventhubs` feature,
-    /// which brings `azure_identity`).
-    #[serde(default)]
-    pub credential: Option<EntraCredential>,
-    /// Container (created if missing).
-    pub container: String,
 }
 
 /// `checkpoint_store:` of an Event Hubs transport.

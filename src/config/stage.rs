@@ -3,8 +3,8 @@
 //! worker's outputs. Field doc comments are the user documentation.
 
 use super::Dur;
+use super::azure::BlobLocation;
 use super::issues::{Issues, join};
-use super::model::BlobLocation;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

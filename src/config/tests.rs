@@ -147,3 +147,21 @@ fn blob_locations_are_checked_the_same_for_checkpoints_and_uploads() {
     let e = load(&upload).unwrap_err().to_string();
     assert!(e.contains("workers.orders-forward.stage.target") && e.contains("credential"), "{e}");
 }
+
+#[test]
+fn a_second_document_is_reported_with_its_line() {
+    let e = load(&format!("{GOOD}---\nworkers: {{}}\n")).unwrap_err();
+    assert_eq!(e.issues.len(), 1, "{e}");
+    let i = &e.issues[0];
+    assert_eq!(i.pos.map(|p| p.0), Some(GOOD.lines().count() + 1), "{e}");
+    assert!(i.message.contains("second YAML document"), "{e}");
+}
+
+#[test]
+fn a_transport_that_does_not_parse_is_reported_once_not_for_every_entity() {
+    let bad = GOOD.replace("local: { type: embedded }", "local: { type: embedded, capacty: 10 }");
+    let e = load(&bad).unwrap_err();
+    assert_eq!(e.issues.len(), 1, "only the transport's own error: {e}");
+    assert!(e.issues[0].path.starts_with("transports.local"), "{e}");
+    assert!(e.issues[0].pos.is_some(), "{e}");
+}

@@ -4,6 +4,7 @@
 //! (`StageConfig::validate`). A reference to an entry that is in the file but
 //! did not parse is not reported again: its own error says what is wrong.
 
+use super::azure::BlobLocation;
 use super::issues::{Issues, join, suggest};
 use super::model::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -299,13 +300,10 @@ fn retry_entities(c: &Config, v: &mut Issues<'_>) {
 fn eventhubs_names(c: &Config, v: &mut Issues<'_>) {
     let consumed = consumed(c);
     let on_eh = |key: &str| {
-        c.entities
-            .get(key)
-            .and_then(|e| c.transports.get(&e.transport))
-            .and_then(|t| match t {
-                TransportConfig::Eventhubs(eh) => Some(eh),
-                _ => None,
-            })
+        c.entities.get(key).and_then(|e| c.transports.get(&e.transport)).and_then(|t| match t {
+            TransportConfig::Eventhubs(eh) => Some(eh),
+            _ => None,
+        })
     };
     for (name, e) in &c.entities {
         let Some(eh) = on_eh(name) else { continue };

@@ -136,7 +136,11 @@ impl Scheduler {
         Route::DeadLetter(dlq)
     }
 
-    async fn run_lane(&self, mut reader: Box<dyn PartitionReader>, cancel: CancellationToken) -> Result<(), ConsumeError> {
+    async fn run_lane(
+        &self,
+        mut reader: Box<dyn PartitionReader>,
+        cancel: CancellationToken,
+    ) -> Result<(), ConsumeError> {
         let p = reader.partition();
         let lag = (self.lag)(p);
         let mut pending = PendingShare { gauge: self.pending.clone(), mine: 0 };
@@ -219,12 +223,7 @@ impl Scheduler {
     /// Writes the pending messages `plan.repark` again at the end of
     /// partition `p` of the retry entity (headers unchanged, so their due
     /// time is too) and marks them done.
-    async fn repark(
-        &self,
-        p: u32,
-        held: &mut BTreeMap<i64, Option<Held>>,
-        plan: &Repark,
-    ) -> Result<(), ConsumeError> {
+    async fn repark(&self, p: u32, held: &mut BTreeMap<i64, Option<Held>>, plan: &Repark) -> Result<(), ConsumeError> {
         let msgs: Vec<OutboundMessage> = plan
             .repark
             .iter()
@@ -323,7 +322,10 @@ impl Scheduler {
             category: ErrorCategory::Permanent,
             kind: "retry_target_unknown",
             message: &message,
-            first_failure: state.first_failure_ms.map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)).unwrap_or(now),
+            first_failure: state
+                .first_failure_ms
+                .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+                .unwrap_or(now),
             last_failure: now,
             attempts: state.attempts,
         };
@@ -361,10 +363,7 @@ pub fn repark_plan(held: &[(i64, bool)]) -> Option<Repark> {
         }
     }
     let (_, end) = best?;
-    Some(Repark {
-        repark: held[..end].iter().filter(|(_, p)| *p).map(|(pos, _)| *pos).collect(),
-        through: held[end].0,
-    })
+    Some(Repark { repark: held[..end].iter().filter(|(_, p)| *p).map(|(pos, _)| *pos).collect(), through: held[end].0 })
 }
 
 /// This lane's share of the entity's pending gauge (lanes of all partitions

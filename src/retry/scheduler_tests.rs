@@ -10,8 +10,12 @@ fn transport() -> Embedded {
         .map(|n| EntitySpec { key: n.to_string(), name: n.to_string(), partitions: 1 })
         .collect();
     let opts = EmbeddedOptions { name: "t".into(), capacity: 10_000, ..Default::default() };
-    Embedded::open(opts, &specs, &[GroupSpec { entity: "retry".into(), group: GROUP.into(), start: StartPosition::Earliest }])
-        .unwrap()
+    Embedded::open(
+        opts,
+        &specs,
+        &[GroupSpec { entity: "retry".into(), group: GROUP.into(), start: StartPosition::Earliest }],
+    )
+    .unwrap()
 }
 
 fn target(t: &Embedded, entity: &str) -> Target {

@@ -55,147 +55,172 @@ pub enum Task {
 }
 
 impl Parts<'_> {
-    fn live(&self, entity: &str) -> &LiveTransport {
-        &self.transports[&self.cfg.entities[entity].transport]
+    /// Entity `entity`'s open transport and its name there (a validated
+    /// config names only known entities; a transport that could not be
+    /// reopened is an error).
+    fn locate(&self, entity: &str) -> Result<(&LiveTransport, String), RuntimeError> {
+        let not_open =
+            |transport: &str| RuntimeError::NotOpen { entity: entity.to_string(), transport: transport.to_string() };
+        let e = self.cfg.entities.get(entity).ok_or_else(|| not_open("(none)"))?;
+        let live = self.transports.get(&e.transport).ok_or_else(|| not_open(&e.transport))?;
+        Ok((live, e.physical_name(entity).to_string()))
     }
 
-    fn physical(&self, entity: &str) -> String {
-        self.cfg.entities[entity].physical_name(entity).to_string()
+    fn output(&self, entity: &str, produced: Counter) -> Result<OutputTarget, RuntimeError> {
+        let (live, physical) = self.locate(entity)?;
+        Ok(OutputTarget { entity: entity.to_string(), physical, producer: live.producer.clone(), produced })
     }
 
-    fn producer(&self, entity: &str) -> Arc<dyn Producer> {
-        self.live(entity).producer.clone()
+    fn retry_target(&self, entity: &str) -> Result<retry::scheduler::Target, RuntimeError> {
+        let (live, physical) = self.locate(entity)?;
+        Ok(retry::scheduler::Target { entity: entity.to_string(), physical, producer: live.producer.clone() })
     }
 
-    fn output(&self, entity: &str, produced: Counter) -> OutputTarget {
-        OutputTarget {
+    fn host(
+        &self,
+        entity: &str,
+        group: &str,
+        start: crate::config::StartPosition,
+        health: Arc<TaskHealth>,
+    ) -> Result<Host, RuntimeError> {
+        let (live, physical) = self.locate(entity)?;
+        Ok(Host {
             entity: entity.to_string(),
-            physical: self.physical(entity),
-            producer: self.producer(entity),
-            produced,
-        }
-    }
-
-    fn retry_target(&self, entity: &str) -> retry::scheduler::Target {
-        retry::scheduler::Target { entity: entity.to_string(), physical: self.physical(entity), producer: self.producer(entity) }
-    }
-
-    fn host(&self, entity: &str, group: &str, start: crate::config::StartPosition, health: Arc<TaskHealth>) -> Host {
-        Host {
-            entity: entity.to_string(),
-            physical: self.physical(entity),
+            physical,
             group: group.to_string(),
             start,
-            transport: self.live(entity).transport.clone(),
+            transport: live.transport.clone(),
             health,
             grace: self.grace,
-        }
+        })
     }
 
     /// The task `name` of kind `kind`.
     pub fn task(&self, name: &str, kind: &TaskKind) -> Result<Task, RuntimeError> {
         Ok(match kind {
             TaskKind::Worker => Task::Worker(self.worker(name)?),
-            TaskKind::Retry(via) => Task::Retry(self.retry_scheduler(name, via)),
-            TaskKind::Source => self.source(name),
+            TaskKind::Retry(via) => Task::Retry(self.retry_scheduler(name, via)?),
+            TaskKind::Source => self.source(name)?,
         })
     }
 
     /// Worker `name` of the config.
     pub fn worker(&self, name: &str) -> Result<Arc<WorkerSpec>, RuntimeError> {
-        let w = &self.cfg.workers[name];
-        let wm = self.metrics.worker(name, &w.input);
-        let health = self.health.task_with(name, "worker", wm.task_gauges());
-        let outputs = Outputs::new(w.outputs.keys().cloned());
+        let worker = &self.cfg.workers[name];
+        let worker_metrics = self.metrics.worker(name, &worker.input);
+        let health = self.health.task_with(name, "worker", worker_metrics.task_gauges());
+        let outputs = Outputs::new(worker.outputs.keys().cloned());
         let stage = match self.opts.stages.get(name) {
             Some(s) => s.clone(),
-            None => stages::build(&w.stage, &outputs)
+            None => stages::build(&worker.stage, &outputs)
                 .map_err(|source| RuntimeError::Stage { worker: name.to_string(), source })?,
         };
         let tee = {
             let default = outputs.index("default");
-            let tees: Vec<usize> = w.tee.iter().filter_map(|t| outputs.index(t)).collect();
+            let tees: Vec<usize> = worker.tee.iter().filter_map(|t| outputs.index(t)).collect();
             default.map(|d| (d, tees)).filter(|(_, t)| !t.is_empty())
         };
         let mut input_workers: Vec<String> =
-            self.cfg.workers.iter().filter(|(_, o)| o.input == w.input).map(|(n, _)| n.clone()).collect();
+            self.cfg.workers.iter().filter(|(_, other)| other.input == worker.input).map(|(n, _)| n.clone()).collect();
         input_workers.sort();
         Ok(Arc::new(WorkerSpec {
             name: name.to_string(),
-            host: self.host(&w.input, w.group(name), w.start_position, health),
+            host: self.host(&worker.input, worker.group(name), worker.start_position, health)?,
             stage,
-            outputs: outputs.names().iter().map(|o| self.output(&w.outputs[o], wm.produced(&w.outputs[o]))).collect(),
+            outputs: outputs
+                .names()
+                .iter()
+                .map(|o| self.output(&worker.outputs[o], worker_metrics.produced(&worker.outputs[o])))
+                .collect::<Result<_, _>>()?,
             tee,
-            dead_letter: w.dead_letter.as_deref().map(|d| self.output(d, wm.produced(d))),
-            concurrency: w.concurrency.max(1),
-            batch_size: w.batch_size.max(1),
+            dead_letter: worker
+                .dead_letter
+                .as_deref()
+                .map(|d| self.output(d, worker_metrics.produced(d)))
+                .transpose()?,
+            concurrency: worker.concurrency.max(1),
+            batch_size: worker.batch_size.max(1),
             policy: RetryPolicy {
-                via: w
+                via: worker
                     .retry
                     .as_ref()
-                    .map(|r| (r.schedule.iter().map(|d| d.get()).collect(), r.max_attempts)),
+                    .map(|retry| (retry.schedule.iter().map(|d| d.get()).collect(), retry.max_attempts)),
                 in_place: self.opts.retry_backoff.unwrap_or(RETRY_BACKOFF),
-                dead_letter: w.dead_letter.is_some(),
+                dead_letter: worker.dead_letter.is_some(),
             },
-            retry: w.retry.as_ref().map(|r| RetrySpec {
-                via: self.output(&r.via, wm.produced(&r.via)),
-                scheduled: wm.retries_scheduled(&r.via),
-            }),
-            breaker: w.dead_letter_limit.clone().map(|l| std::sync::Mutex::new(Breaker::new(l))),
+            retry: match &worker.retry {
+                Some(retry) => Some(RetrySpec {
+                    via: self.output(&retry.via, worker_metrics.produced(&retry.via))?,
+                    scheduled: worker_metrics.retries_scheduled(&retry.via),
+                }),
+                None => None,
+            },
+            breaker: worker.dead_letter_limit.clone().map(|l| std::sync::Mutex::new(Breaker::new(l))),
             input_workers,
-            metrics: wm,
+            metrics: worker_metrics,
         }))
     }
 
     /// The retry scheduler task `name` of retry entity `via`.
-    pub fn retry_scheduler(&self, name: &str, via: &str) -> Arc<Scheduler> {
+    pub fn retry_scheduler(&self, name: &str, via: &str) -> Result<Arc<Scheduler>, RuntimeError> {
         let cfg = self.cfg;
         let label = EntityLabel { entity: via.to_string() };
-        let m = self.metrics;
-        let retrying: Vec<(&String, &crate::config::WorkerConfig)> =
-            cfg.workers.iter().filter(|(_, w)| w.retry.as_ref().is_some_and(|r| r.via == via)).collect();
-        let targets: HashMap<String, retry::scheduler::Target> =
-            retrying.iter().map(|(_, w)| (w.input.clone(), self.retry_target(&w.input))).collect();
-        let worker_inputs = cfg.workers.iter().map(|(n, w)| (n.clone(), self.retry_target(&w.input))).collect();
+        let metrics = self.metrics;
+        let retrying: Vec<(&String, &crate::config::WorkerConfig)> = cfg
+            .workers
+            .iter()
+            .filter(|(_, worker)| worker.retry.as_ref().is_some_and(|retry| retry.via == via))
+            .collect();
+        let targets: HashMap<String, retry::scheduler::Target> = retrying
+            .iter()
+            .map(|(_, worker)| Ok((worker.input.clone(), self.retry_target(&worker.input)?)))
+            .collect::<Result<_, RuntimeError>>()?;
+        let worker_inputs = cfg
+            .workers
+            .iter()
+            .map(|(name, worker)| Ok((name.clone(), self.retry_target(&worker.input)?)))
+            .collect::<Result<_, RuntimeError>>()?;
         let dead_letters = retrying
             .iter()
-            .filter_map(|(n, w)| Some(((*n).clone(), self.retry_target(w.dead_letter.as_deref()?))))
-            .collect();
+            .filter_map(|(name, worker)| Some((name, worker.dead_letter.as_deref()?)))
+            .map(|(name, dlq)| Ok(((*name).clone(), self.retry_target(dlq)?)))
+            .collect::<Result<_, RuntimeError>>()?;
         let lag = {
-            let (m, task, entity) = (m.clone(), name.to_string(), via.to_string());
+            let (metrics, task, entity) = (metrics.clone(), name.to_string(), via.to_string());
             Arc::new(move |p: u32| {
-                let l = PartitionLabel { worker: task.clone(), entity: entity.clone(), partition: p.to_string() };
-                m.lag.get_or_create(&l).clone()
+                let label = PartitionLabel { worker: task.clone(), entity: entity.clone(), partition: p.to_string() };
+                metrics.lag.get_or_create(&label).clone()
             })
         };
-        Arc::new(Scheduler {
+        Ok(Arc::new(Scheduler {
             host: self.host(
                 via,
                 retry::GROUP,
                 crate::config::StartPosition::Earliest,
                 self.health.task(name, "retry-scheduler"),
-            ),
-            own: self.retry_target(via),
+            )?,
+            own: self.retry_target(via)?,
             targets,
             worker_inputs,
             dead_letters,
-            redelivered: m.retry_redelivered.get_or_create(&label).clone(),
-            rerouted: m.retry_rerouted.get_or_create(&label).clone(),
-            invalid: m.retry_invalid.get_or_create(&label).clone(),
-            reparked: m.retry_reparked.get_or_create(&label).clone(),
-            pending: m.retry_pending.get_or_create(&label).clone(),
+            redelivered: metrics.retry_redelivered.get_or_create(&label).clone(),
+            rerouted: metrics.retry_rerouted.get_or_create(&label).clone(),
+            invalid: metrics.retry_invalid.get_or_create(&label).clone(),
+            reparked: metrics.retry_reparked.get_or_create(&label).clone(),
+            pending: metrics.retry_pending.get_or_create(&label).clone(),
             lag,
-        })
+        }))
     }
 
     /// Source `name` of the config.
-    pub fn source(&self, name: &str) -> Task {
+    pub fn source(&self, name: &str) -> Result<Task, RuntimeError> {
         let SourceConfig::Simulator { entity, rate, count, malformed_ratio, pad_bytes, kind, attachments } =
             &self.cfg.sources[name];
+        let (live, physical) = self.locate(entity)?;
         let sim = Arc::new(Simulator {
             name: name.to_string(),
             entity: entity.clone(),
-            physical: self.physical(entity),
+            physical,
             rate: *rate,
             count: *count,
             malformed_ratio: *malformed_ratio,
@@ -208,7 +233,7 @@ impl Parts<'_> {
             .source_events
             .get_or_create(&SourceLabel { source: name.to_string(), entity: entity.clone() })
             .clone();
-        Task::Source { sim, producer: self.producer(entity), counter, health: self.health.task(name, "source") }
+        Ok(Task::Source { sim, producer: live.producer.clone(), counter, health: self.health.task(name, "source") })
     }
 }
 

@@ -11,6 +11,8 @@ pub enum RuntimeError {
     Transport { name: String, source: TransportError },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("entity {entity:?} is on transport {transport:?}, which is not open")]
+    NotOpen { entity: String, transport: String },
     #[error("worker {worker:?}: {source}")]
     Stage { worker: String, source: BuildError },
     #[error(

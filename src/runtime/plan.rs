@@ -101,7 +101,12 @@ pub fn plan(cfg: &Config) -> BTreeMap<String, TaskPlan> {
         let mut ents = targets.clone();
         ents.insert(via.to_string());
         ents.extend(cfg.workers.values().map(|w| w.input.clone()));
-        ents.extend(cfg.workers.values().filter(|w| w.retry.as_ref().is_some_and(|r| r.via == via)).filter_map(|w| w.dead_letter.clone()));
+        ents.extend(
+            cfg.workers
+                .values()
+                .filter(|w| w.retry.as_ref().is_some_and(|r| r.via == via))
+                .filter_map(|w| w.dead_letter.clone()),
+        );
         let fp = combine(&retry_own, cfg, &ents);
         out.insert(
             retry_task(via),

@@ -111,25 +111,31 @@ impl Topology {
     /// Applies a validated config (see the module docs).
     pub async fn apply(&self, cfg: Config, hash: u64) -> Result<ReloadReport, RuntimeError> {
         let mut tasks = self.tasks.lock().await;
-        let sh = &self.shared;
-        let old = sh.snapshot();
+        let shared = &self.shared;
+        // what runs now; the snapshot itself is not held (a transport that
+        // must be reopened has to lose every reference first)
+        let (old_config, old_status, mut live) = {
+            let old = shared.snapshot();
+            (old.config.clone(), old.status.clone(), old.transports.clone())
+        };
         let new_plan = plan::plan(&cfg);
         let mut report = ReloadReport::default();
 
         // 1. new transport names first: nothing changes if one cannot open
         let mut fresh: BTreeMap<String, LiveTransport> = BTreeMap::new();
         for name in cfg.transports.keys() {
-            if !old.transports.contains_key(name) {
+            if !live.contains_key(name) {
                 fresh.insert(name.clone(), transports::open(&cfg, name).await?);
             }
         }
-        let replaced: BTreeSet<String> = old
-            .transports
+        let replaced: BTreeSet<String> = live
             .iter()
-            .filter(|(n, lt)| !cfg.transports.contains_key(*n) || plan::transport_fp(&cfg, n) != lt.fingerprint)
-            .map(|(n, _)| n.clone())
+            .filter(|(name, live)| {
+                !cfg.transports.contains_key(*name) || plan::transport_fp(&cfg, name) != live.fingerprint
+            })
+            .map(|(name, _)| name.clone())
             .collect();
-        let moved: BTreeSet<String> = match &old.config {
+        let moved: BTreeSet<String> = match &old_config {
             Some(o) => o
                 .entities
                 .iter()
@@ -147,10 +153,10 @@ impl Topology {
             to_stop.into_iter().partition(|n| tasks[n].0.input.as_ref().is_some_and(|i| moved.contains(i)));
 
         // 2. stop the changed tasks; writers to moved entities stop here
-        let stops: Vec<_> = plain.iter().filter_map(|n| tasks.remove(n)).map(|(_, h)| h.stop(sh.grace)).collect();
+        let stops: Vec<_> = plain.iter().filter_map(|n| tasks.remove(n)).map(|(_, h)| h.stop(shared.grace)).collect();
         futures::future::join_all(stops).await;
         // 3. consumers of moved entities empty the old entity first
-        if let Some(old_cfg) = &old.config
+        if let Some(old_cfg) = &old_config
             && !drain_first.is_empty()
         {
             let groups: Vec<(String, Arc<dyn Transport>, String, String)> = drain_first
@@ -164,44 +170,62 @@ impl Topology {
                         TaskKind::Retry(_) => crate::retry::GROUP.to_string(),
                         TaskKind::Source => return None,
                     };
-                    let t = old.transport(&e.transport)?;
+                    let t = live.get(&e.transport)?.transport.clone();
                     Some((input.clone(), t, e.physical_name(input).to_string(), group))
                 })
                 .collect();
             report.not_drained = self.wait_drained(&groups).await;
         }
-        let stops: Vec<_> = drain_first.iter().filter_map(|n| tasks.remove(n)).map(|(_, h)| h.stop(sh.grace)).collect();
+        let stops: Vec<_> =
+            drain_first.iter().filter_map(|n| tasks.remove(n)).map(|(_, h)| h.stop(shared.grace)).collect();
         futures::future::join_all(stops).await;
         for n in plain.iter().chain(drain_first.iter()) {
             if new_plan.contains_key(n) {
                 report.restarted.push(n.clone());
             } else {
                 report.stopped.push(n.clone());
-                sh.health.remove(n);
-                sh.metrics.forget_worker(n);
+                shared.health.remove(n);
+                shared.metrics.forget_worker(n);
             }
+        }
+        if shared.supervisor.token().is_cancelled() {
+            // a shutdown began meanwhile: start nothing new
+            return Err(RuntimeError::ShuttingDown);
         }
         // 4. reopen changed transports, carry the new entities and groups,
         // start what is new or changed; on failure bring the old topology back
-        let mut live: BTreeMap<String, LiveTransport> = old.transports.clone();
-        let reloading = old.config.is_some();
-        let switched = self.switch(&mut tasks, &mut live, &cfg, &new_plan, &replaced, fresh, reloading, &mut report).await;
+        // retire replaced transports: unpublished, closed, dropped (a durable
+        // store can be opened again only once nothing holds it)
+        let retired: Vec<LiveTransport> = replaced.iter().filter_map(|n| live.remove(n)).collect();
+        if !retired.is_empty() {
+            shared.publish(Snapshot {
+                config: old_config.clone(),
+                transports: live.clone(),
+                status: old_status.clone(),
+            });
+            for t in retired {
+                t.transport.close(shared.grace).await;
+            }
+        }
+        let reloading = old_config.is_some();
+        let switched =
+            self.switch(&mut tasks, &mut live, &cfg, &new_plan, &replaced, fresh, reloading, &mut report).await;
         if let Err(e) = switched {
-            if let Some(old_cfg) = &old.config {
+            if let Some(old_cfg) = &old_config {
                 tracing::error!(error = %e, "applying the new config failed; restoring the previous one");
                 self.restore(&mut tasks, &mut live, old_cfg).await;
             }
-            sh.publish(Snapshot { config: old.config.clone(), transports: live, status: old.status.clone() });
+            shared.publish(Snapshot { config: old_config, transports: live, status: old_status });
             return Err(e);
         }
-        let mut status = old.status.clone();
+        let mut status = old_status;
         status.generation += 1;
         status.hash = format!("{hash:016x}");
         status.last_reload_error = None;
         status.last_reload_at = Some(super::now_rfc3339());
-        sh.metrics.config_generation.set(status.generation as i64);
-        sh.metrics.set_config_hash(&status.hash);
-        sh.publish(Snapshot { config: Some(cfg), transports: live, status });
+        shared.metrics.config_generation.set(status.generation as i64);
+        shared.metrics.set_config_hash(&status.hash);
+        shared.publish(Snapshot { config: Some(cfg), transports: live, status });
         Ok(report)
     }
 
@@ -235,8 +259,7 @@ impl Topology {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
-        let left: Vec<String> =
-            last.iter().filter(|(_, d)| *d != Drain::Drained).map(|(e, _)| e.clone()).collect();
+        let left: Vec<String> = last.iter().filter(|(_, d)| *d != Drain::Drained).map(|(e, _)| e.clone()).collect();
         for (entity, d) in last.iter().filter(|(_, d)| *d != Drain::Drained) {
             tracing::error!(
                 entity = %entity, state = ?d,
@@ -258,36 +281,33 @@ impl Topology {
         reloading: bool,
         report: &mut ReloadReport,
     ) -> Result<(), RuntimeError> {
-        let sh = &self.shared;
+        let shared = &self.shared;
         for n in replaced {
-            if let Some(old) = live.remove(n) {
-                old.transport.close(sh.grace).await;
-            }
             if cfg.transports.contains_key(n) {
                 live.insert(n.clone(), transports::open(cfg, n).await?);
                 report.transports_reopened.push(n.clone());
             }
         }
         live.extend(fresh);
-        for (n, lt) in live.iter() {
-            transports::ensure(cfg, n, lt).await?;
+        for (name, open) in live.iter() {
+            transports::ensure(cfg, name, open).await?;
         }
         let parts = Parts {
             cfg,
             transports: live,
-            metrics: &sh.metrics,
-            health: &sh.health,
-            opts: &sh.opts,
-            grace: sh.grace,
+            metrics: &shared.metrics,
+            health: &shared.health,
+            opts: &shared.opts,
+            grace: shared.grace,
         };
         for (n, p) in new_plan {
             if tasks.contains_key(n) {
                 report.unchanged.push(n.clone());
                 continue;
             }
-            let handle = parts.task(n, &p.kind)?.spawn(&sh.supervisor, n);
+            let handle = parts.task(n, &p.kind)?.spawn(&shared.supervisor, n);
             if reloading && report.restarted.contains(n) {
-                sh.health.task(n, kind_name(&p.kind)).restarted();
+                shared.health.task(n, kind_name(&p.kind)).restarted();
             } else if reloading {
                 report.started.push(n.clone());
             }
@@ -298,32 +318,33 @@ impl Topology {
 
     /// Best effort after a failed apply: reopen the previous config's
     /// transports that are missing and restart its tasks that are not running.
-    async fn restore(
-        &self,
-        tasks: &mut Tasks,
-        live: &mut BTreeMap<String, LiveTransport>,
-        old: &Config,
-    ) {
-        let sh = &self.shared;
+    async fn restore(&self, tasks: &mut Tasks, live: &mut BTreeMap<String, LiveTransport>, old: &Config) {
+        let shared = &self.shared;
         for n in old.transports.keys() {
             if !live.contains_key(n) {
                 match transports::open(old, n).await {
-                    Ok(lt) => {
-                        live.insert(n.clone(), lt);
+                    Ok(open) => {
+                        live.insert(n.clone(), open);
                     }
                     Err(e) => tracing::error!(transport = %n, error = %e, "cannot reopen the previous transport"),
                 }
             }
         }
-        let parts =
-            Parts { cfg: old, transports: live, metrics: &sh.metrics, health: &sh.health, opts: &sh.opts, grace: sh.grace };
+        let parts = Parts {
+            cfg: old,
+            transports: live,
+            metrics: &shared.metrics,
+            health: &shared.health,
+            opts: &shared.opts,
+            grace: shared.grace,
+        };
         for (n, p) in plan::plan(old) {
             if tasks.contains_key(&n) {
                 continue;
             }
             match parts.task(&n, &p.kind) {
                 Ok(task) => {
-                    let handle = task.spawn(&sh.supervisor, &n);
+                    let handle = task.spawn(&shared.supervisor, &n);
                     tasks.insert(n, (p, handle));
                 }
                 Err(e) => tracing::error!(task = %n, error = %e, "cannot restart the previous task"),

@@ -26,9 +26,9 @@ pub async fn signals(current: impl Fn() -> Option<Config>, metrics: Arc<Metrics>
         let Some(cfg) = current() else { continue };
         for (name, w) in &cfg.workers {
             let partitions = cfg.entities.get(&w.input).map_or(1, |e| e.partitions);
-            let wm = metrics.worker(name, &w.input);
-            let consumed = wm.consumed.get();
-            let lag: f64 = (0..partitions).map(|p| wm.lag(p).get().max(0) as f64).sum();
+            let worker_metrics = metrics.worker(name, &w.input);
+            let consumed = worker_metrics.consumed.get();
+            let lag: f64 = (0..partitions).map(|p| worker_metrics.lag(p).get().max(0) as f64).sum();
             let Some((c0, l0)) = last.insert(name.clone(), (consumed, lag)) else { continue };
             let rate = consumed.saturating_sub(c0) as f64 / EVERY.as_secs_f64();
             let trend = (lag - l0) / EVERY.as_secs_f64();

@@ -25,7 +25,11 @@ pub fn entities_on(cfg: &Config, tname: &str) -> Vec<EntitySpec> {
     cfg.entities
         .iter()
         .filter(|(_, e)| e.transport == tname)
-        .map(|(key, e)| EntitySpec { key: key.clone(), name: e.physical_name(key).to_string(), partitions: e.partitions })
+        .map(|(key, e)| EntitySpec {
+            key: key.clone(),
+            name: e.physical_name(key).to_string(),
+            partitions: e.partitions,
+        })
         .collect()
 }
 
@@ -98,8 +102,8 @@ pub async fn open(cfg: &Config, tname: &str) -> Result<LiveTransport, RuntimeErr
 }
 
 /// Makes open transport `tname` carry `cfg`'s entities and groups.
-pub async fn ensure(cfg: &Config, tname: &str, lt: &LiveTransport) -> Result<(), RuntimeError> {
-    lt.transport
+pub async fn ensure(cfg: &Config, tname: &str, open: &LiveTransport) -> Result<(), RuntimeError> {
+    open.transport
         .ensure(&entities_on(cfg, tname), &groups_on(cfg, tname))
         .await
         .map_err(|source| RuntimeError::Transport { name: tname.to_string(), source })

@@ -77,7 +77,6 @@ pub fn render(template: &str, v: &Value, encode: bool) -> String {
     out
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

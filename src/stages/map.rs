@@ -6,12 +6,12 @@
 //! input fails the same way every time. Without reshaping steps the payload
 //! bytes are forwarded as they came (zero-copy).
 
+use super::json::{get, set, take};
 use super::{BuildError, Emit, Outputs, Stage, StageError};
 use crate::classify::ErrorCategory;
 use crate::config::{Condition, IdConfig, MapConfig};
 use crate::transport::{OutboundMessage, PipelineMessage};
 use async_trait::async_trait;
-use super::json::{get, set, take};
 use serde_json::Value;
 
 pub struct MapStage {

@@ -7,8 +7,8 @@
 //! healthy. A stuck loop stops the pings and systemd restarts the service.
 //! `STATUS=` carries a one-line summary (tasks ready, messages/s).
 
-use crate::health::{Health, TaskState};
 use super::notify;
+use crate::health::{Health, TaskState};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

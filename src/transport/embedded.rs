@@ -159,7 +159,11 @@ impl Embedded {
     /// Opens (durable) or creates (memory) the transport with its entities and
     /// the consumer groups known from the topology (registered up front so
     /// records written before a consumer first attaches are kept for it).
-    pub fn open(opts: EmbeddedOptions, entities: &[EntitySpec], groups: &[GroupSpec]) -> Result<Embedded, TransportError> {
+    pub fn open(
+        opts: EmbeddedOptions,
+        entities: &[EntitySpec],
+        groups: &[GroupSpec],
+    ) -> Result<Embedded, TransportError> {
         let durable = match &opts.path {
             Some(p) => {
                 let (store, writer) = Store::open(p).map_err(|e| TransportError::Open {
@@ -320,8 +324,12 @@ impl Inner {
     fn unregister_others(&self, log: &EntityLog, keep: &[&str]) {
         for p in &log.parts {
             let mut st = p.st.lock().unwrap();
-            let gone: Vec<(String, i64)> =
-                st.committed.iter().filter(|(g, _)| !keep.contains(&g.as_str())).map(|(g, c)| (g.clone(), *c)).collect();
+            let gone: Vec<(String, i64)> = st
+                .committed
+                .iter()
+                .filter(|(g, _)| !keep.contains(&g.as_str()))
+                .map(|(g, c)| (g.clone(), *c))
+                .collect();
             if gone.is_empty() {
                 continue;
             }
@@ -360,10 +368,9 @@ impl Inner {
             if st.committed.contains_key(group) {
                 continue;
             }
-            let stored = self
-                .durable
-                .as_ref()
-                .and_then(|d| d.stored_offsets.lock().unwrap().get(&store::offset_key(group, entity, p.index)).copied());
+            let stored = self.durable.as_ref().and_then(|d| {
+                d.stored_offsets.lock().unwrap().get(&store::offset_key(group, entity, p.index)).copied()
+            });
             let pos = match (stored, start) {
                 (Some(s), _) => s.max(st.earliest),
                 (None, StartPosition::Earliest) => st.earliest.min(st.mem_base),
@@ -595,7 +602,14 @@ impl Transport for Embedded {
                 Seek::At(p) => p.max(st.earliest),
             }
         };
-        Ok(Box::new(EmbeddedReader { inner: self.inner.clone(), log, part, group: None, cursor, commits_since_trim: 0 }))
+        Ok(Box::new(EmbeddedReader {
+            inner: self.inner.clone(),
+            log,
+            part,
+            group: None,
+            cursor,
+            commits_since_trim: 0,
+        }))
     }
 
     async fn close(&self, within: std::time::Duration) {
@@ -604,7 +618,9 @@ impl Transport for Embedded {
             Ok(Err(e)) => {
                 tracing::error!(transport = %self.inner.name, error = %e, "final flush of the embedded store failed")
             }
-            Err(_) => tracing::error!(transport = %self.inner.name, "final flush of the embedded store did not finish in time"),
+            Err(_) => {
+                tracing::error!(transport = %self.inner.name, "final flush of the embedded store did not finish in time")
+            }
         }
     }
 }

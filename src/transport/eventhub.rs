@@ -53,7 +53,6 @@ use super::{
     EntitySpec, GroupPosition, GroupSpec, OutboundMessage, PartitionInfo, PartitionReader, ProduceResult, Producer,
     Seek, StartPosition, Subscription, Transport, TransportError,
 };
-use checkpoint::CheckpointStore;
 use crate::classify::{self, ErrorCategory};
 use crate::config::{EventHubsConfig, Secret};
 use async_trait::async_trait;
@@ -61,6 +60,7 @@ use azure_core_amqp::{AmqpError, AmqpErrorKind};
 use azure_messaging_eventhubs::error::ErrorKind as EhKind;
 use azure_messaging_eventhubs::models::{AmqpSimpleValue, EventData};
 use azure_messaging_eventhubs::{ConsumerClient, EventDataBatchOptions, EventHubsError, ProducerClient};
+use checkpoint::CheckpointStore;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -324,9 +324,19 @@ enum Target {
 }
 
 /// The SDK's event for `m`. Application properties are a map, so a header
-/// name that repeats cannot be carried: the message is refused (permanent,
-/// naming the header) rather than losing a value.
+/// name that repeats cannot be carried, and a partition key is a string, so
+/// a key that is not UTF-8 cannot either: such a message is refused
+/// (`Permanent`, naming the header or the key) rather than losing a value or
+/// merging distinct keys. Header values that are not UTF-8 go as binary.
 fn to_event(m: &OutboundMessage) -> Result<EventData, TransportError> {
+    if let Some(k) = &m.key
+        && std::str::from_utf8(k).is_err()
+    {
+        return Err(TransportError::Unrepresentable(format!(
+            "message key {:?} is not UTF-8; an Event Hubs partition key is a string",
+            crate::text::clip_bytes(k, 64)
+        )));
+    }
     if let Some(n) = m.headers.repeated_name() {
         return Err(TransportError::Unrepresentable(format!(
             "header {:?} appears more than once; Event Hubs properties hold one value per name",
@@ -363,6 +373,7 @@ impl Producer for EventHubsTransport {
         for m in batch {
             let target = match (m.partition, &m.key) {
                 (Some(p), _) => Target::Partition(p),
+                // UTF-8: checked by `to_event` above
                 (None, Some(k)) => Target::Key(String::from_utf8_lossy(k).into_owned()),
                 (None, None) => Target::Any,
             };

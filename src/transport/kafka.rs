@@ -154,7 +154,11 @@ fn kind_name(c: RDKafkaErrorCode) -> &'static str {
 
 impl KafkaTransport {
     /// Creates the shared producer; optionally creates missing topics.
-    pub async fn open(name: &str, cfg: &KafkaConfig, entities: &[EntitySpec]) -> Result<KafkaTransport, TransportError> {
+    pub async fn open(
+        name: &str,
+        cfg: &KafkaConfig,
+        entities: &[EntitySpec],
+    ) -> Result<KafkaTransport, TransportError> {
         let mut pc = base_config(cfg);
         pc.set("enable.idempotence", "true");
         pc.set("linger.ms", "5");

@@ -158,7 +158,12 @@ pub(super) async fn run(
                     BreakerState::Open { remaining } => remaining,
                     BreakerState::Closed => Duration::ZERO,
                 };
-                return Err(open_circuit(&spec, p, &cancel, why, wait).await);
+                // a drain during the cool-down ends the lane cleanly (the
+                // batch stays uncommitted, as it would anyway)
+                return match open_circuit(&spec, p, &cancel, why, wait).await {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                };
             }
         }
 
@@ -247,14 +252,15 @@ pub(super) async fn run(
 
 /// The breaker tripped: pause (unready, nothing written, not stuck for the
 /// watchdog), wait out the cool-down, then end the worker so the supervisor
-/// starts it afresh (the batch is delivered again).
+/// starts it afresh (the batch is delivered again). `None` when a drain
+/// began during the cool-down.
 async fn open_circuit(
     spec: &WorkerSpec,
     partition: u32,
     cancel: &CancellationToken,
     why: String,
     cooldown: Duration,
-) -> WorkerError {
+) -> Option<WorkerError> {
     let health = &spec.host.health;
     health.lane_paused(partition);
     health
@@ -267,10 +273,9 @@ async fn open_circuit(
         "dead-letter limit exceeded: stopped dead-lettering; the worker pauses and the batch stays uncommitted"
     );
     tokio::select! {
-        _ = cancel.cancelled() => {}
-        _ = tokio::time::sleep(cooldown) => {}
+        _ = cancel.cancelled() => None,
+        _ = tokio::time::sleep(cooldown) => Some(WorkerError::DeadLetterLimit(why)),
     }
-    WorkerError::DeadLetterLimit(why)
 }
 
 /// [`process`] with its own emit list (for concurrent processing).

@@ -43,7 +43,9 @@ pub struct RetryPolicy {
 pub enum BreakerState {
     Closed,
     /// Tripped; closes after `remaining`.
-    Open { remaining: Duration },
+    Open {
+        remaining: Duration,
+    },
 }
 
 /// What to do with a message after an attempt.
@@ -70,12 +72,7 @@ pub fn schedule_delay(schedule: &[Duration], attempts_made: u32) -> Duration {
 
 /// The decision after attempt number `attempts` (1-based) ended with
 /// `failure` (`None`: success).
-pub fn decide(
-    failure: Option<ErrorCategory>,
-    attempts: u32,
-    policy: &RetryPolicy,
-    breaker: BreakerState,
-) -> Decision {
+pub fn decide(failure: Option<ErrorCategory>, attempts: u32, policy: &RetryPolicy, breaker: BreakerState) -> Decision {
     let dead = || match breaker {
         BreakerState::Closed => Decision::DeadLetter,
         BreakerState::Open { remaining } => Decision::Pause(remaining),

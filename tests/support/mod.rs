@@ -87,8 +87,12 @@ pub async fn eventually(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> 
 pub fn open_store(path: &Path, entities: &[(&str, u32)], groups: &[(&str, &str)]) -> Embedded {
     let specs: Vec<EntitySpec> =
         entities.iter().map(|(n, p)| EntitySpec { name: n.to_string(), key: n.to_string(), partitions: *p }).collect();
-    let opts =
-        EmbeddedOptions { name: "local".into(), path: Some(path.to_path_buf()), capacity: 65_536, ..Default::default() };
+    let opts = EmbeddedOptions {
+        name: "local".into(),
+        path: Some(path.to_path_buf()),
+        capacity: 65_536,
+        ..Default::default()
+    };
     let groups: Vec<GroupSpec> = groups
         .iter()
         .map(|(e, g)| GroupSpec { entity: e.to_string(), group: g.to_string(), start: StartPosition::Earliest })

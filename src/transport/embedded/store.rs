@@ -140,8 +140,7 @@ impl Store {
     pub fn recover(&self, entity: &str, partition: u32) -> Result<Recovered, StoreError> {
         let r = self.db.begin_read().map_err(StoreError::of)?;
         let next_t = r.open_table(NEXT).map_err(StoreError::of)?;
-        let stored_next =
-            next_t.get(part_key(entity, partition).as_str()).map_err(StoreError::of)?.map(|v| v.value());
+        let stored_next = next_t.get(part_key(entity, partition).as_str()).map_err(StoreError::of)?.map(|v| v.value());
         let name = log_table(entity, partition);
         let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
         let (first, last) = match r.open_table(def) {
@@ -189,8 +188,8 @@ impl Store {
         for row in t.range(start..).map_err(StoreError::of)? {
             let (k, v) = row.map_err(StoreError::of)?;
             let first = k.value();
-            let records =
-                decode_batch(v.value()).ok_or_else(|| StoreError(format!("corrupt batch at {entity}/{partition}@{first}")))?;
+            let records = decode_batch(v.value())
+                .ok_or_else(|| StoreError(format!("corrupt batch at {entity}/{partition}@{first}")))?;
             for (i, rec) in records.into_iter().enumerate() {
                 let pos = first + i as u64;
                 if pos >= from {

@@ -1,6 +1,6 @@
+use super::checkpoint::Ownership;
 use super::consumer::plan_claims;
 use super::*;
-use super::checkpoint::Ownership;
 use azure_core_amqp::{AmqpDescribedError, AmqpErrorCondition, AmqpOrderedMap};
 use std::time::SystemTime;
 
@@ -175,4 +175,30 @@ fn balancing_converges_to_fair_shares() {
     let listed =
         vec![owned("0", Some("a"), 1), owned("1", Some("a"), 1), owned("2", Some("b"), 1), owned("3", Some("c"), 1)];
     assert_eq!(mine(&plan_claims(&base, &parts, &listed, "c", exp, now), "c"), vec!["3"]);
+}
+
+#[test]
+fn what_event_hubs_cannot_carry_is_refused_never_merged() {
+    let msg = |key: &[u8], headers: Vec<(&str, &[u8])>| OutboundMessage {
+        key: Some(key.to_vec().into()),
+        headers: crate::transport::Headers(
+            headers.into_iter().map(|(n, v)| (n.to_string(), bytes::Bytes::copy_from_slice(v))).collect(),
+        ),
+        payload: "p".into(),
+        ..Default::default()
+    };
+    // distinct binary keys would become the same lossy string
+    for key in [&[0xff, 0x01][..], &[0xfe, 0x01][..]] {
+        let e = to_event(&msg(key, vec![])).unwrap_err();
+        assert_eq!(e.category(), ErrorCategory::Permanent);
+        assert!(e.to_string().contains("not UTF-8"), "{e}");
+    }
+    let e = to_event(&msg(b"k", vec![("trace", b"a"), ("x", b"1"), ("trace", b"b")])).unwrap_err();
+    assert_eq!(e.category(), ErrorCategory::Permanent);
+    assert!(e.to_string().contains("\"trace\" appears more than once"), "{e}");
+    // binary values are kept as they are
+    let ev = to_event(&msg(b"k", vec![("bin", &[0xff, 0x00]), ("txt", b"v")])).unwrap();
+    let props = ev.properties().unwrap();
+    assert_eq!(props.get("bin"), Some(&AmqpSimpleValue::Binary(vec![0xff, 0x00])));
+    assert_eq!(props.get("txt"), Some(&AmqpSimpleValue::String("v".into())));
 }
