@@ -341,18 +341,16 @@ mod tests {
 
     impl Lanes for Slow {
         type Error = ConsumeError;
-        fn lane(
+        async fn lane(
             self: Arc<Self>,
             reader: Box<dyn PartitionReader>,
             cancel: CancellationToken,
-        ) -> impl Future<Output = Result<(), ConsumeError>> + Send + 'static {
-            async move {
-                assert_ne!(reader.partition(), 9, "lane 9 explodes");
-                cancel.cancelled().await;
-                tokio::time::sleep(self.linger).await;
-                self.ended.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }
+        ) -> Result<(), ConsumeError> {
+            assert_ne!(reader.partition(), 9, "lane 9 explodes");
+            cancel.cancelled().await;
+            tokio::time::sleep(self.linger).await;
+            self.ended.fetch_add(1, Ordering::SeqCst);
+            Ok(())
         }
     }
 

@@ -546,8 +546,9 @@ async fn readers_hand_out_their_partition_in_order_from_the_committed_offset_acr
         .map(|i| OutboundMessage { payload: format!("{i}").into(), partition: Some(i % 4), ..Default::default() })
         .collect();
     kafka.producer().send(&physical, msgs).await.unwrap();
-    // (partition, offsets read by one reader, committed offset when it was assigned)
-    let reads: Arc<Mutex<Vec<(u32, Vec<i64>, Option<i64>)>>> = Arc::default();
+    /// (partition, offsets read by one reader, committed offset when it was assigned)
+    type Read = (u32, Vec<i64>, Option<i64>);
+    let reads: Arc<Mutex<Vec<Read>>> = Arc::default();
     let member = |stop_after: Duration| {
         let (kafka, physical, reads) = (kafka.clone(), physical.clone(), reads.clone());
         tokio::spawn(async move {

@@ -38,7 +38,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
@@ -82,12 +81,12 @@ pub struct Scheduler {
 impl Lanes for Scheduler {
     type Error = ConsumeError;
 
-    fn lane(
+    async fn lane(
         self: Arc<Self>,
         reader: Box<dyn PartitionReader>,
         cancel: CancellationToken,
-    ) -> impl Future<Output = Result<(), ConsumeError>> + Send + 'static {
-        async move { self.run_lane(reader, cancel).await }
+    ) -> Result<(), ConsumeError> {
+        self.run_lane(reader, cancel).await
     }
 }
 

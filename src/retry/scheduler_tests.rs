@@ -183,7 +183,8 @@ fn repark_plan_table() {
     let d = |pos: i64| (pos, false);
     let mut one_long = vec![p(0)];
     one_long.extend((1..=100).map(d));
-    let cases: Vec<(Vec<(i64, bool)>, Option<Repark>)> = vec![
+    type Case = (Vec<(i64, bool)>, Option<Repark>);
+    let cases: Vec<Case> = vec![
         (vec![], None),
         (vec![p(0), p(1)], None),
         (vec![d(0), p(1)], None),

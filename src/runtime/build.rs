@@ -113,7 +113,7 @@ impl Parts<'_> {
         let stage = match self.opts.stages.get(name) {
             Some(s) => s.clone(),
             None => stages::build(&worker.stage, &outputs)
-                .map_err(|source| RuntimeError::Stage { worker: name.to_string(), source })?,
+                .map_err(|source| RuntimeError::Stage { worker: name.to_string(), source: Box::new(source) })?,
         };
         let tee = {
             let default = outputs.index("default");

@@ -8,13 +8,13 @@ use std::net::SocketAddr;
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("transport {name:?}: {source}")]
-    Transport { name: String, source: TransportError },
+    Transport { name: String, source: Box<TransportError> },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("entity {entity:?} is on transport {transport:?}, which is not open")]
     NotOpen { entity: String, transport: String },
     #[error("worker {worker:?}: {source}")]
-    Stage { worker: String, source: BuildError },
+    Stage { worker: String, source: Box<BuildError> },
     #[error(
         "drain did not finish within the shutdown grace of {0}; in-flight work was aborted (it is redelivered on the next start)"
     )]

@@ -68,7 +68,7 @@ pub fn install_tls_provider() {
 
 /// Opens transport `tname` of `cfg` with its entities and groups.
 pub async fn open(cfg: &Config, tname: &str) -> Result<LiveTransport, RuntimeError> {
-    let err = |source| RuntimeError::Transport { name: tname.to_string(), source };
+    let err = |source| RuntimeError::Transport { name: tname.to_string(), source: Box::new(source) };
     let entities = entities_on(cfg, tname);
     let transport: Arc<dyn Transport> = match &cfg.transports[tname] {
         TransportConfig::Embedded { path, capacity, max_message_bytes } => {
@@ -106,7 +106,7 @@ pub async fn ensure(cfg: &Config, tname: &str, open: &LiveTransport) -> Result<(
     open.transport
         .ensure(&entities_on(cfg, tname), &groups_on(cfg, tname))
         .await
-        .map_err(|source| RuntimeError::Transport { name: tname.to_string(), source })
+        .map_err(|source| RuntimeError::Transport { name: tname.to_string(), source: Box::new(source) })
 }
 
 /// The transports of a config, opened (for tools such as `conveyor dlq`).

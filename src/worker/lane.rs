@@ -29,7 +29,7 @@ enum Outcome {
     /// Processed; its emits follow.
     Done(Vec<Emit>),
     /// Failed for good: write this envelope to the dead-letter entity.
-    Dead(Envelope, ErrorCategory),
+    Dead(Box<Envelope>, ErrorCategory),
     /// Failed for now: write this to the retry entity.
     Retry(OutboundMessage, ErrorCategory),
     /// A retry addressed to another worker on the same input.
@@ -177,7 +177,7 @@ pub(super) async fn run(
                     }
                 }
                 Outcome::Dead(envelope, category) => {
-                    delivery.dead(Dead { envelope, key: batch[i].key.clone(), category })
+                    delivery.dead(Dead { envelope: *envelope, key: batch[i].key.clone(), category })
                 }
                 Outcome::Retry(m, c) => {
                     throttled |= c == ErrorCategory::Throttling;
@@ -348,7 +348,7 @@ async fn process(
                     attempts: state.attempts,
                 };
                 log_dead(spec, &clean, &f);
-                return Outcome::Dead(envelope(spec, &clean, &f), ErrorCategory::Permanent);
+                return Outcome::Dead(Box::new(envelope(spec, &clean, &f)), ErrorCategory::Permanent);
             }
         }
         (Cow::Owned(clean), state)
@@ -413,7 +413,7 @@ async fn process(
                     attempts,
                 };
                 log_dead(spec, msg, &f);
-                return Outcome::Dead(envelope(spec, msg, &f), category);
+                return Outcome::Dead(Box::new(envelope(spec, msg, &f)), category);
             }
             Decision::InPlace(delay) => {
                 let delay = jitter(delay);
