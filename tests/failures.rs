@@ -417,3 +417,77 @@ workers:
     assert!(rt.health.stalled(Duration::from_millis(500)).is_empty(), "a paused lane does not trip the watchdog");
     rt.shutdown().await.unwrap();
 }
+
+/// Retries a reload left behind are never skipped silently: a retry
+/// addressed to a worker that no longer exists is taken over by the only
+/// worker on its input, or — with several workers on the input, where no one
+/// can tell whose path it was on — dead-lettered once (by the first worker by
+/// name) for redrive. Both are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_of_a_worker_that_no_longer_exists_are_adopted_or_dead_lettered() {
+    use conveyor::retry::{H_ATTEMPT, H_FIRST_FAILURE, H_WORKER};
+    use conveyor::transport::Headers;
+    let retried = |id: &str, worker: &str| {
+        let mut headers = Headers::default();
+        headers.set("traceparent", "00-abc-def-01");
+        headers.set(H_WORKER, worker.to_string());
+        headers.set(H_ATTEMPT, "2");
+        headers.set(H_FIRST_FAILURE, "1700000000000");
+        OutboundMessage { key: Some(id.as_bytes().to_vec().into()), headers, payload: format!("{{\"id\":\"{id}\"}}").into(), ..Default::default() }
+    };
+    // one worker on the input: it adopts the retries of the renamed one
+    let one = config(
+        r#"
+service: { http: { listen: "127.0.0.1:0" } }
+transports: { local: { type: embedded } }
+entities:
+  in: { transport: local }
+  out: { transport: local }
+  dlq: { transport: local }
+workers:
+  renamed: { input: in, outputs: { default: out }, dead_letter: dlq }
+"#,
+    );
+    let rt = Pipeline::start(&one, 0, Options::default()).await.unwrap();
+    let t = rt.transport("local");
+    t.producer().send("in", vec![retried("r1", "old-name"), retried("r2", "old-name")]).await.unwrap();
+    assert!(eventually(Duration::from_secs(10), async || read_all(&*t, "out").await.len() == 2).await);
+    let out = read_all(&*t, "out").await;
+    assert!(out.iter().all(|m| m.headers.get_str(H_WORKER).is_none()), "bookkeeping stripped");
+    assert!(out.iter().all(|m| m.headers.get_str("traceparent") == Some("00-abc-def-01")));
+    assert_eq!(metric_sum(&rt.metrics.encode(), "conveyor_retries_adopted_total", "worker=\"renamed\""), 2.0);
+    rt.shutdown().await.unwrap();
+
+    // two workers on the input: dead-lettered once, by the first by name
+    let two = config(
+        r#"
+service: { http: { listen: "127.0.0.1:0" } }
+transports: { local: { type: embedded } }
+entities:
+  in: { transport: local }
+  out-a: { transport: local }
+  out-b: { transport: local }
+  dlq: { transport: local }
+workers:
+  a: { input: in, outputs: { default: out-a }, dead_letter: dlq }
+  b: { input: in, outputs: { default: out-b }, dead_letter: dlq }
+"#,
+    );
+    let rt = Pipeline::start(&two, 0, Options::default()).await.unwrap();
+    let t = rt.transport("local");
+    t.producer().send("in", vec![retried("g1", "gone"), retried("mine", "b")]).await.unwrap();
+    assert!(eventually(Duration::from_secs(10), async || {
+        committed_sum(&rt, "in", "a").await == 2 && committed_sum(&rt, "in", "b").await == 2
+    })
+    .await);
+    let dlq = read_all(&*t, "dlq").await;
+    assert_eq!(dlq.len(), 1, "dead-lettered once, not by both workers");
+    let env = Envelope::parse(&dlq[0].payload).unwrap();
+    assert_eq!((env.error.kind.as_str(), env.origin.worker.as_str()), ("retry_orphaned", "a"));
+    assert_eq!(env.error.attempts, 2);
+    assert!(read_all(&*t, "out-a").await.is_empty(), "a skips b's retry and dead-letters the orphan");
+    assert_eq!(read_all(&*t, "out-b").await.iter().map(key_str).collect::<Vec<_>>(), ["mine"]);
+    let text = rt.metrics.encode();
+    assert_eq!(metric_sum(&text, "conveyor_retries_orphaned_total", "worker=\"a\""), 1.0, "{text}");
+    rt.shutdown().await.unwrap();
+}

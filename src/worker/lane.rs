@@ -26,7 +26,8 @@ const STUCK: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(
 
 /// What became of one message.
 enum Outcome {
-    /// Processed; its emits follow.
+    /// Processed; its emits (when processed concurrently; sequential
+    /// processing hands them to the delivery at once).
     Done(Vec<Emit>),
     /// Failed for good: write this envelope to the dead-letter entity.
     Dead(Box<Envelope>, ErrorCategory),
@@ -111,12 +112,14 @@ pub(super) async fn run(
         if spec.concurrency <= 1 {
             // one clock read per message: each message's end is the next one's start
             let mut clock = Instant::now();
-            for msg in &batch {
+            for (i, msg) in batch.iter().enumerate() {
                 let o = process(&spec, msg, &mut emits, &cancel, &mut handler, &mut clock).await;
-                outcomes.push(match o {
-                    Outcome::Done(_) => Outcome::Done(std::mem::take(&mut emits)),
-                    other => other,
-                });
+                // straight into the buckets: no list per message (nothing is
+                // written before the breaker below has looked)
+                for e in emits.drain(..) {
+                    delivery.emit(i, e, &spec.tee);
+                }
+                outcomes.push(o);
             }
             handler.flush();
         } else {

@@ -26,7 +26,12 @@ struct Partial {
 
 /// Parses `EnumerationResults`. Metadata names are lower-cased (they are
 /// case-insensitive in the service, and come back lower-cased in headers).
-pub(crate) fn parse_list(xml: &str) -> Result<ListPage, String> {
+/// Why a listing's XML could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct XmlError(String);
+
+pub(crate) fn parse_list(xml: &str) -> Result<ListPage, XmlError> {
     let mut reader = Reader::from_str(xml);
     let mut stack: Vec<String> = Vec::new();
     let mut text = String::new();
@@ -35,7 +40,7 @@ pub(crate) fn parse_list(xml: &str) -> Result<ListPage, String> {
     let mut page = ListPage::default();
 
     loop {
-        let ev = reader.read_event().map_err(|e| format!("bad XML at byte {}: {e}", reader.buffer_position()))?;
+        let ev = reader.read_event().map_err(|e| XmlError(format!("bad XML at byte {}: {e}", reader.buffer_position())))?;
         let (open, close): (Option<String>, bool) = match &ev {
             Event::Start(e) | Event::Empty(e) => {
                 let n = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
@@ -51,7 +56,7 @@ pub(crate) fn parse_list(xml: &str) -> Result<ListPage, String> {
             }
             Event::End(_) => (None, true),
             Event::Text(t) => {
-                text.push_str(&t.unescape().map_err(|e| format!("bad XML text: {e}"))?);
+                text.push_str(&t.unescape().map_err(|e| XmlError(format!("bad XML text: {e}")))?);
                 continue;
             }
             Event::CData(c) => {
@@ -106,18 +111,18 @@ pub(crate) fn parse_list(xml: &str) -> Result<ListPage, String> {
         }
         stack.pop();
     }
-    if stack.is_empty() && cur.is_none() { Ok(page) } else { Err("truncated XML".into()) }
+    if stack.is_empty() && cur.is_none() { Ok(page) } else { Err(XmlError("truncated XML".into())) }
 }
 
-fn finish(p: Partial) -> Result<BlobItem, String> {
+fn finish(p: Partial) -> Result<BlobItem, XmlError> {
     let name = p.name.ok_or("a <Blob> without <Name>")?;
-    let etag = p.etag.ok_or_else(|| format!("blob {name}: no <Etag>"))?;
-    let lm = p.last_modified.ok_or_else(|| format!("blob {name}: no <Last-Modified>"))?;
+    let etag = p.etag.ok_or_else(|| XmlError(format!("blob {name}: no <Etag>")))?;
+    let lm = p.last_modified.ok_or_else(|| XmlError(format!("blob {name}: no <Last-Modified>")))?;
     let last_modified =
-        httpdate::parse_http_date(&lm).map_err(|_| format!("blob {name}: bad <Last-Modified> {lm:?}"))?;
+        httpdate::parse_http_date(&lm).map_err(|_| XmlError(format!("blob {name}: bad <Last-Modified> {lm:?}")))?;
     let size = match p.size.as_deref() {
         None | Some("") => 0,
-        Some(s) => s.parse().map_err(|_| format!("blob {name}: bad <Content-Length> {s:?}"))?,
+        Some(s) => s.parse().map_err(|_| XmlError(format!("blob {name}: bad <Content-Length> {s:?}")))?,
     };
     Ok(BlobItem { name, etag: crate::normalize_etag(&etag), last_modified, size, metadata: p.metadata })
 }
@@ -256,7 +261,7 @@ mod tests {
         assert!(
             parse_list("<EnumerationResults><Blobs><Blob><Name>x</Name></Blob></Blobs></EnumerationResults>").is_err()
         );
-        assert!(parse_list("<EnumerationResults><Blobs><Blob><Name>x</Name><Properties><Etag>1</Etag><Last-Modified>yesterday</Last-Modified></Properties></Blob></Blobs></EnumerationResults>").unwrap_err().contains("Last-Modified"));
+        assert!(parse_list("<EnumerationResults><Blobs><Blob><Name>x</Name><Properties><Etag>1</Etag><Last-Modified>yesterday</Last-Modified></Properties></Blob></Blobs></EnumerationResults>").unwrap_err().to_string().contains("Last-Modified"));
         assert!(parse_list("<EnumerationResults><Blobs>").is_err());
     }
 

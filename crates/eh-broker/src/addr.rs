@@ -108,15 +108,20 @@ pub(crate) fn selector_text(source: &Source) -> Option<String> {
     }
 }
 
+/// A selector the broker does not understand.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct SelectorError(String);
+
 /// Parses a selector expression into a start position.
-pub(crate) fn parse_selector(text: &str) -> Result<StartPos, String> {
+pub(crate) fn parse_selector(text: &str) -> Result<StartPos, SelectorError> {
     let t = text.trim();
     let lower = t.to_ascii_lowercase();
-    let rest = lower.strip_prefix("amqp.annotation.").ok_or_else(|| format!("unsupported selector {text:?}"))?;
+    let rest = lower.strip_prefix("amqp.annotation.").ok_or_else(|| SelectorError(format!("unsupported selector {text:?}")))?;
     let (field, rest) = ["x-opt-sequence-number", "x-opt-enqueued-time", "x-opt-offset"]
         .iter()
         .find_map(|f| rest.strip_prefix(f).map(|r| (*f, r)))
-        .ok_or_else(|| format!("unsupported selector field in {text:?}"))?;
+        .ok_or_else(|| SelectorError(format!("unsupported selector field in {text:?}")))?;
     let rest = rest.trim_start();
     let (inclusive, rest) = if let Some(r) = rest.strip_prefix(">=") {
         (true, r)
@@ -125,14 +130,14 @@ pub(crate) fn parse_selector(text: &str) -> Result<StartPos, String> {
     } else if let Some(r) = rest.strip_prefix('=') {
         (true, r)
     } else {
-        return Err(format!("unsupported selector operator in {text:?}"));
+        return Err(SelectorError(format!("unsupported selector operator in {text:?}")));
     };
     let rest = rest.trim();
     let value = rest.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')).unwrap_or(rest).trim();
     if value == "@latest" {
         return Ok(StartPos::Latest);
     }
-    let number: i64 = value.parse().map_err(|_| format!("selector value {value:?} is not a number in {text:?}"))?;
+    let number: i64 = value.parse().map_err(|_| SelectorError(format!("selector value {value:?} is not a number in {text:?}")))?;
     Ok(match field {
         "x-opt-offset" if number < 0 => StartPos::Earliest,
         "x-opt-offset" => StartPos::Offset { value: number, inclusive },

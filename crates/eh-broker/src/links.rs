@@ -49,19 +49,24 @@ fn decode_error(desc: impl Into<String>) -> definitions::Error {
 /// Events of one delivery: (message, size in bytes) each, and the batch's partition key.
 type Events = (Vec<(AmqpMessage, usize)>, Option<String>);
 
+/// A delivery that is not a valid event or batch of events.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BadDelivery(String);
+
 /// Splits a delivery into its events.
-fn events_of(format: u32, message: AmqpMessage) -> Result<Events, String> {
+fn events_of(format: u32, message: AmqpMessage) -> Result<Events, BadDelivery> {
     if format == BATCH_FORMAT {
         let envelope_key = annotation_string(&message, ANN_PARTITION_KEY);
         let sections = match message.body {
             Body::Data(batch) => batch,
-            _ => return Err("a batch message must carry data sections".to_owned()),
+            _ => return Err(BadDelivery("a batch message must carry data sections".to_owned())),
         };
         let mut events = Vec::new();
         for data in sections {
             let bytes = data.0.into_vec();
             let Deserializable(inner) = serde_amqp::from_slice::<Deserializable<AmqpMessage>>(&bytes)
-                .map_err(|e| format!("batch entry is not an AMQP message: {e}"))?;
+                .map_err(|e| BadDelivery(format!("batch entry is not an AMQP message: {e}")))?;
             events.push((inner, bytes.len()));
         }
         let key = envelope_key.or_else(|| events.first().and_then(|(m, _)| annotation_string(m, ANN_PARTITION_KEY)));
@@ -128,7 +133,7 @@ pub(crate) async fn produce(shared: Arc<Shared>, mut rx: Receiver, hub: Arc<Hub>
             }
             Err(desc) => {
                 warn!(%link, %desc, "rejecting delivery");
-                if let Err(e) = rx.reject(info, decode_error(desc)).await {
+                if let Err(e) = rx.reject(info, decode_error(desc.to_string())).await {
                     debug!(%link, error = ?e, "reject disposition failed");
                 }
             }
