@@ -433,7 +433,12 @@ async fn retries_of_a_worker_that_no_longer_exists_are_adopted_or_dead_lettered(
         headers.set(H_WORKER, worker.to_string());
         headers.set(H_ATTEMPT, "2");
         headers.set(H_FIRST_FAILURE, "1700000000000");
-        OutboundMessage { key: Some(id.as_bytes().to_vec().into()), headers, payload: format!("{{\"id\":\"{id}\"}}").into(), ..Default::default() }
+        OutboundMessage {
+            key: Some(id.as_bytes().to_vec().into()),
+            headers,
+            payload: format!("{{\"id\":\"{id}\"}}").into(),
+            ..Default::default()
+        }
     };
     // one worker on the input: it adopts the retries of the renamed one
     let one = config(
@@ -476,10 +481,12 @@ workers:
     let rt = Pipeline::start(&two, 0, Options::default()).await.unwrap();
     let t = rt.transport("local");
     t.producer().send("in", vec![retried("g1", "gone"), retried("mine", "b")]).await.unwrap();
-    assert!(eventually(Duration::from_secs(10), async || {
-        committed_sum(&rt, "in", "a").await == 2 && committed_sum(&rt, "in", "b").await == 2
-    })
-    .await);
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            committed_sum(&rt, "in", "a").await == 2 && committed_sum(&rt, "in", "b").await == 2
+        })
+        .await
+    );
     let dlq = read_all(&*t, "dlq").await;
     assert_eq!(dlq.len(), 1, "dead-lettered once, not by both workers");
     let env = Envelope::parse(&dlq[0].payload).unwrap();

@@ -359,8 +359,8 @@ impl BlobClient {
             let resp = self.execute(OP, &t, Method::GET, &q, Vec::new(), None).await?;
             let resp = ok(OP, &t, resp).await?;
             let body = resp.text().await.map_err(|e| BlobError::transport(OP, &t, e))?;
-            let page =
-                xml::parse_list(body.trim_start_matches('\u{feff}')).map_err(|e| BlobError::response(OP, &t, e.to_string()))?;
+            let page = xml::parse_list(body.trim_start_matches('\u{feff}'))
+                .map_err(|e| BlobError::response(OP, &t, e.to_string()))?;
             out.extend(page.items);
             match page.next_marker {
                 Some(m) if Some(&m) == marker.as_ref() => {

@@ -40,7 +40,8 @@ pub(crate) fn parse_list(xml: &str) -> Result<ListPage, XmlError> {
     let mut page = ListPage::default();
 
     loop {
-        let ev = reader.read_event().map_err(|e| XmlError(format!("bad XML at byte {}: {e}", reader.buffer_position())))?;
+        let ev =
+            reader.read_event().map_err(|e| XmlError(format!("bad XML at byte {}: {e}", reader.buffer_position())))?;
         let (open, close): (Option<String>, bool) = match &ev {
             Event::Start(e) | Event::Empty(e) => {
                 let n = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
@@ -84,7 +85,7 @@ pub(crate) fn parse_list(xml: &str) -> Result<ListPage, XmlError> {
                 page.next_marker = Some(value).filter(|v| !v.is_empty());
             }
             (_, "Blobs", "Blob") => {
-                let p = cur.take().ok_or("unbalanced <Blob>")?;
+                let p = cur.take().ok_or_else(|| XmlError("unbalanced <Blob>".into()))?;
                 page.items.push(finish(p)?);
             }
             (_, "Blob", "Name") => {
@@ -115,7 +116,7 @@ pub(crate) fn parse_list(xml: &str) -> Result<ListPage, XmlError> {
 }
 
 fn finish(p: Partial) -> Result<BlobItem, XmlError> {
-    let name = p.name.ok_or("a <Blob> without <Name>")?;
+    let name = p.name.ok_or_else(|| XmlError("a <Blob> without <Name>".into()))?;
     let etag = p.etag.ok_or_else(|| XmlError(format!("blob {name}: no <Etag>")))?;
     let lm = p.last_modified.ok_or_else(|| XmlError(format!("blob {name}: no <Last-Modified>")))?;
     let last_modified =

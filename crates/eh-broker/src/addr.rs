@@ -117,7 +117,9 @@ pub(crate) struct SelectorError(String);
 pub(crate) fn parse_selector(text: &str) -> Result<StartPos, SelectorError> {
     let t = text.trim();
     let lower = t.to_ascii_lowercase();
-    let rest = lower.strip_prefix("amqp.annotation.").ok_or_else(|| SelectorError(format!("unsupported selector {text:?}")))?;
+    let rest = lower
+        .strip_prefix("amqp.annotation.")
+        .ok_or_else(|| SelectorError(format!("unsupported selector {text:?}")))?;
     let (field, rest) = ["x-opt-sequence-number", "x-opt-enqueued-time", "x-opt-offset"]
         .iter()
         .find_map(|f| rest.strip_prefix(f).map(|r| (*f, r)))
@@ -137,7 +139,8 @@ pub(crate) fn parse_selector(text: &str) -> Result<StartPos, SelectorError> {
     if value == "@latest" {
         return Ok(StartPos::Latest);
     }
-    let number: i64 = value.parse().map_err(|_| SelectorError(format!("selector value {value:?} is not a number in {text:?}")))?;
+    let number: i64 =
+        value.parse().map_err(|_| SelectorError(format!("selector value {value:?} is not a number in {text:?}")))?;
     Ok(match field {
         "x-opt-offset" if number < 0 => StartPos::Earliest,
         "x-opt-offset" => StartPos::Offset { value: number, inclusive },

@@ -212,7 +212,9 @@ async fn handle_session(shared: Arc<Shared>, mut session: ListenerSessionHandle,
                             start.unwrap_or(crate::state::StartPos::Latest),
                             consumer_group.to_lowercase(),
                         ),
-                        Err(e) => Plan::Refuse(definitions::Error::new(AmqpError::InvalidField, Some(e.to_string()), None)),
+                        Err(e) => {
+                            Plan::Refuse(definitions::Error::new(AmqpError::InvalidField, Some(e.to_string()), None))
+                        }
                     },
                 }
             }
