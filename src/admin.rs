@@ -3,7 +3,9 @@
 //! - `GET /healthz` — liveness: `200 {"status":"ok"}` while the supervisor runs;
 //! - `GET /readyz` — readiness: JSON with each worker's state, restarts and
 //!   last error category; `200` only when every worker is ready (sources
-//!   that finished count as ready), else `503`; `503` while draining;
+//!   that finished count as ready), else `503`; `503` while draining; a
+//!   `migration` section per migrating entity (phase, mirror lag, what is
+//!   left on the old side, the fence; see `migration::status`);
 //! - `GET /metrics` — OpenMetrics when the `Accept` header asks for it,
 //!   else Prometheus text format 0.0.4 (see `metrics`).
 //!
@@ -49,6 +51,8 @@ pub struct AdminState {
     pub draining: Arc<AtomicBool>,
     pub config: Arc<dyn Fn() -> crate::health::ConfigStatus + Send + Sync>,
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// Where each migrating entity stands (the `migration` section).
+    pub migration: Arc<dyn Fn() -> Vec<crate::migration::status::EntityStatus> + Send + Sync>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -85,6 +89,11 @@ async fn readyz(State(s): State<AdminState>) -> Response {
         "config": cfg,
         "workers": report.workers,
     });
+    let migration = (s.migration)();
+    let mut body = body;
+    if !migration.is_empty() {
+        body["migration"] = serde_json::to_value(migration).unwrap_or_default();
+    }
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, [(header::CONTENT_TYPE, "application/json")], format!("{body:#}\n")).into_response()
 }

@@ -20,7 +20,7 @@ pub enum Command {
     /// Run the pipeline until SIGTERM/SIGINT, then drain.
     Run(ConfigArg),
     /// Validate a config file and print its warnings; exit 64 when invalid.
-    Check(ConfigArg),
+    Check(CheckArgs),
     /// Measure embedded pass-through throughput against a baseline copy loop.
     Bench(crate::bench::BenchArgs),
     /// Print the topology as a diagram (Mermaid or Graphviz DOT).
@@ -34,6 +34,9 @@ pub enum Command {
     /// Inspect and redrive dead-letter entities.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Check and follow entities moving to another transport (`migrate:`).
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
     /// Local stand-ins for cloud services, for development and tests.
     #[cfg(feature = "eventhubs")]
     #[command(subcommand)]
@@ -88,6 +91,43 @@ pub enum DlqCommand {
         #[arg(long, default_value = "conveyor-redrive")]
         group: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Compare both sides of a migrating entity (counts per partition, an
+    /// order-sensitive hash per key, the first difference of each kind).
+    /// Writes nothing. Exit 0 equal, 1 different, 2 a side unreachable.
+    Verify {
+        #[arg(short, long, default_value = "config.yaml")]
+        config: PathBuf,
+        /// The migrating entity.
+        #[arg(long)]
+        entity: String,
+        /// `text` or `json`.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
+    /// Per migrating entity: phase, mirror lag, what consumers have left on
+    /// the old side, their lag on the new side, the fence.
+    Status {
+        #[arg(short, long, default_value = "config.yaml")]
+        config: PathBuf,
+        /// `text` or `json`.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The topology file.
+    #[arg(short, long, default_value = "config.yaml")]
+    pub config: PathBuf,
+    /// The config it replaces: also check that every migration moves
+    /// forward one phase at a time (or back with `rollback: true`).
+    #[arg(long)]
+    pub previous: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -15,13 +15,16 @@ mod duration;
 mod interpolate;
 mod issues;
 mod locate;
+mod migrate;
 mod model;
 mod secret;
 mod stage;
+mod transition;
 mod validate;
 
 pub use azure::{BlobLocation, EntraCredential};
 pub use duration::Dur;
+pub use migrate::{MigrateConfig, Phase};
 pub use model::*;
 pub use secret::{Secret, fingerprint_json};
 pub use stage::*;
@@ -87,14 +90,7 @@ pub struct Loaded {
 
 /// Reads, interpolates (from the process environment) and validates `path`.
 pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        issues: vec![ConfigIssue {
-            file: path.to_path_buf(),
-            pos: None,
-            path: String::new(),
-            message: format!("cannot read the file: {e}"),
-        }],
-    })?;
+    let text = read(path)?;
     load_str(&text, path, |v| std::env::var(v).ok())
 }
 
@@ -102,8 +98,46 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
 /// messages (paths in the config stay as written). `env` is the environment
 /// for `${VAR}` and for every check that looks at a variable.
 pub fn load_str(text: &str, file: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Loaded, ConfigError> {
-    let mut v = Issues::new(file.to_path_buf(), &env);
-    let text = match interpolate::interpolate(text, &env) {
+    load(text, file, &env, None)
+}
+
+/// Like [`load_str`], for a config that replaces `previous` (a reload): also
+/// checks that every migration moves forward one phase at a time, and back
+/// only with `rollback: true`.
+pub fn load_str_after(
+    text: &str,
+    file: &Path,
+    env: impl Fn(&str) -> Option<String>,
+    previous: &Config,
+) -> Result<Loaded, ConfigError> {
+    load(text, file, &env, Some(previous))
+}
+
+/// Like [`load_file`], for a config that replaces `previous`.
+pub fn load_file_after(path: &Path, previous: &Config) -> Result<Loaded, ConfigError> {
+    let text = read(path)?;
+    load_str_after(&text, path, |v| std::env::var(v).ok(), previous)
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        issues: vec![ConfigIssue {
+            file: path.to_path_buf(),
+            pos: None,
+            path: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }],
+    })
+}
+
+fn load(
+    text: &str,
+    file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    previous: Option<&Config>,
+) -> Result<Loaded, ConfigError> {
+    let mut v = Issues::new(file.to_path_buf(), env);
+    let text = match interpolate::interpolate(text, env) {
         Ok(t) => t,
         Err(missing) => {
             for m in missing {
@@ -176,6 +210,11 @@ pub fn load_str(text: &str, file: &Path, env: impl Fn(&str) -> Option<String>) -
     }
     let config = Config { service, transports, entities, sources, workers, simulation };
     validate::validate(&config, &mut v);
+    if let Some(previous) = previous
+        && v.errors.is_empty()
+    {
+        transition::transitions(previous, &config, &mut v);
+    }
     if v.errors.is_empty() {
         Ok(Loaded { config, warnings: v.warnings, hash: fnv1a(text.as_bytes()) })
     } else {

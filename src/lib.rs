@@ -55,6 +55,7 @@ pub mod dlq;
 pub mod fsync;
 pub mod health;
 pub mod metrics;
+pub mod migration;
 pub mod retry;
 pub mod runtime;
 pub mod simulation;

@@ -2,8 +2,9 @@
 //! config (exit 64 when it is bad), then hand over to the library.
 
 use clap::Parser;
-use conveyor::cli::{Cli, Command, DlqCommand, EXIT_FAILURE, EXIT_USAGE};
+use conveyor::cli::{Cli, Command, DlqCommand, EXIT_FAILURE, EXIT_USAGE, MigrateCommand};
 use conveyor::commands::dlq::{self as tools, Filter, RedriveOptions};
+use conveyor::commands::migrate as migrate_cmd;
 use conveyor::config;
 use std::process::ExitCode;
 
@@ -18,7 +19,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check(a) => match config::load_file(&a.config) {
+        Command::Check(a) => match load_checked(&a.config, a.previous.as_deref()) {
             Ok(l) => {
                 for w in &l.warnings {
                     eprintln!("warning: {w}");
@@ -74,6 +75,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Dlq(cmd) => dlq(cmd),
+        Command::Migrate(cmd) => migrate(cmd),
         Command::Graph { config: path, format } => match config::load_file(&path) {
             Ok(l) => match format.as_str() {
                 "mermaid" => {
@@ -111,6 +113,82 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("bench failed: {e}");
                 ExitCode::from(EXIT_FAILURE)
+            }
+        },
+    }
+}
+
+/// Loads `path`; with `previous`, as the config that replaces it.
+fn load_checked(
+    path: &std::path::Path,
+    previous: Option<&std::path::Path>,
+) -> Result<config::Loaded, config::ConfigError> {
+    match previous {
+        None => config::load_file(path),
+        Some(p) => {
+            let prev = config::load_file(p)?;
+            config::load_file_after(path, &prev.config)
+        }
+    }
+}
+
+fn migrate(cmd: MigrateCommand) -> ExitCode {
+    let (path, format) = match &cmd {
+        MigrateCommand::Verify { config, format, .. } | MigrateCommand::Status { config, format } => {
+            (config.clone(), format.clone())
+        }
+    };
+    if format != "text" && format != "json" {
+        eprintln!("unknown format {format:?}: use text or json");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let loaded = match config::load_file(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    conveyor::telemetry::init(&config::LogConfig { format: config::LogFormat::Text, level: "warn".into() });
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let cfg = &loaded.config;
+    let json = format == "json";
+    match cmd {
+        MigrateCommand::Verify { entity, .. } => {
+            let progress = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            match rt.block_on(migrate_cmd::verify(cfg, &entity, progress)) {
+                Ok(v) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    } else {
+                        print!("{}", v.text());
+                    }
+                    ExitCode::from(v.exit_code())
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+        MigrateCommand::Status { .. } => match rt.block_on(migrate_cmd::status(cfg)) {
+            Ok(s) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                } else {
+                    print!("{}", migrate_cmd::status_text(&s));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
             }
         },
     }

@@ -29,6 +29,8 @@
 //! | `conveyor_dead_letter_limit_trips_total` | counter | worker |
 //! | `conveyor_consumer_lag_seconds` | gauge | worker, entity, partition (age of the oldest unprocessed message) |
 //! | `conveyor_recommended_replicas` | gauge | worker (lag trend vs throughput, capped at the partition count) |
+//! | `conveyor_migration_phase` | gauge | entity (1 mirror, 2 cutover, 3 done; only migrating entities) |
+//! | `conveyor_migration_mirror_lag_messages` | gauge | entity (old-side messages the mirror has not copied; absent while unknown) |
 //! | `conveyor_transport_connected` | gauge (0/1) | worker |
 //! | `conveyor_config_reloads_total` | counter | result (`success`, `failure`) |
 //! | `conveyor_config_reload_failures_total` | counter | |
@@ -239,6 +241,8 @@ pub struct Metrics {
     pub breaker_trips: Family<WorkerLabel, Counter>,
     pub lag_seconds: Family<PartitionLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub recommended_replicas: Family<WorkerLabel, Gauge>,
+    pub migration_phase: Family<EntityLabel, Gauge>,
+    pub migration_mirror_lag: Family<EntityLabel, Gauge>,
     pub transport_connected: Family<WorkerLabel, Gauge>,
     pub reloads: Family<ResultLabel, Counter>,
     pub reload_failures: Counter,
@@ -276,6 +280,8 @@ impl Metrics {
             breaker_trips: Family::default(),
             lag_seconds: Family::default(),
             recommended_replicas: Family::default(),
+            migration_phase: Family::default(),
+            migration_mirror_lag: Family::default(),
             transport_connected: Family::default(),
             reloads: Family::default(),
             reload_failures: Counter::default(),
@@ -353,6 +359,16 @@ impl Metrics {
             m.recommended_replicas.clone(),
         );
         registry.register(
+            "migration_phase",
+            "Migration phase of an entity: 1 mirror, 2 cutover, 3 done",
+            m.migration_phase.clone(),
+        );
+        registry.register(
+            "migration_mirror_lag_messages",
+            "Old-side messages a migration mirror has not copied yet",
+            m.migration_mirror_lag.clone(),
+        );
+        registry.register(
             "transport_connected",
             "1 while the worker's transport connection is healthy",
             m.transport_connected.clone(),
@@ -399,6 +415,20 @@ impl Metrics {
         self.transport_connected.remove(&w);
         self.recommended_replicas.remove(&w);
         self.undeliverable.remove(&w);
+    }
+
+    /// Sets the migration gauges from `status`; entities no longer
+    /// migrating (or whose lag is unknown) lose their series.
+    pub fn set_migrations(&self, status: &[crate::migration::status::EntityStatus]) {
+        self.migration_phase.clear();
+        self.migration_mirror_lag.clear();
+        for s in status {
+            let l = EntityLabel { entity: s.entity.clone() };
+            self.migration_phase.get_or_create(&l).set(s.phase.gauge());
+            if let Some(lag) = s.mirror_lag {
+                self.migration_mirror_lag.get_or_create(&l).set(lag as i64);
+            }
+        }
     }
 
     /// Marks `hash` as the running config (drops the previous one's series).

@@ -39,6 +39,7 @@ pub mod embedded;
 pub mod eventhub;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod scan;
 
 use crate::classify::ErrorCategory;
 use async_trait::async_trait;
@@ -174,6 +175,34 @@ pub struct GroupPosition {
     pub committed: Option<i64>,
 }
 
+/// How far a consumer group is through an entity, from the transport's
+/// positions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drain {
+    /// Every partition's committed position is at its end.
+    Drained,
+    /// This many messages are not yet committed.
+    Behind(u64),
+    /// A partition holds messages and the group's position there is
+    /// unknown: never taken for drained.
+    Unknown { partition: u32 },
+}
+
+/// Whether a group is through an entity (see [`Drain`]). A partition that
+/// holds nothing (`earliest == next`) is drained whatever the group did.
+pub fn drain_state(positions: &[GroupPosition]) -> Drain {
+    let mut behind = 0u64;
+    for p in positions {
+        let (earliest, next) = (p.info.earliest, p.info.next);
+        match p.committed {
+            Some(c) => behind += (next - c.max(earliest)).max(0) as u64,
+            None if next <= earliest => {}
+            None => return Drain::Unknown { partition: p.info.partition },
+        }
+    }
+    if behind == 0 { Drain::Drained } else { Drain::Behind(behind) }
+}
+
 /// An entity a transport carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntitySpec {
@@ -302,6 +331,12 @@ pub trait PartitionReader: Send {
     fn lag(&self) -> Option<u64> {
         None
     }
+    /// The partition is being finished for good (a migration's old side):
+    /// work held for later (a retry scheduler's pending retries) should be
+    /// moved to the entity's write side instead of waiting here.
+    fn retiring(&self) -> bool {
+        false
+    }
 }
 
 /// A configured transport: hands out the shared producer and subscriptions.
@@ -412,6 +447,28 @@ mod tests {
         let h = Headers(vec![("a".into(), Bytes::new()), ("b".into(), Bytes::new()), ("a".into(), Bytes::new())]);
         assert_eq!(h.repeated_name(), Some("a"));
         assert_eq!(Headers::default().repeated_name(), None);
+    }
+
+    #[test]
+    fn drained_only_when_every_position_is_known_and_at_the_end() {
+        let pos = |partition: u32, earliest: i64, next: i64, committed: Option<i64>| GroupPosition {
+            info: PartitionInfo { entity: "e".into(), partition, earliest, next },
+            committed,
+        };
+        let table: Vec<(Vec<GroupPosition>, Drain)> = vec![
+            (vec![], Drain::Drained),
+            (vec![pos(0, 0, 10, Some(10)), pos(1, 0, 0, None)], Drain::Drained),
+            // nothing stored any more (retention): nothing to drain
+            (vec![pos(0, 7, 7, None)], Drain::Drained),
+            (vec![pos(0, 0, 10, Some(4)), pos(1, 0, 3, Some(3))], Drain::Behind(6)),
+            // a commit below the earliest stored position counts from there
+            (vec![pos(0, 5, 10, Some(2))], Drain::Behind(5)),
+            // Kafka before its first commit, a restarting worker: unknown
+            (vec![pos(0, 0, 10, Some(10)), pos(1, 0, 1, None)], Drain::Unknown { partition: 1 }),
+        ];
+        for (i, (positions, want)) in table.into_iter().enumerate() {
+            assert_eq!(drain_state(&positions), want, "row {i}");
+        }
     }
 
     #[test]

@@ -78,6 +78,10 @@ pub struct WorkerSpec {
     pub breaker: Option<std::sync::Mutex<Breaker>>,
     /// Every worker consuming the same input, this one included.
     pub input_workers: Vec<String>,
+    /// Whether retry headers on consumed messages are this worker's
+    /// bookkeeping (every worker but a migration mirror, which copies
+    /// messages exactly as they are).
+    pub retry_headers: bool,
 }
 
 /// Where a worker's delayed retries go.

@@ -5,12 +5,8 @@
 //! error says so); broker transports can be used while it runs.
 //!
 //! Both read up to the end each partition had when they started, and never
-//! report success after reading less: the first fetch of a partition that
-//! holds records waits up to [`FIRST_FETCH`] and fails when nothing comes
-//! (a broker that does not answer is an error, not "0 examined"). A
-//! partition whose last positions cannot be read (Kafka compaction or
-//! transaction markers) ends after [`IDLE_FETCH`] without a message, with a
-//! warning naming the positions.
+//! report success after reading less (`transport::scan`: a broker that does
+//! not answer is an error, not "0 examined").
 //!
 //! `inspect` reads as no consumer group (`Transport::open_reader`): it
 //! changes nothing anywhere.
@@ -28,8 +24,9 @@ use crate::config::{Config, StartPosition};
 use crate::dlq::Envelope;
 use crate::retry;
 use crate::runtime::{RuntimeError, Transports};
+use crate::transport::scan::{Next, ScanError, browse, read_until};
 use crate::transport::{
-    Assignment, Headers, OutboundMessage, PartitionReader, PipelineMessage, Seek, Transport, TransportError,
+    Assignment, Headers, OutboundMessage, PartitionReader, PipelineMessage, Transport, TransportError,
 };
 use base64::Engine;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -37,10 +34,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Longest wait for the first record of a partition that holds records.
-pub const FIRST_FETCH: Duration = Duration::from_secs(30);
-/// Longest wait for more records once a partition has answered.
-pub const IDLE_FETCH: Duration = Duration::from_secs(5);
 /// Longest wait for a consumer group to be given every partition.
 pub const ASSIGN_WAIT: Duration = Duration::from_secs(60);
 /// Longest flush of the transports when a tool is done.
@@ -56,10 +49,8 @@ pub enum ToolError {
     Transport { entity: String, source: TransportError },
     #[error("bad --filter {0:?}: write key=value with key one of category, worker, origin, type")]
     BadFilter(String),
-    #[error(
-        "{entity:?} partition {partition}: no record arrived within {waited:?} at position {position} (the partition ends at {end}); nothing after it was read"
-    )]
-    Stalled { entity: String, partition: u32, position: i64, end: i64, waited: Duration },
+    #[error(transparent)]
+    Scan(#[from] ScanError),
     #[error(
         "{entity:?}: consumer group {group:?} was not given partition(s) {missing:?} within {waited:?} (does another process hold them?)"
     )]
@@ -98,89 +89,6 @@ impl Filter {
 pub struct Entry {
     pub message: PipelineMessage,
     pub envelope: Result<Envelope, serde_json::Error>,
-}
-
-/// What to do after a batch.
-enum Next {
-    More,
-    Stop,
-}
-
-/// Reads `r` from where it stands up to `end` (exclusive), batch by batch,
-/// with the waits of the module docs. `Ok(Next::Stop)` when `each` stopped.
-async fn read_until(
-    r: &mut Box<dyn PartitionReader>,
-    entity: &str,
-    end: i64,
-    each: &mut impl AsyncFnMut(&mut Box<dyn PartitionReader>, Vec<PipelineMessage>) -> Result<Next, ToolError>,
-) -> Result<Next, ToolError> {
-    let partition = r.partition();
-    let mut at: Option<i64> = None;
-    loop {
-        let mut batch = Vec::new();
-        let wait = if at.is_none() { FIRST_FETCH } else { IDLE_FETCH };
-        match tokio::time::timeout(wait, r.fetch(500, &mut batch)).await {
-            Ok(res) => res.map_err(|source| ToolError::Transport { entity: entity.to_string(), source })?,
-            Err(_) => match at {
-                None => {
-                    return Err(ToolError::Stalled {
-                        entity: entity.to_string(),
-                        partition,
-                        position: -1,
-                        end,
-                        waited: wait,
-                    });
-                }
-                Some(last) => {
-                    tracing::warn!(
-                        entity,
-                        partition,
-                        from = last + 1,
-                        end,
-                        "the last positions of the partition cannot be read (compacted, or transaction markers); done with it"
-                    );
-                    return Ok(Next::More);
-                }
-            },
-        }
-        batch.retain(|m| m.position < end);
-        let reached = batch.last().is_some_and(|m| m.position + 1 >= end);
-        if let Some(m) = batch.last() {
-            at = Some(m.position);
-        } else if at.is_some() {
-            // records beyond the end only: done
-            return Ok(Next::More);
-        }
-        if !batch.is_empty()
-            && let Next::Stop = each(r, batch).await?
-        {
-            return Ok(Next::Stop);
-        }
-        if reached {
-            return Ok(Next::More);
-        }
-    }
-}
-
-/// Reads every record of `physical` present when called, partition by
-/// partition, as no consumer group.
-async fn browse(
-    t: &Arc<dyn Transport>,
-    entity: &str,
-    physical: &str,
-    mut each: impl AsyncFnMut(&mut Box<dyn PartitionReader>, Vec<PipelineMessage>) -> Result<Next, ToolError>,
-) -> Result<(), ToolError> {
-    let terr = |source| ToolError::Transport { entity: entity.to_string(), source };
-    for p in t.partitions(physical).await.map_err(terr)? {
-        if p.next <= p.earliest {
-            continue;
-        }
-        let mut r = t.open_reader(physical, p.partition, Seek::Earliest).await.map_err(terr)?;
-        if let Next::Stop = read_until(&mut r, entity, p.next, &mut each).await? {
-            return Ok(());
-        }
-    }
-    Ok(())
 }
 
 /// Reads every record of `physical` present when called that consumer
@@ -237,7 +145,7 @@ async fn consume_to_end(
             Ok(Next::More) => {}
             Ok(Next::Stop) => return Ok(()),
             // committed through the end meanwhile (another redrive)
-            Err(ToolError::Stalled { .. }) if committed_through(t, physical, group, p, end).await => {}
+            Err(ToolError::Scan(ScanError::Stalled { .. })) if committed_through(t, physical, group, p, end).await => {}
             Err(e) => return Err(e),
         }
     }
@@ -271,7 +179,7 @@ pub async fn inspect(cfg: &Config, entity: &str, limit: usize, json: bool) -> Re
             "dead-lettered at", "origin", "worker", "category", "type", "#"
         );
     }
-    let read = browse(&t, entity, &physical, async |_r, batch| {
+    let read: Result<(), ToolError> = browse(&t, entity, &physical, async |_r, batch| {
         for m in batch {
             if shown >= limit {
                 return Ok(Next::Stop);

@@ -4,6 +4,7 @@
 
 use super::azure::{BlobLocation, EntraCredential};
 use super::duration::Dur;
+use super::migrate::{MigrateConfig, Phase};
 use super::secret::Secret;
 use super::stage::StageConfig;
 use serde::{Deserialize, Serialize};
@@ -396,16 +397,55 @@ pub struct EntityConfig {
     /// (e.g. `xact.downloads.pending` → `xact-downloads-pending`).
     #[serde(default)]
     pub name: Option<String>,
+    /// A move to another transport in progress (`{ to, name, phase }`).
+    #[serde(default)]
+    pub migrate: Option<MigrateConfig>,
 }
 
 fn one() -> u32 {
     1
 }
 
+/// Where an entity is: a transport, the entity's name and partition count
+/// there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Side {
+    pub transport: String,
+    pub physical: String,
+    pub partitions: u32,
+}
+
 impl EntityConfig {
-    /// The entity's name on its transport.
+    /// The entity's name on its (old) transport.
     pub fn physical_name<'a>(&'a self, key: &'a str) -> &'a str {
         self.name.as_deref().unwrap_or(key)
+    }
+
+    /// Its old side: `transport`, `name`, `partitions`.
+    pub fn old_side(&self, key: &str) -> Side {
+        Side {
+            transport: self.transport.clone(),
+            physical: self.physical_name(key).to_string(),
+            partitions: self.partitions,
+        }
+    }
+
+    /// Its new side, when it migrates: `migrate.to`, `migrate.name`,
+    /// `migrate.partitions`.
+    pub fn new_side(&self, key: &str) -> Option<Side> {
+        self.migrate.as_ref().map(|m| Side {
+            transport: m.to.clone(),
+            physical: m.name.clone().unwrap_or_else(|| key.to_string()),
+            partitions: m.partitions.unwrap_or(self.partitions),
+        })
+    }
+
+    /// Where producers write: the old side until `cutover`, then the new one.
+    pub fn write_side(&self, key: &str) -> Side {
+        match (&self.migrate, self.new_side(key)) {
+            (Some(m), Some(new)) if m.phase >= Phase::Cutover => new,
+            _ => self.old_side(key),
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 use super::azure::BlobLocation;
 use super::issues::{Issues, join, suggest};
+use super::migrate::{MigrateConfig, Phase};
 use super::model::*;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,6 +43,38 @@ fn entities(c: &Config, v: &mut Issues<'_>) {
         if e.partitions == 0 || e.partitions > 1024 {
             v.error(&["entities", name, "partitions"], "must be between 1 and 1024");
         }
+        if let Some(m) = &e.migrate {
+            migrate(c, v, name, e, m);
+        }
+    }
+}
+
+/// `entities.<name>.migrate`: a known transport other than the entity's
+/// own, a sensible partition count; `done` is better written as the plain
+/// entity.
+fn migrate(c: &Config, v: &mut Issues<'_>, name: &str, e: &EntityConfig, m: &MigrateConfig) {
+    if !c.transports.contains_key(&m.to) && !v.unparsed("transports", &m.to) {
+        let hint = suggest(&m.to, c.transports.keys().map(String::as_str));
+        v.error(&["entities", name, "migrate", "to"], format!("unknown transport {:?}{hint}", m.to));
+    } else if m.to == e.transport && m.name.as_deref().unwrap_or(name) == e.physical_name(name) {
+        v.error(
+            &["entities", name, "migrate", "to"],
+            "the entity is already there: name another transport (or another `name`)",
+        );
+    }
+    if m.partitions.is_some_and(|p| p == 0 || p > 1024) {
+        v.error(&["entities", name, "migrate", "partitions"], "must be between 1 and 1024");
+    }
+    if m.phase == Phase::Done {
+        let new = e.new_side(name).map(|s| s.transport).unwrap_or_default();
+        let named = m.name.as_ref().map(|n| format!(", name: {n}")).unwrap_or_default();
+        v.warn(
+            &["entities", name, "migrate", "phase"],
+            format!(
+                "phase done: the entity lives on {new:?} alone; once `conveyor migrate status` shows nothing left, write it as `{{ transport: {new}{named}, partitions: {} }}`",
+                m.partitions.unwrap_or(e.partitions)
+            ),
+        );
     }
 }
 
@@ -306,6 +339,22 @@ fn eventhubs_names(c: &Config, v: &mut Issues<'_>) {
         })
     };
     for (name, e) in &c.entities {
+        if let Some(new) = e.new_side(name)
+            && let Some(TransportConfig::Eventhubs(eh)) = c.transports.get(&new.transport)
+        {
+            if !valid_hub_name(&new.physical) {
+                v.error(
+                    &["entities", name, "migrate", if e.migrate.as_ref().is_some_and(|m| m.name.is_some()) { "name" } else { "to" }],
+                    format!("{:?} is not a valid event hub name (1–256 letters, digits, '.', '-', '_'; starting and ending with a letter or digit); set `migrate.name`", new.physical),
+                );
+            }
+            if consumed.contains(name.as_str()) && eh.checkpoint_store.is_none() {
+                v.error(
+                    &["transports", &new.transport],
+                    format!("entity {name:?} migrates to this Event Hubs transport and is consumed, which needs `checkpoint_store: {{ type: blob, ... }}` (or `type: file` for a single node)"),
+                );
+            }
+        }
         let Some(eh) = on_eh(name) else { continue };
         let hub = e.physical_name(name);
         if !valid_hub_name(hub) {

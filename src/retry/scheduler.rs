@@ -26,6 +26,11 @@
 //! `retry_target_unknown`. Both are counted
 //! (`conveyor_retry_rerouted_total`, `conveyor_retry_invalid_total`).
 //!
+//! **Migration.** On a side a migration is finishing (the reader is
+//! *retiring*), the lane re-parks everything it holds to the retry entity's
+//! write side at once and commits past it, so the old side reaches its
+//! fence without waiting for retries due in an hour.
+//!
 //! A lane holds at most [`MAX_PENDING`] messages in memory and stops
 //! fetching beyond that.
 
@@ -192,7 +197,7 @@ impl Scheduler {
             if round_done {
                 let slots: Vec<(i64, bool)> = held.iter().map(|(pos, h)| (*pos, h.is_some())).collect();
                 if let Some(plan) = repark_plan(&slots) {
-                    self.repark(p, &mut held, &plan).await?;
+                    self.repark(Some(p), &mut held, &plan).await?;
                     queue.retain(|Reverse((_, pos))| !plan.repark.contains(pos));
                     while let Some(entry) = held.first_entry() {
                         if *entry.key() > plan.through {
@@ -202,6 +207,16 @@ impl Scheduler {
                     }
                     last_done = Some(plan.through);
                 }
+            }
+            // a migration finishes this side: what waits here moves to the
+            // entity's write side now instead of holding the fence back
+            if reader.retiring() && !queue.is_empty() {
+                let repark: Vec<i64> = held.iter().filter(|(_, h)| h.is_some()).map(|(pos, _)| *pos).collect();
+                let through = held.keys().next_back().copied().unwrap_or_default();
+                self.repark(None, &mut held, &Repark { repark, through }).await?;
+                queue.clear();
+                held.clear();
+                last_done = Some(through);
             }
             if let Some(pos) = last_done {
                 let marker = position_marker(&self.host.entity, p, pos);
@@ -219,10 +234,15 @@ impl Scheduler {
         }
     }
 
-    /// Writes the pending messages `plan.repark` again at the end of
-    /// partition `p` of the retry entity (headers unchanged, so their due
-    /// time is too) and marks them done.
-    async fn repark(&self, p: u32, held: &mut BTreeMap<i64, Option<Held>>, plan: &Repark) -> Result<(), ConsumeError> {
+    /// Writes the pending messages `plan.repark` again at the end of the
+    /// retry entity (on partition `p`, or placed by key; headers unchanged,
+    /// so their due time is too) and marks them done.
+    async fn repark(
+        &self,
+        p: Option<u32>,
+        held: &mut BTreeMap<i64, Option<Held>>,
+        plan: &Repark,
+    ) -> Result<(), ConsumeError> {
         let msgs: Vec<OutboundMessage> = plan
             .repark
             .iter()
@@ -231,7 +251,7 @@ impl Scheduler {
                 key: h.msg.key.clone(),
                 headers: h.msg.headers.clone(),
                 payload: h.msg.payload.clone(),
-                partition: Some(p),
+                partition: p,
                 timestamp_ms: None,
             })
             .collect();

@@ -7,15 +7,21 @@ use super::error::RuntimeError;
 use super::plan::TaskKind;
 use super::transports::LiveTransport;
 use crate::backoff::Backoff;
-use crate::config::{Config, SourceConfig};
+use crate::config::{Config, EntityConfig, SourceConfig};
 use crate::consume::Host;
 use crate::health::{Health, TaskHealth};
 use crate::metrics::{EntityLabel, Metrics, PartitionLabel, SourceLabel};
+use crate::migration::{
+    self,
+    mirror::Mirror,
+    switch::{Endpoint, Switch},
+};
 use crate::retry::{self, Scheduler};
 use crate::sources::Simulator;
 use crate::stages::{self, Outputs, Stage};
 use crate::supervisor::{Exit, Supervisor, TaskHandle};
 use crate::transport::Producer;
+use crate::transport::Transport;
 use crate::worker::{self, Breaker, OutputTarget, RetryPolicy, RetrySpec, WorkerSpec};
 use prometheus_client::metrics::counter::Counter;
 use std::collections::{BTreeMap, HashMap};
@@ -32,6 +38,9 @@ pub struct Options {
     /// In-place retry backoff of failed messages (default [`RETRY_BACKOFF`]).
     pub retry_backoff: Option<Backoff>,
 }
+
+/// Batch size of a migration mirror.
+pub const MIRROR_BATCH: usize = 500;
 
 /// In-place retry backoff of failed messages unless [`Options`] say otherwise.
 pub const RETRY_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
@@ -55,15 +64,51 @@ pub enum Task {
 }
 
 impl Parts<'_> {
-    /// Entity `entity`'s open transport and its name there (a validated
-    /// config names only known entities; a transport that could not be
-    /// reopened is an error).
+    fn open(&self, entity: &str, transport: &str) -> Result<&LiveTransport, RuntimeError> {
+        self.transports
+            .get(transport)
+            .ok_or_else(|| RuntimeError::NotOpen { entity: entity.to_string(), transport: transport.to_string() })
+    }
+
+    fn entity(&self, entity: &str) -> Result<&EntityConfig, RuntimeError> {
+        self.cfg
+            .entities
+            .get(entity)
+            .ok_or_else(|| RuntimeError::NotOpen { entity: entity.to_string(), transport: "(none)".into() })
+    }
+
+    /// Where entity `entity` is written now (its new side once a migration's
+    /// producers switched): the open transport and the name there. A
+    /// validated config names only known entities; a transport that could
+    /// not be reopened is an error.
     fn locate(&self, entity: &str) -> Result<(&LiveTransport, String), RuntimeError> {
-        let not_open =
-            |transport: &str| RuntimeError::NotOpen { entity: entity.to_string(), transport: transport.to_string() };
-        let e = self.cfg.entities.get(entity).ok_or_else(|| not_open("(none)"))?;
-        let live = self.transports.get(&e.transport).ok_or_else(|| not_open(&e.transport))?;
-        Ok((live, e.physical_name(entity).to_string()))
+        let side = self.entity(entity)?.write_side(entity);
+        Ok((self.open(entity, &side.transport)?, side.physical))
+    }
+
+    /// What consumers of `entity` read: its transport, or, while it
+    /// migrates, a switch over the sides in the order they are read.
+    fn reader(&self, entity: &str) -> Result<(Arc<dyn Transport>, String), RuntimeError> {
+        let e = self.entity(entity)?;
+        if e.migrate.is_none() {
+            let live = self.open(entity, &e.transport)?;
+            return Ok((live.transport.clone(), e.physical_name(entity).to_string()));
+        }
+        let plan = migration::plan::consume(e, entity);
+        let sides = plan
+            .sides()
+            .into_iter()
+            .map(|side| {
+                Ok(Endpoint {
+                    transport: self.open(entity, &side.transport)?.transport.clone(),
+                    name: side.transport.clone(),
+                    physical: side.physical.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, RuntimeError>>()?;
+        let physical = sides[0].physical.clone();
+        let skip = Arc::new(migration::plan::sides(e, entity));
+        Ok((Arc::new(Switch { entity: entity.to_string(), sides, skip }), physical))
     }
 
     fn output(&self, entity: &str, produced: Counter) -> Result<OutputTarget, RuntimeError> {
@@ -83,13 +128,13 @@ impl Parts<'_> {
         start: crate::config::StartPosition,
         health: Arc<TaskHealth>,
     ) -> Result<Host, RuntimeError> {
-        let (live, physical) = self.locate(entity)?;
+        let (transport, physical) = self.reader(entity)?;
         Ok(Host {
             entity: entity.to_string(),
             physical,
             group: group.to_string(),
             start,
-            transport: live.transport.clone(),
+            transport,
             health,
             grace: self.grace,
         })
@@ -101,7 +146,61 @@ impl Parts<'_> {
             TaskKind::Worker => Task::Worker(self.worker(name)?),
             TaskKind::Retry(via) => Task::Retry(self.retry_scheduler(name, via)?),
             TaskKind::Source => self.source(name)?,
+            TaskKind::Mirror(entity) => Task::Worker(self.mirror(name, entity)?),
         })
+    }
+
+    /// The migration mirror of `entity` (task `name`): a worker on the old
+    /// side, consumer group `conveyor-mirror`, whose stage copies each
+    /// message to the new side (see `migration::mirror`).
+    pub fn mirror(&self, name: &str, entity: &str) -> Result<Arc<WorkerSpec>, RuntimeError> {
+        let e = self.entity(entity)?;
+        let (from, to) = migration::plan::mirror(e, entity)
+            .ok_or_else(|| RuntimeError::NotOpen { entity: entity.to_string(), transport: "(no migration)".into() })?;
+        let worker_metrics = self.metrics.worker(name, entity);
+        let health = self.health.task_with(name, "mirror", worker_metrics.task_gauges());
+        let old = self.open(entity, &from.transport)?;
+        let new = self.open(entity, &to.transport)?;
+        let stage = Arc::new(Mirror {
+            from: (from.transport.clone(), from.physical.clone()),
+            to: (to.transport.clone(), to.physical.clone()),
+            keep_partition: from.partitions == to.partitions,
+        });
+        Ok(Arc::new(WorkerSpec {
+            name: name.to_string(),
+            host: Host {
+                entity: entity.to_string(),
+                physical: from.physical.clone(),
+                group: migration::plan::MIRROR_GROUP.to_string(),
+                start: crate::config::StartPosition::Earliest,
+                transport: old.transport.clone(),
+                health,
+                grace: self.grace,
+            },
+            stage,
+            outputs: vec![OutputTarget {
+                entity: entity.to_string(),
+                physical: to.physical.clone(),
+                producer: new.producer.clone(),
+                produced: worker_metrics.produced(entity),
+            }],
+            tee: None,
+            dead_letter: None,
+            concurrency: 1,
+            batch_size: MIRROR_BATCH,
+            // nothing is dropped: a copy that cannot be written waits (the
+            // lane pauses, unready) until it can
+            policy: RetryPolicy {
+                via: None,
+                in_place: self.opts.retry_backoff.unwrap_or(RETRY_BACKOFF),
+                dead_letter: false,
+            },
+            retry: None,
+            breaker: None,
+            input_workers: vec![name.to_string()],
+            retry_headers: false,
+            metrics: worker_metrics,
+        }))
     }
 
     /// Worker `name` of the config.
@@ -157,6 +256,7 @@ impl Parts<'_> {
             },
             breaker: worker.dead_letter_limit.clone().map(|l| std::sync::Mutex::new(Breaker::new(l))),
             input_workers,
+            retry_headers: true,
             metrics: worker_metrics,
         }))
     }
@@ -275,5 +375,6 @@ pub fn kind_name(k: &TaskKind) -> &'static str {
         TaskKind::Worker => "worker",
         TaskKind::Retry(_) => "retry-scheduler",
         TaskKind::Source => "source",
+        TaskKind::Mirror(_) => "mirror",
     }
 }

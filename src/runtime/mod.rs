@@ -34,7 +34,7 @@ pub mod transports;
 pub use build::Options;
 pub use error::RuntimeError;
 pub use plan::{TaskKind, TaskPlan, plan};
-pub use reload::{Drain, ReloadReport, drain_state};
+pub use reload::ReloadReport;
 pub use state::Snapshot;
 pub use transports::{LiveTransport, Transports, install_tls_provider};
 
@@ -99,6 +99,25 @@ impl Pipeline {
             metrics.clone(),
             shared.supervisor.token().clone(),
         ));
+        tokio::spawn(crate::migration::status::watch(
+            {
+                let s = shared.clone();
+                move || {
+                    let snap = s.snapshot();
+                    let cfg = snap.config.clone()?;
+                    cfg.entities.values().any(|e| e.migrate.is_some()).then_some((cfg, snap))
+                }
+            },
+            |snap: &Arc<Snapshot>, name: &str| snap.transport(name),
+            {
+                let s = shared.clone();
+                move |status| {
+                    s.metrics.set_migrations(&status);
+                    *s.migrations.write().unwrap() = status;
+                }
+            },
+            shared.supervisor.token().clone(),
+        ));
         let draining = Arc::new(AtomicBool::new(false));
         let admin_stop = CancellationToken::new();
         let (reload_tx, reload_rx) = mpsc::channel(4);
@@ -112,6 +131,10 @@ impl Pipeline {
                 move || s.snapshot().status.clone()
             }),
             reload: reload_tx,
+            migration: Arc::new({
+                let s = shared.clone();
+                move || s.migrations.read().unwrap().clone()
+            }),
         };
         let admin_task = tokio::spawn(admin::serve(listener, state, admin_stop.clone()));
         tracing::info!(listen = %http_addr, "HTTP endpoints up: /healthz /readyz /metrics");
@@ -165,15 +188,21 @@ impl Pipeline {
         self.reload_rx.lock().unwrap().take()
     }
 
-    /// Parses, validates and applies `text`. An invalid config changes
-    /// nothing; its errors are recorded for `/readyz` and counted.
+    /// Parses, validates (against the running config too: migration phases
+    /// move forward, or back as a rollback) and applies `text`. An invalid
+    /// config changes nothing; its errors are recorded for `/readyz` and
+    /// counted.
     pub async fn reload_text(
         &self,
         text: &str,
         file: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<ReloadReport, RuntimeError> {
-        match config::load_str(text, file, env) {
+        let loaded = match self.snapshot().config.clone() {
+            Some(previous) => config::load_str_after(text, file, env, &previous),
+            None => config::load_str(text, file, env),
+        };
+        match loaded {
             Ok(l) => self.reload(l.config, l.hash).await,
             Err(e) => {
                 self.reload_failed(&e.to_string());
@@ -184,7 +213,11 @@ impl Pipeline {
 
     /// Reads, validates and applies the config file at `path`.
     pub async fn reload_file(&self, path: &Path) -> Result<ReloadReport, RuntimeError> {
-        match config::load_file(path) {
+        let loaded = match self.snapshot().config.clone() {
+            Some(previous) => config::load_file_after(path, &previous),
+            None => config::load_file(path),
+        };
+        match loaded {
             Ok(l) => self.reload(l.config, l.hash).await,
             Err(e) => {
                 self.reload_failed(&e.to_string());

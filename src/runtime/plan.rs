@@ -20,6 +20,8 @@ pub enum TaskKind {
     /// The retry scheduler of this retry entity.
     Retry(String),
     Source,
+    /// The migration mirror of this entity.
+    Mirror(String),
 }
 
 /// One planned task.
@@ -117,6 +119,21 @@ pub fn plan(cfg: &Config) -> BTreeMap<String, TaskPlan> {
                 entities: ents,
             },
         );
+    }
+    for (key, e) in &cfg.entities {
+        if crate::migration::plan::mirror(e, key).is_some() {
+            let ents = BTreeSet::from([key.clone()]);
+            let fp = combine(b"mirror", cfg, &ents);
+            out.insert(
+                crate::migration::plan::mirror_task(key),
+                TaskPlan {
+                    kind: TaskKind::Mirror(key.clone()),
+                    fingerprint: fp,
+                    input: Some(key.clone()),
+                    entities: ents,
+                },
+            );
+        }
     }
     for (name, s) in &cfg.sources {
         let SourceConfig::Simulator { entity, .. } = s;

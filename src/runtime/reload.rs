@@ -29,7 +29,7 @@ use super::state::{Shared, Snapshot};
 use super::transports::{self, LiveTransport};
 use crate::config::Config;
 use crate::supervisor::TaskHandle;
-use crate::transport::{GroupPosition, Transport};
+use crate::transport::{Drain, Transport, drain_state};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,34 +48,6 @@ pub struct ReloadReport {
     /// Moved entities whose old side did not drain in time (what is left
     /// there stays on the old transport).
     pub not_drained: Vec<String>,
-}
-
-/// How far a consumer group is through an entity, from the transport's
-/// positions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Drain {
-    /// Every partition's committed position is at its end.
-    Drained,
-    /// This many messages are not yet committed.
-    Behind(u64),
-    /// A partition holds messages and the group's position there is
-    /// unknown: never taken for drained.
-    Unknown { partition: u32 },
-}
-
-/// Whether a group is through an entity (see [`Drain`]). A partition that
-/// holds nothing (`earliest == next`) is drained whatever the group did.
-pub fn drain_state(positions: &[GroupPosition]) -> Drain {
-    let mut behind = 0u64;
-    for p in positions {
-        let (earliest, next) = (p.info.earliest, p.info.next);
-        match p.committed {
-            Some(c) => behind += (next - c.max(earliest)).max(0) as u64,
-            None if next <= earliest => {}
-            None => return Drain::Unknown { partition: p.info.partition },
-        }
-    }
-    if behind == 0 { Drain::Drained } else { Drain::Behind(behind) }
 }
 
 /// The running tasks by name, with the plan each was started from.
@@ -135,11 +107,17 @@ impl Topology {
             })
             .map(|(name, _)| name.clone())
             .collect();
+        // entities moved by editing `transport:` (a migration moves by its
+        // phases instead: its consumers switch sides by themselves)
         let moved: BTreeSet<String> = match &old_config {
             Some(o) => o
                 .entities
                 .iter()
-                .filter(|(k, e)| cfg.entities.get(*k).is_some_and(|n| n.transport != e.transport))
+                .filter(|(k, e)| {
+                    cfg.entities
+                        .get(*k)
+                        .is_some_and(|n| n.transport != e.transport && n.migrate.is_none() && e.migrate.is_none())
+                })
                 .map(|(k, _)| k.clone())
                 .collect(),
             None => BTreeSet::new(),
@@ -168,6 +146,7 @@ impl Topology {
                     let group = match &p.kind {
                         TaskKind::Worker => old_cfg.workers.get(n)?.group(n).to_string(),
                         TaskKind::Retry(_) => crate::retry::GROUP.to_string(),
+                        TaskKind::Mirror(_) => crate::migration::plan::MIRROR_GROUP.to_string(),
                         TaskKind::Source => return None,
                     };
                     let t = live.get(&e.transport)?.transport.clone();
@@ -349,34 +328,6 @@ impl Topology {
                 }
                 Err(e) => tracing::error!(task = %n, error = %e, "cannot restart the previous task"),
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::transport::PartitionInfo;
-
-    fn pos(partition: u32, earliest: i64, next: i64, committed: Option<i64>) -> GroupPosition {
-        GroupPosition { info: PartitionInfo { entity: "e".into(), partition, earliest, next }, committed }
-    }
-
-    #[test]
-    fn drained_only_when_every_position_is_known_and_at_the_end() {
-        let table: Vec<(Vec<GroupPosition>, Drain)> = vec![
-            (vec![], Drain::Drained),
-            (vec![pos(0, 0, 10, Some(10)), pos(1, 0, 0, None)], Drain::Drained),
-            // nothing stored any more (retention): nothing to drain
-            (vec![pos(0, 7, 7, None)], Drain::Drained),
-            (vec![pos(0, 0, 10, Some(4)), pos(1, 0, 3, Some(3))], Drain::Behind(6)),
-            // a commit below the earliest stored position counts from there
-            (vec![pos(0, 5, 10, Some(2))], Drain::Behind(5)),
-            // Kafka before its first commit, a restarting worker: unknown
-            (vec![pos(0, 0, 10, Some(10)), pos(1, 0, 1, None)], Drain::Unknown { partition: 1 }),
-        ];
-        for (i, (positions, want)) in table.into_iter().enumerate() {
-            assert_eq!(drain_state(&positions), want, "row {i}");
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct Shared {
     /// How long one task's drain may take.
     pub grace: Duration,
     snapshot: RwLock<Arc<Snapshot>>,
+    /// The last migration status read (`/readyz`).
+    pub migrations: RwLock<Vec<crate::migration::status::EntityStatus>>,
 }
 
 impl Shared {
@@ -55,6 +57,7 @@ impl Shared {
             health,
             grace,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            migrations: RwLock::new(Vec::new()),
         }
     }
 

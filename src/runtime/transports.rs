@@ -6,6 +6,7 @@
 use super::error::RuntimeError;
 use super::plan;
 use crate::config::{Config, TransportConfig};
+use crate::migration;
 use crate::transport::embedded::{Embedded, EmbeddedOptions};
 use crate::transport::{EntitySpec, GroupSpec, Producer, StartPosition, Transport};
 use std::collections::BTreeMap;
@@ -20,40 +21,62 @@ pub struct LiveTransport {
     pub producer: Arc<dyn Producer>,
 }
 
-/// The entities of `cfg` on transport `tname`.
+/// The entities of `cfg` on transport `tname`: those it holds, and those
+/// migrating to it (under their name there).
 pub fn entities_on(cfg: &Config, tname: &str) -> Vec<EntitySpec> {
-    cfg.entities
-        .iter()
-        .filter(|(_, e)| e.transport == tname)
-        .map(|(key, e)| EntitySpec {
-            key: key.clone(),
-            name: e.physical_name(key).to_string(),
-            partitions: e.partitions,
-        })
-        .collect()
+    let mut out = Vec::new();
+    for (key, e) in &cfg.entities {
+        for side in std::iter::once(e.old_side(key)).chain(e.new_side(key)) {
+            if side.transport == tname {
+                out.push(EntitySpec { key: key.clone(), name: side.physical, partitions: side.partitions });
+            }
+        }
+    }
+    out
 }
 
-/// The consumer groups `cfg` uses on transport `tname`: workers' and the
-/// retry schedulers'.
+/// The consumer groups `cfg` uses on transport `tname`: on every side an
+/// entity's consumers read (workers', retry schedulers'), and the
+/// migration mirrors' on the old sides they copy.
 pub fn groups_on(cfg: &Config, tname: &str) -> Vec<GroupSpec> {
-    let on_this = |key: &str| cfg.entities.get(key).is_some_and(|e| e.transport == tname);
-    let physical = |key: &str| cfg.entities[key].physical_name(key).to_string();
-    let mut groups: Vec<GroupSpec> = cfg
-        .workers
-        .iter()
-        .filter(|(_, w)| on_this(&w.input))
-        .map(|(n, w)| GroupSpec { entity: physical(&w.input), group: w.group(n).to_string(), start: w.start_position })
-        .collect();
-    for w in cfg.workers.values() {
-        if let Some(r) = w.retry.as_ref().filter(|r| on_this(&r.via)) {
-            let g = GroupSpec {
-                entity: physical(&r.via),
-                group: crate::retry::GROUP.to_string(),
-                start: StartPosition::Earliest,
-            };
-            if !groups.contains(&g) {
-                groups.push(g);
+    let mut groups: Vec<GroupSpec> = Vec::new();
+    let mut add = |g: GroupSpec| {
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    };
+    let read_here = |key: &str| -> Vec<String> {
+        let Some(e) = cfg.entities.get(key) else { return Vec::new() };
+        migration::plan::consume(e, key)
+            .sides()
+            .into_iter()
+            .filter(|s| s.transport == tname)
+            .map(|s| s.physical.clone())
+            .collect()
+    };
+    for (n, w) in &cfg.workers {
+        for physical in read_here(&w.input) {
+            add(GroupSpec { entity: physical, group: w.group(n).to_string(), start: w.start_position });
+        }
+        if let Some(r) = &w.retry {
+            for physical in read_here(&r.via) {
+                add(GroupSpec {
+                    entity: physical,
+                    group: crate::retry::GROUP.to_string(),
+                    start: StartPosition::Earliest,
+                });
             }
+        }
+    }
+    for (key, e) in &cfg.entities {
+        if let Some((from, _)) = migration::plan::mirror(e, key)
+            && from.transport == tname
+        {
+            add(GroupSpec {
+                entity: from.physical,
+                group: migration::plan::MIRROR_GROUP.to_string(),
+                start: StartPosition::Earliest,
+            });
         }
     }
     groups
@@ -124,10 +147,11 @@ impl Transports {
         Ok(Transports { all })
     }
 
-    /// The transport and physical name of entity `key`.
+    /// The transport and name where entity `key` is written now (its new
+    /// side once a migration's producers switched).
     pub fn entity(&self, cfg: &Config, key: &str) -> Option<(Arc<dyn Transport>, String)> {
-        let e = cfg.entities.get(key)?;
-        Some((self.all.get(&e.transport)?.transport.clone(), e.physical_name(key).to_string()))
+        let side = cfg.entities.get(key)?.write_side(key);
+        Some((self.all.get(&side.transport)?.transport.clone(), side.physical))
     }
 
     /// Flushes and closes every transport, within `within` each.

@@ -323,6 +323,11 @@ enum Target {
     Any,
 }
 
+/// The application property that carries an explicit producer timestamp
+/// (Event Hubs sets the enqueued time itself); read back as the message's
+/// timestamp, not as a header.
+pub const TIMESTAMP_PROPERTY: &str = "conveyor-timestamp";
+
 /// The SDK's event for `m`. Application properties are a map, so a header
 /// name that repeats cannot be carried, and a partition key is a string, so
 /// a key that is not UTF-8 cannot either: such a message is refused
@@ -344,6 +349,14 @@ fn to_event(m: &OutboundMessage) -> Result<EventData, TransportError> {
         )));
     }
     let mut b = EventData::builder().with_body(m.payload.to_vec());
+    if let Some(ts) = m.timestamp_ms {
+        if m.headers.get(TIMESTAMP_PROPERTY).is_some() {
+            return Err(TransportError::Unrepresentable(format!(
+                "header {TIMESTAMP_PROPERTY:?} is reserved for the message timestamp on Event Hubs"
+            )));
+        }
+        b = b.add_property(TIMESTAMP_PROPERTY.to_string(), AmqpSimpleValue::Long(ts));
+    }
     for (k, v) in m.headers.iter() {
         let v = match std::str::from_utf8(v) {
             Ok(s) => AmqpSimpleValue::String(s.to_string()),

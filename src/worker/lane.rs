@@ -318,7 +318,9 @@ async fn process(
 ) -> Outcome {
     let health = &spec.host.health;
     // retry bookkeeping rides in headers; stages and outputs never see it
-    let (msg, prior): (Cow<'_, PipelineMessage>, RetryState) = if retry::has_retry_headers(&msg.headers) {
+    let (msg, prior): (Cow<'_, PipelineMessage>, RetryState) = if spec.retry_headers
+        && retry::has_retry_headers(&msg.headers)
+    {
         let state = RetryState::of(&msg.headers);
         let mut clean = msg.clone();
         clean.headers = retry::strip(&msg.headers);

@@ -656,10 +656,17 @@ fn simple_to_bytes(v: &AmqpSimpleValue) -> Bytes {
 fn to_message(ev: &ReceivedEventData, label: &Arc<str>, partition: u32, seq: i64) -> PipelineMessage {
     let data = ev.event_data();
     let mut headers = Vec::new();
+    let mut produced_at = None;
     if let Some(props) = data.properties() {
         let mut props: Vec<_> = props.iter().collect();
         props.sort_by(|a, b| a.0.cmp(b.0));
         for (k, v) in props {
+            if k == super::TIMESTAMP_PROPERTY
+                && let AmqpSimpleValue::Long(ts) = v
+            {
+                produced_at = Some(*ts);
+                continue;
+            }
             headers.push((k.clone(), simple_to_bytes(v)));
         }
     }
@@ -670,11 +677,12 @@ fn to_message(ev: &ReceivedEventData, label: &Arc<str>, partition: u32, seq: i64
         key: ev.partition_key().as_ref().map(|k| Bytes::copy_from_slice(k.as_bytes())),
         headers: Headers(headers),
         payload: data.body().map(Bytes::copy_from_slice).unwrap_or_default(),
-        timestamp_ms: ev
-            .enqueued_time()
-            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or_else(crate::transport::now_ms),
+        timestamp_ms: produced_at.unwrap_or_else(|| {
+            ev.enqueued_time()
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or_else(crate::transport::now_ms)
+        }),
     }
 }
 
