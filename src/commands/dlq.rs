@@ -179,7 +179,7 @@ pub async fn inspect(cfg: &Config, entity: &str, limit: usize, json: bool) -> Re
             "dead-lettered at", "origin", "worker", "category", "type", "#"
         );
     }
-    let read: Result<(), ToolError> = browse(&t, entity, &physical, async |_r, batch| {
+    let read: Result<_, ToolError> = browse(&t, entity, &physical, async |_r, batch| {
         for m in batch {
             if shown >= limit {
                 return Ok(Next::Stop);

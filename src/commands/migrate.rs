@@ -1,6 +1,8 @@
 //! `conveyor migrate verify` and `conveyor migrate status` (see
 //! `migration::verify` and `migration::status` for what they compare and
-//! show). Both open only the transports they read, from the config, and
+//! show). `verify` reads the old side first, waits (at most
+//! [`MIRROR_WAIT`]) until the mirror has copied what it read, then reads the
+//! new side: it gives a meaningful answer while traffic flows. Both open only the transports they read, from the config, and
 //! write nothing. An embedded durable store admits one process: while the
 //! daemon holds it, stop the daemon first (the error says so).
 //!
@@ -13,7 +15,7 @@ use crate::migration::status::{self, EntityStatus};
 use crate::migration::verify::{self, Rec, Report};
 use crate::runtime::{LiveTransport, RuntimeError, transports};
 use crate::transport::scan::{self, Next, ScanError};
-use crate::transport::{PartitionReader, PipelineMessage, Transport};
+use crate::transport::{PartitionInfo, PartitionReader, PipelineMessage, Transport};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -66,8 +68,8 @@ impl Verified {
         let old: u64 = r.old_counts.values().sum();
         let copies: u64 = r.copy_counts.values().sum();
         s += &format!(
-            "  messages: {old} on the old side, {copies} copies on the new side ({} duplicate copies, {} produced there)\n",
-            r.duplicates, r.native
+            "  messages: {old} on the old side, {copies} copies on the new side ({} duplicate copies, {} produced there, {} copied after the old side was read, {} of messages the old side no longer holds)\n",
+            r.duplicates, r.native, r.later, r.expired
         );
         for (p, n) in &r.old_counts {
             let c = r.copy_counts.get(p).copied().unwrap_or(0);
@@ -120,21 +122,22 @@ async fn open(cfg: &Config, name: &str, side: &'static str, at: &str) -> Result<
     })
 }
 
-/// Reads one side as records.
+/// Reads one side as records, with the extents it read up to.
 async fn read_side(
     t: &Arc<dyn Transport>,
     entity: &str,
     physical: &str,
     bar: &ProgressBar,
-) -> Result<Vec<Rec>, ScanError> {
+) -> Result<(Vec<Rec>, Vec<PartitionInfo>), ScanError> {
     let mut out = Vec::new();
-    scan::browse(t, entity, physical, async |_r: &mut Box<dyn PartitionReader>, batch: Vec<PipelineMessage>| {
-        bar.inc(batch.len() as u64);
-        out.extend(batch.iter().map(Rec::of));
-        Ok::<_, ScanError>(Next::More)
-    })
-    .await?;
-    Ok(out)
+    let extents =
+        scan::browse(t, entity, physical, async |_r: &mut Box<dyn PartitionReader>, batch: Vec<PipelineMessage>| {
+            bar.inc(batch.len() as u64);
+            out.extend(batch.iter().map(Rec::of));
+            Ok::<_, ScanError>(Next::More)
+        })
+        .await?;
+    Ok((out, extents))
 }
 
 fn bar(total: u64, progress: bool) -> ProgressBar {
@@ -147,6 +150,33 @@ fn bar(total: u64, progress: bool) -> ProgressBar {
     bar
 }
 
+/// Longest wait for the mirror to copy what the old side held when it was
+/// read.
+pub const MIRROR_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits (at most [`MIRROR_WAIT`]) until the mirror's group has committed
+/// `extents` on the old side, so the new side is read after the copies of
+/// everything read there were written.
+async fn mirror_caught_up(t: &Arc<dyn Transport>, physical: &str, extents: &[PartitionInfo]) {
+    let deadline = tokio::time::Instant::now() + MIRROR_WAIT;
+    loop {
+        if let Ok(ps) = t.group_positions(physical, crate::migration::plan::MIRROR_GROUP).await {
+            let done = extents.iter().all(|e| {
+                e.next <= e.earliest
+                    || ps.iter().any(|g| g.info.partition == e.partition && g.committed.is_some_and(|c| c >= e.next))
+            });
+            if done {
+                return;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(entity = %physical, "the mirror has not copied everything the old side held within {MIRROR_WAIT:?}; comparing anyway");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `conveyor migrate verify`: compares both sides of `entity`.
 pub async fn verify(cfg: &Config, entity: &str, progress: bool) -> Result<Verified, MigrateError> {
     let (old, new) = sides(cfg, entity)?;
@@ -155,29 +185,50 @@ pub async fn verify(cfg: &Config, entity: &str, progress: bool) -> Result<Verifi
     let old_t = open(cfg, &old.transport, "old", &old_at).await?;
     let new_t =
         if new.transport == old.transport { old_t.clone() } else { open(cfg, &new.transport, "new", &new_at).await? };
+    let result = verify_with(entity, (&old, &old_t.transport), (&new, &new_t.transport), progress).await;
+    for t in [&old_t, &new_t] {
+        t.transport.close(Duration::from_secs(10)).await;
+    }
+    result
+}
+
+/// The parity check of `entity` over open transports: the old side is read
+/// first; once the mirror has copied what it held, the new side.
+pub async fn verify_with(
+    entity: &str,
+    (old, old_t): (&Side, &Arc<dyn Transport>),
+    (new, new_t): (&Side, &Arc<dyn Transport>),
+    progress: bool,
+) -> Result<Verified, MigrateError> {
+    let old_at = format!("{}/{}", old.transport, old.physical);
+    let new_at = format!("{}/{}", new.transport, new.physical);
     let total = async |t: &Arc<dyn Transport>, physical: &str| -> u64 {
         t.partitions(physical).await.map(|ps| ps.iter().map(|p| (p.next - p.earliest).max(0) as u64).sum()).unwrap_or(0)
     };
-    let bar =
-        bar(total(&old_t.transport, &old.physical).await + total(&new_t.transport, &new.physical).await, progress);
+    let bar = bar(total(old_t, &old.physical).await + total(new_t, &new.physical).await, progress);
     let result = async {
         bar.set_message(old_at.clone());
-        let old_recs = read_side(&old_t.transport, entity, &old.physical, &bar)
-            .await
-            .map_err(|e| MigrateError::Unreachable { side: "old", at: old_at.clone(), source: Box::new(e) })?;
+        let unreachable = |side: &'static str, at: &str| {
+            let at = at.to_string();
+            move |e: ScanError| MigrateError::Unreachable { side, at, source: Box::new(e) }
+        };
+        let (old_recs, extents) =
+            read_side(old_t, entity, &old.physical, &bar).await.map_err(unreachable("old", &old_at))?;
+        mirror_caught_up(old_t, &old.physical, &extents).await;
         bar.set_message(new_at.clone());
-        let new_recs = read_side(&new_t.transport, entity, &new.physical, &bar)
-            .await
-            .map_err(|e| MigrateError::Unreachable { side: "new", at: new_at.clone(), source: Box::new(e) })?;
-        let report =
-            verify::compare(&old_recs, &new_recs, (&old.transport, &old.physical), (&new.transport, &new.physical));
+        let (new_recs, _) = read_side(new_t, entity, &new.physical, &bar).await.map_err(unreachable("new", &new_at))?;
+        let extents: BTreeMap<u32, (i64, i64)> = extents.iter().map(|e| (e.partition, (e.earliest, e.next))).collect();
+        let report = verify::compare(
+            &old_recs,
+            &extents,
+            &new_recs,
+            (&old.transport, &old.physical),
+            (&new.transport, &new.physical),
+        );
         Ok(Verified { entity: entity.to_string(), from: old_at.clone(), to: new_at.clone(), report })
     }
     .await;
     bar.finish_and_clear();
-    for t in [&old_t, &new_t] {
-        t.transport.close(Duration::from_secs(10)).await;
-    }
     result
 }
 

@@ -112,6 +112,11 @@ pub struct Report {
     pub duplicates: u64,
     /// Messages produced on the new side itself (not compared).
     pub native: u64,
+    /// Copies of old messages newer than the old side's snapshot (not
+    /// compared).
+    pub later: u64,
+    /// Copies of messages the old side no longer stores (not compared).
+    pub expired: u64,
     /// Keys compared, and those whose order-sensitive hashes differ.
     pub keys: u64,
     pub keys_differing: u64,
@@ -138,9 +143,19 @@ fn seq_key(k: &Option<Bytes>, partition: u32) -> Vec<u8> {
     }
 }
 
-/// Compares the old side (`old`, any order) with the new side (`new`, any
-/// order); `old_side`/`new_side` are (transport, name) pairs. Pure.
-pub fn compare(old: &[Rec], new: &[Rec], old_side: (&str, &str), new_side: (&str, &str)) -> Report {
+/// Compares the old side (`old`, any order, read over `old_extents`: per
+/// partition its earliest stored position and its end) with the new side
+/// (`new`, any order, read afterwards). Copies of old messages at or past
+/// those ends are newer than the old snapshot (`later`), copies of messages
+/// the old side no longer stores are `expired`; neither is compared.
+/// `old_side`/`new_side` are (transport, name) pairs. Pure.
+pub fn compare(
+    old: &[Rec],
+    old_extents: &BTreeMap<u32, (i64, i64)>,
+    new: &[Rec],
+    old_side: (&str, &str),
+    new_side: (&str, &str),
+) -> Report {
     let mut r = Report::default();
     let mut old: Vec<&Rec> =
         old.iter().filter(|m| !m.origin.as_ref().is_some_and(|o| o.is_from(new_side.0, new_side.1))).collect();
@@ -163,6 +178,17 @@ pub fn compare(old: &[Rec], new: &[Rec], old_side: (&str, &str), new_side: (&str
             r.native += 1;
             continue;
         };
+        match old_extents.get(&o.partition) {
+            Some((_, end)) if o.position >= *end => {
+                r.later += 1;
+                continue;
+            }
+            Some((earliest, _)) if o.position < *earliest => {
+                r.expired += 1;
+                continue;
+            }
+            _ => {}
+        }
         let at = (o.partition, o.position);
         let example = |orig: Option<&Rec>| Example {
             old_partition: Some(o.partition),
@@ -245,6 +271,10 @@ mod tests {
     const OLD: (&str, &str) = ("kafka", "t");
     const NEW: (&str, &str) = ("hubs", "h");
 
+    fn ends() -> BTreeMap<u32, (i64, i64)> {
+        BTreeMap::from([(0, (0, 3)), (1, (0, 1))])
+    }
+
     fn old() -> Vec<Rec> {
         vec![rec(0, 0, "a", "1", None), rec(0, 1, "b", "2", None), rec(0, 2, "a", "3", None), rec(1, 0, "c", "4", None)]
     }
@@ -262,15 +292,25 @@ mod tests {
 
     #[test]
     fn a_faithful_copy_is_equal_and_duplicates_are_not_differences() {
-        let r = compare(&old(), &faithful(), OLD, NEW);
+        let r = compare(&old(), &ends(), &faithful(), OLD, NEW);
         assert!(r.equal, "{r:#?}");
         assert_eq!((r.keys, r.native, r.duplicates), (3, 1, 0));
         assert_eq!(r.old_counts, r.copy_counts);
         // the mirror wrote (0,1) twice after a restart
         let mut again = faithful();
         again.push(rec(0, 13, "b", "2", Some((0, 1))));
-        let r = compare(&old(), &again, OLD, NEW);
+        let r = compare(&old(), &ends(), &again, OLD, NEW);
         assert!(r.equal && r.duplicates == 1, "{r:#?}");
+        // copies of messages written after the old side was read are not compared
+        let mut newer = faithful();
+        newer.push(rec(0, 14, "a", "5", Some((0, 3))));
+        let r = compare(&old(), &ends(), &newer, OLD, NEW);
+        assert!(r.equal && r.later == 1, "{r:#?}");
+        // and copies of messages the old side no longer stores neither
+        let trimmed = BTreeMap::from([(0, (1, 3)), (1, (0, 1))]);
+        let old_kept: Vec<Rec> = old().into_iter().filter(|m| (m.partition, m.position) != (0, 0)).collect();
+        let r = compare(&old_kept, &trimmed, &faithful(), OLD, NEW);
+        assert!(r.expired == 1, "{r:#?}");
         // copies on other partitions (different counts), by key: still equal
         let moved: Vec<Rec> = faithful()
             .into_iter()
@@ -279,7 +319,7 @@ mod tests {
                 c
             })
             .collect();
-        assert!(compare(&old(), &moved, OLD, NEW).equal);
+        assert!(compare(&old(), &ends(), &moved, OLD, NEW).equal);
     }
 
     #[test]
@@ -287,21 +327,21 @@ mod tests {
         // missing: (0,1) never copied
         let mut v = faithful();
         v.remove(1);
-        let r = compare(&old(), &v, OLD, NEW);
+        let r = compare(&old(), &ends(), &v, OLD, NEW);
         assert!(!r.equal);
         assert_eq!(r.missing.count, 1);
         assert_eq!(r.missing.first.as_ref().map(|e| (e.old_partition, e.old_position)), Some((Some(0), Some(1))));
         assert_eq!(r.copy_counts[&0], 2);
         // extra: a copy of a message the old side does not hold
         let mut v = faithful();
-        v.push(rec(1, 7, "z", "9", Some((1, 99))));
-        let r = compare(&old(), &v, OLD, NEW);
+        v.push(rec(1, 7, "z", "9", Some((2, 0))));
+        let r = compare(&old(), &ends(), &v, OLD, NEW);
         assert_eq!((r.equal, r.extra.count), (false, 1));
         assert_eq!(r.extra.first.as_ref().and_then(|e| e.new_position), Some(7));
         // changed: a payload differs
         let mut v = faithful();
         v[2] = rec(0, 12, "a", "3-changed", Some((0, 2)));
-        let r = compare(&old(), &v, OLD, NEW);
+        let r = compare(&old(), &ends(), &v, OLD, NEW);
         assert_eq!((r.equal, r.changed.count, r.keys_differing), (false, 1, 1));
         // out of order: key a's two copies swapped on the new side
         let v = vec![
@@ -310,7 +350,7 @@ mod tests {
             rec(0, 12, "a", "1", Some((0, 0))),
             rec(1, 5, "c", "4", Some((1, 0))),
         ];
-        let r = compare(&old(), &v, OLD, NEW);
+        let r = compare(&old(), &ends(), &v, OLD, NEW);
         assert_eq!((r.equal, r.out_of_order.count), (false, 1));
         assert_eq!(r.out_of_order.first.as_ref().and_then(|e| e.key.clone()).as_deref(), Some("a"));
         assert_eq!(r.keys_differing, 1, "the order-sensitive hash of key a differs");

@@ -297,7 +297,8 @@ impl EventHubsTransport {
             }
             .map_err(|e| self.map_err(hub, &e))?;
             while i < msgs.len() {
-                let added = batch.try_add_event_data(to_event(&msgs[i])?, None).map_err(|e| self.map_err(hub, &e))?;
+                let event = to_event(&msgs[i], matches!(target, Target::Partition(_)))?;
+                let added = batch.try_add_event_data(event, None).map_err(|e| self.map_err(hub, &e))?;
                 if !added {
                     break;
                 }
@@ -328,12 +329,19 @@ enum Target {
 /// timestamp, not as a header.
 pub const TIMESTAMP_PROPERTY: &str = "conveyor-timestamp";
 
+/// The application property that carries a message's key when it is sent to
+/// an explicit partition (Event Hubs takes a partition id or a partition
+/// key, not both); read back as the message's key, not as a header.
+pub const KEY_PROPERTY: &str = "conveyor-key";
+
 /// The SDK's event for `m`. Application properties are a map, so a header
 /// name that repeats cannot be carried, and a partition key is a string, so
 /// a key that is not UTF-8 cannot either: such a message is refused
 /// (`Permanent`, naming the header or the key) rather than losing a value or
 /// merging distinct keys. Header values that are not UTF-8 go as binary.
-fn to_event(m: &OutboundMessage) -> Result<EventData, TransportError> {
+/// With `carry_key` (an explicit partition), the key travels as
+/// [`KEY_PROPERTY`].
+fn to_event(m: &OutboundMessage, carry_key: bool) -> Result<EventData, TransportError> {
     if let Some(k) = &m.key
         && std::str::from_utf8(k).is_err()
     {
@@ -348,14 +356,18 @@ fn to_event(m: &OutboundMessage) -> Result<EventData, TransportError> {
             crate::text::clip(n, 64)
         )));
     }
+    if let Some(reserved) = [TIMESTAMP_PROPERTY, KEY_PROPERTY].into_iter().find(|n| m.headers.get(n).is_some()) {
+        return Err(TransportError::Unrepresentable(format!(
+            "header {reserved:?} is reserved on Event Hubs (it carries the message's timestamp or key)"
+        )));
+    }
     let mut b = EventData::builder().with_body(m.payload.to_vec());
     if let Some(ts) = m.timestamp_ms {
-        if m.headers.get(TIMESTAMP_PROPERTY).is_some() {
-            return Err(TransportError::Unrepresentable(format!(
-                "header {TIMESTAMP_PROPERTY:?} is reserved for the message timestamp on Event Hubs"
-            )));
-        }
         b = b.add_property(TIMESTAMP_PROPERTY.to_string(), AmqpSimpleValue::Long(ts));
+    }
+    if carry_key && let Some(k) = &m.key {
+        // UTF-8: checked above
+        b = b.add_property(KEY_PROPERTY.to_string(), AmqpSimpleValue::String(String::from_utf8_lossy(k).into_owned()));
     }
     for (k, v) in m.headers.iter() {
         let v = match std::str::from_utf8(v) {
@@ -376,7 +388,7 @@ impl Producer for EventHubsTransport {
         }
         // refuse what cannot be carried before anything of the batch goes out
         for m in &batch {
-            to_event(m)?;
+            to_event(m, true)?;
         }
         let p = self.producer_for(&e.name).await?;
         let mut groups: Vec<(Target, Vec<OutboundMessage>)> = Vec::new();

@@ -8,7 +8,7 @@
 //! transaction markers) ends after [`IDLE_FETCH`] without a record, with a
 //! warning naming them.
 
-use super::{PartitionReader, PipelineMessage, Seek, Transport, TransportError};
+use super::{PartitionInfo, PartitionReader, PipelineMessage, Seek, Transport, TransportError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,21 +86,23 @@ pub async fn read_until<E: From<ScanError>>(
 
 /// Reads every record of `physical` (config key `entity`, for messages)
 /// present when called, partition by partition, as no consumer group.
+/// Returns the extents it read up to.
 pub async fn browse<E: From<ScanError>>(
     t: &Arc<dyn Transport>,
     entity: &str,
     physical: &str,
     mut each: impl AsyncFnMut(&mut Box<dyn PartitionReader>, Vec<PipelineMessage>) -> Result<Next, E>,
-) -> Result<(), E> {
+) -> Result<Vec<PartitionInfo>, E> {
     let terr = |source| ScanError::Transport { entity: entity.to_string(), source };
-    for p in t.partitions(physical).await.map_err(terr)? {
+    let parts = t.partitions(physical).await.map_err(terr)?;
+    for p in &parts {
         if p.next <= p.earliest {
             continue;
         }
         let mut r = t.open_reader(physical, p.partition, Seek::Earliest).await.map_err(terr)?;
         if let Next::Stop = read_until(&mut r, entity, p.next, &mut each).await? {
-            return Ok(());
+            break;
         }
     }
-    Ok(())
+    Ok(parts)
 }

@@ -657,24 +657,23 @@ fn to_message(ev: &ReceivedEventData, label: &Arc<str>, partition: u32, seq: i64
     let data = ev.event_data();
     let mut headers = Vec::new();
     let mut produced_at = None;
+    let mut carried_key = None;
     if let Some(props) = data.properties() {
         let mut props: Vec<_> = props.iter().collect();
         props.sort_by(|a, b| a.0.cmp(b.0));
         for (k, v) in props {
-            if k == super::TIMESTAMP_PROPERTY
-                && let AmqpSimpleValue::Long(ts) = v
-            {
-                produced_at = Some(*ts);
-                continue;
+            match (k.as_str(), v) {
+                (super::TIMESTAMP_PROPERTY, AmqpSimpleValue::Long(ts)) => produced_at = Some(*ts),
+                (super::KEY_PROPERTY, v) => carried_key = Some(simple_to_bytes(v)),
+                _ => headers.push((k.clone(), simple_to_bytes(v))),
             }
-            headers.push((k.clone(), simple_to_bytes(v)));
         }
     }
     PipelineMessage {
         entity: label.clone(),
         partition,
         position: seq,
-        key: ev.partition_key().as_ref().map(|k| Bytes::copy_from_slice(k.as_bytes())),
+        key: ev.partition_key().as_ref().map(|k| Bytes::copy_from_slice(k.as_bytes())).or(carried_key),
         headers: Headers(headers),
         payload: data.body().map(Bytes::copy_from_slice).unwrap_or_default(),
         timestamp_ms: produced_at.unwrap_or_else(|| {

@@ -177,6 +177,10 @@ fn balancing_converges_to_fair_shares() {
     assert_eq!(mine(&plan_claims(&base, &parts, &listed, "c", exp, now), "c"), vec!["3"]);
 }
 
+fn to_event_(m: &OutboundMessage) -> Result<EventData, TransportError> {
+    to_event(m, false)
+}
+
 #[test]
 fn what_event_hubs_cannot_carry_is_refused_never_merged() {
     let msg = |key: &[u8], headers: Vec<(&str, &[u8])>| OutboundMessage {
@@ -189,16 +193,25 @@ fn what_event_hubs_cannot_carry_is_refused_never_merged() {
     };
     // distinct binary keys would become the same lossy string
     for key in [&[0xff, 0x01][..], &[0xfe, 0x01][..]] {
-        let e = to_event(&msg(key, vec![])).unwrap_err();
+        let e = to_event_(&msg(key, vec![])).unwrap_err();
         assert_eq!(e.category(), ErrorCategory::Permanent);
         assert!(e.to_string().contains("not UTF-8"), "{e}");
     }
-    let e = to_event(&msg(b"k", vec![("trace", b"a"), ("x", b"1"), ("trace", b"b")])).unwrap_err();
+    let e = to_event_(&msg(b"k", vec![("trace", b"a"), ("x", b"1"), ("trace", b"b")])).unwrap_err();
     assert_eq!(e.category(), ErrorCategory::Permanent);
     assert!(e.to_string().contains("\"trace\" appears more than once"), "{e}");
     // binary values are kept as they are
-    let ev = to_event(&msg(b"k", vec![("bin", &[0xff, 0x00]), ("txt", b"v")])).unwrap();
+    let ev = to_event_(&msg(b"k", vec![("bin", &[0xff, 0x00]), ("txt", b"v")])).unwrap();
     let props = ev.properties().unwrap();
     assert_eq!(props.get("bin"), Some(&AmqpSimpleValue::Binary(vec![0xff, 0x00])));
     assert_eq!(props.get("txt"), Some(&AmqpSimpleValue::String("v".into())));
+    // an explicit partition carries the key (and a timestamp) as properties;
+    // the names are reserved
+    let mut m = msg(b"k", vec![]);
+    m.timestamp_ms = Some(42);
+    let ev = to_event(&m, true).unwrap();
+    let props = ev.properties().unwrap();
+    assert_eq!(props.get(KEY_PROPERTY), Some(&AmqpSimpleValue::String("k".into())));
+    assert_eq!(props.get(TIMESTAMP_PROPERTY), Some(&AmqpSimpleValue::Long(42)));
+    assert!(to_event_(&msg(b"k", vec![(KEY_PROPERTY, b"x")])).is_err());
 }
