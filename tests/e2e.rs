@@ -322,7 +322,14 @@ fn walk(dir: &Path) -> usize {
 #[test]
 fn every_shipped_config_passes_check() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for c in ["config.yaml", "config/kafka.yaml", "config/orders.yaml", "config/eventhubs.yaml", "config/mixed.yaml"] {
+    for c in [
+        "config.yaml",
+        "config/kafka.yaml",
+        "config/orders.yaml",
+        "config/eventhubs.yaml",
+        "config/mixed.yaml",
+        "config/migration.yaml",
+    ] {
         let out = Command::new(BIN)
             .args(["check", "--config"])
             .arg(root.join(c))

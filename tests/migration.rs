@@ -89,17 +89,20 @@ fn key_seq(m: &PipelineMessage) -> (String, u64) {
     (v["key"].as_str().unwrap().to_string(), v["seq"].as_u64().unwrap())
 }
 
-/// Every (key, seq) in `out` with how often it arrived; per key the
-/// sequence must only grow (out's partitions are read in order).
-async fn outcome(rt: &Pipeline) -> (BTreeMap<(String, u64), u64>, Vec<String>) {
-    let topic = rt.snapshot().config.as_ref().unwrap().entities["out"].physical_name("out").to_string();
-    let msgs = read_all(&*rt.transport("kafka"), &topic).await;
+/// Every (key, seq) in `msgs` with how often it arrived, and where the
+/// first arrivals of a key are out of order (a redelivered duplicate after
+/// a crash is not a reordering; a new message before an older one is).
+fn tally(msgs: &[PipelineMessage]) -> (BTreeMap<(String, u64), u64>, Vec<String>) {
     let mut counts = BTreeMap::new();
     let mut last: BTreeMap<String, u64> = BTreeMap::new();
     let mut disorder = Vec::new();
-    for m in &msgs {
+    for m in msgs {
         let (k, s) = key_seq(m);
-        *counts.entry((k.clone(), s)).or_insert(0) += 1;
+        let n = counts.entry((k.clone(), s)).or_insert(0);
+        *n += 1;
+        if *n > 1 {
+            continue;
+        }
         if let Some(prev) = last.insert(k.clone(), s)
             && s < prev
         {
@@ -107,6 +110,30 @@ async fn outcome(rt: &Pipeline) -> (BTreeMap<(String, u64), u64>, Vec<String>) {
         }
     }
     (counts, disorder)
+}
+
+/// Everything `physical` holds, read to its end as no consumer group.
+async fn read_to_end(t: &Arc<dyn conveyor::transport::Transport>, physical: &str) -> Vec<PipelineMessage> {
+    use conveyor::transport::scan::{Next, ScanError, browse};
+    let mut out = Vec::new();
+    browse(
+        t,
+        "out",
+        physical,
+        async |_r: &mut Box<dyn conveyor::transport::PartitionReader>, batch: Vec<PipelineMessage>| {
+            out.extend(batch);
+            Ok::<_, ScanError>(Next::More)
+        },
+    )
+    .await
+    .expect("read to the end");
+    out
+}
+
+/// [`tally`] of the pipeline's `out`.
+async fn outcome(rt: &Pipeline) -> (BTreeMap<(String, u64), u64>, Vec<String>) {
+    let topic = rt.snapshot().config.as_ref().unwrap().entities["out"].physical_name("out").to_string();
+    tally(&read_to_end(&rt.transport("kafka"), &topic).await)
 }
 
 async fn wait_for(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) {
@@ -204,8 +231,17 @@ async fn an_entity_moves_from_kafka_to_event_hubs_and_back_while_traffic_flows()
     let duplicates: u64 = counts.values().map(|n| n - 1).sum();
     assert!(lost.is_empty(), "lost: {lost:?}");
     assert!(disorder.is_empty(), "per-key order: {disorder:?}");
-    // nothing is processed twice because of a switch (no crash here)
-    assert_eq!(duplicates, 0, "duplicates");
+    // nothing is processed twice because of a switch: no mirrored copy was
+    // processed (it would have carried its origin into `out`)
+    let topic = rt.snapshot().config.as_ref().unwrap().entities["out"].physical_name("out").to_string();
+    let out = read_to_end(&rt.transport("kafka"), &topic).await;
+    let copies = out.iter().filter(|m| m.headers.get("conveyor-origin").is_some()).count();
+    assert_eq!(copies, 0, "mirrored copies were processed");
+    // without a crash, duplicates can only come from a producer's retried
+    // send (Event Hubs has no idempotent producer); the switches add none
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).map(|(ks, _)| ks.clone()).collect();
+    assert!(duplicates <= 50, "duplicates: {twice:?}");
+    eprintln!("move and rollback: {sent} sent, 0 lost, {duplicates} duplicates");
     let (_, readyz) = get(addr, "/readyz").await.unwrap();
     assert!(readyz.contains("\"phase\": \"done\""), "{readyz}");
     stop.store(true, Ordering::Relaxed);
@@ -268,4 +304,107 @@ workers:
     let (code, _, err) = conveyor(&["migrate", "verify", "--entity", "out"], &p.with_file_name("prev.yaml"));
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("\"out\" does not migrate"), "{err}");
+}
+
+/// The daemon is SIGKILLed in the middle of a cut-over — producers already on
+/// Event Hubs, the consumer still finishing a Kafka backlog — and restarted:
+/// the cut-over resumes from the transports' own positions; nothing is lost
+/// and per-key order holds (crash redeliveries aside).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_interrupted_by_sigkill_resumes_without_loss_or_reordering() {
+    let kafka = KafkaBroker::get(false);
+    let hubs = broker(4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let topics = [topic("kill-in"), topic("kill-mid"), topic("kill-out")];
+    let base = yaml(&kafka.bootstrap, &eh_conn(&hubs), &dir.path().join("checkpoints"), &topics, "__MIGRATE__")
+        // a slow consumer: a backlog builds up on the old side
+        .replace(
+            "second: { input: mid, outputs: { default: out }, batch_size: 50 }",
+            "second: { input: mid, outputs: { default: out }, batch_size: 20, stage: { type: chaos, delay: 40ms } }",
+        );
+    let with =
+        |phase: &str| base.replace("__MIGRATE__", &format!(", migrate: {{ to: hubs, name: mid-hub, phase: {phase} }}"));
+    let cfg_path = dir.path().join("c.yaml");
+    std::fs::write(&cfg_path, with("mirror")).unwrap();
+    let cfg = config(&with("mirror"));
+    let producer_side = conveyor::runtime::Transports::open(&cfg).await.unwrap();
+    let (kafka_t, t_in) = producer_side.entity(&cfg, "in").unwrap();
+    let per_key = 60u64;
+    let producing = tokio::spawn(async move {
+        for seq in 0..per_key {
+            let batch: Vec<OutboundMessage> = (0..KEYS)
+                .map(|k| OutboundMessage {
+                    key: Some(format!("k{k}").into_bytes().into()),
+                    payload: format!("{{\"key\":\"k{k}\",\"seq\":{seq}}}").into_bytes().into(),
+                    ..Default::default()
+                })
+                .collect();
+            kafka_t.producer().send(&t_in, batch).await.expect("produce");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let d = tokio::task::block_in_place(|| Daemon::start(&cfg_path));
+    let t0 = std::time::Instant::now();
+    while metric_sum(
+        &get(d.addr, "/metrics").await.unwrap().1,
+        "conveyor_messages_produced_total",
+        "worker=\"mirror:mid\"",
+    ) < 1000.0
+    {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the mirror made no progress");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // cut over, and kill while `second` still finishes the Kafka side
+    std::fs::write(&cfg_path, with("cutover")).unwrap();
+    d.signal("-HUP");
+    let t1 = std::time::Instant::now();
+    loop {
+        let (_, readyz) = get(d.addr, "/readyz").await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&readyz).unwrap_or_default();
+        let m = &v["migration"][0];
+        let left = m["old_remaining"]["second"].as_u64().unwrap_or(0);
+        if m["phase"] == "cutover" && m["fence"].is_array() && left > 50 {
+            break;
+        }
+        assert!(t1.elapsed() < Duration::from_secs(30), "no cut-over with a backlog: {readyz}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.signal("-KILL");
+    drop(d);
+    let mut d = tokio::task::block_in_place(|| Daemon::start(&cfg_path));
+    producing.await.unwrap();
+    let sent = KEYS * per_key;
+    let out_topic = topics[2].clone();
+    let read_out = async || {
+        let (t, _) = producer_side.entity(&cfg, "out").unwrap();
+        tally(&read_to_end(&t, &out_topic).await)
+    };
+    let t2 = std::time::Instant::now();
+    loop {
+        let (counts, _) = read_out().await;
+        if counts.len() as u64 >= sent {
+            break;
+        }
+        assert!(t2.elapsed() < Duration::from_secs(180), "{} of {sent} arrived", counts.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (counts, disorder) = read_out().await;
+    let lost: Vec<_> = (0..KEYS)
+        .flat_map(|k| (0..per_key).map(move |s| (format!("k{k}"), s)))
+        .filter(|ks| !counts.contains_key(ks))
+        .collect();
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    assert!(disorder.is_empty(), "per-key order: {disorder:?}");
+    let duplicates: u64 = counts.values().map(|n| n - 1).sum();
+    let (t, _) = producer_side.entity(&cfg, "out").unwrap();
+    let copies =
+        read_to_end(&t, &out_topic).await.iter().filter(|m| m.headers.get("conveyor-origin").is_some()).count();
+    assert_eq!(copies, 0, "mirrored copies were processed");
+    // redelivered after the crash: at most what was in flight (a batch per
+    // partition per stage, and the mirror's)
+    assert!(duplicates <= 4 * (20 + 50 + 500), "{duplicates} duplicates");
+    eprintln!("cut-over under SIGKILL: {sent} sent, 0 lost, {duplicates} duplicates");
+    d.signal("-TERM");
+    assert_eq!(tokio::task::block_in_place(|| d.wait_exit(Duration::from_secs(30))), Some(0));
+    producer_side.close(Duration::from_secs(10)).await;
 }
