@@ -9,7 +9,7 @@ mod support;
 
 use conveyor::runtime::{Options, Pipeline};
 use conveyor::transport::{OutboundMessage, PipelineMessage};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -304,6 +304,192 @@ workers:
     let (code, _, err) = conveyor(&["migrate", "verify", "--entity", "out"], &p.with_file_name("prev.yaml"));
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("\"out\" does not migrate"), "{err}");
+}
+
+/// The seed pipeline on Kafka (`config/kafka.yaml`) moves to Event Hubs
+/// (the local test broker, Azurite checkpoints) domain by domain — xact,
+/// claimx, then the plugins — each through mirror → verify → cutover → done
+/// by reload, the simulators writing 2 × 2000 events at 200 events/s in
+/// all. Then every entity is rewritten as `transport: hubs`, Kafka leaves
+/// the config and is stopped, and 2 × 500 more events go through Event Hubs
+/// alone. At the end every simulated event is a result row or a dead
+/// letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_pipeline_moves_to_event_hubs_domain_by_domain_and_runs_without_kafka() {
+    let kafka = KafkaBroker::get(true);
+    let hubs = broker(4).await;
+    let az = Azurite::start();
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sim = format!("127.0.0.1:{}", free_port());
+    let hubs_transport = format!(
+        "  hubs:\n    type: eventhubs\n    connection_string: \"{}\"\n    checkpoint_store: {}\n    update_interval: 1s\n    ownership_expiration: 4s\n    checkpoint_interval: 200ms\n\nentities:",
+        eh_conn(&hubs),
+        blob_store_yaml(&az, "seed-checkpoints")
+    );
+    let base = std::fs::read_to_string(root.join("config/kafka.yaml"))
+        .unwrap()
+        .replace("${KAFKA_BOOTSTRAP:-127.0.0.1:9092}", &kafka.bootstrap)
+        .replace("${CONVEYOR_LISTEN:-127.0.0.1:9464}", "127.0.0.1:0")
+        .replace("${CONVEYOR_DATA:-./data}", &dir.path().display().to_string())
+        .replace("${CONVEYOR_SIM_LISTEN:-127.0.0.1:9470}", &sim)
+        .replace("${CONVEYOR_SIM_RATE:-20}", "100\n    count: 2000")
+        .replace("\nentities:", &format!("\n{hubs_transport}"));
+    let domains: [(&str, &dyn Fn(&str) -> bool); 3] = [
+        ("xact", &|e: &str| e == "verisk_events" || e.starts_with("xact.")),
+        ("claimx", &|e: &str| e == "claimx_events" || (e.starts_with("claimx.") && !e.contains("mitigation"))),
+        ("plugins", &|e: &str| e.starts_with("itel.") || e.contains("mitigation")),
+    ];
+    // each entity line `  name: { transport: kafka, partitions: N }` in the state wanted
+    let render = |state: &dyn Fn(&str) -> Option<String>| -> String {
+        base.lines()
+            .map(|l| {
+                let t = l.trim_start();
+                let Some((name, rest)) = t.split_once(':') else { return l.to_string() };
+                if !l.starts_with("  ") || l.starts_with("   ") || !rest.contains("transport: kafka, partitions:") {
+                    return l.to_string();
+                }
+                let parts = rest.split("partitions:").nth(1).unwrap().trim().trim_end_matches('}').trim();
+                match state(name) {
+                    None => l.to_string(),
+                    Some(s) if s == "hubs" => format!("  {name}: {{ transport: hubs, partitions: {parts} }}"),
+                    Some(phase) => {
+                        format!("  {name}: {{ transport: kafka, partitions: {parts}, migrate: {{ to: hubs, phase: {phase} }} }}")
+                    }
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let path = dir.path().join("seed.yaml");
+    std::fs::write(&path, &base).unwrap();
+    let d = tokio::task::block_in_place(|| Daemon::start(&path));
+    let readyz = async || -> serde_json::Value {
+        serde_json::from_str(&get(d.addr, "/readyz").await.map(|r| r.1).unwrap_or_default()).unwrap_or_default()
+    };
+    let metrics = async || get(d.addr, "/metrics").await.map(|r| r.1).unwrap_or_default();
+    wait_for("results on Kafka", Duration::from_secs(90), async || {
+        metric_sum(&metrics().await, "conveyor_messages_produced_total", "worker=\"xact-upload\"") > 50.0
+    })
+    .await;
+    let apply = async |text: String| {
+        std::fs::write(&path, &text).unwrap();
+        d.signal("-HUP");
+        let want = readyz().await["config"]["generation"].as_u64().unwrap_or(0) + 1;
+        wait_for("the reload", Duration::from_secs(60), async || {
+            let r = readyz().await;
+            r["config"]["generation"].as_u64().unwrap_or(0) >= want && r["config"]["last_reload_error"].is_null()
+        })
+        .await;
+    };
+    let entities_of = |domain: &dyn Fn(&str) -> bool| -> Vec<String> {
+        config(&base).entities.keys().filter(|e| domain(e)).cloned().collect()
+    };
+    let mut done: Vec<&dyn Fn(&str) -> bool> = Vec::new();
+    for (name, domain) in domains {
+        let state = |phase: &'static str| {
+            let done = done.clone();
+            move |e: &str| {
+                if done.iter().any(|d| d(e)) {
+                    Some("done".to_string())
+                } else if domain(e) {
+                    Some(phase.to_string())
+                } else {
+                    None
+                }
+            }
+        };
+        apply(render(&state("mirror"))).await;
+        // verify every entity of the domain while traffic flows
+        for e in entities_of(domain) {
+            let out = tokio::task::block_in_place(|| {
+                std::process::Command::new(BIN)
+                    .args(["migrate", "verify", "--format", "json", "--entity", &e, "--config"])
+                    .arg(&path)
+                    .output()
+                    .unwrap()
+            });
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{name}: verify {e}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        apply(render(&state("cutover"))).await;
+        let t0 = std::time::Instant::now();
+        loop {
+            let r = readyz().await;
+            let ms: Vec<serde_json::Value> = r["migration"]
+                .as_array()
+                .map(|ms| ms.iter().filter(|m| domain(m["entity"].as_str().unwrap_or(""))).cloned().collect())
+                .unwrap_or_default();
+            let drained = !ms.is_empty()
+                && ms.iter().all(|m| {
+                    m["mirror_lag"] == 0 && m["old_remaining"].as_object().is_some_and(|o| o.values().all(|v| *v == 0))
+                });
+            if drained {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120), "{name}: the old sides did not drain: {ms:#?}\n{r:#}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        apply(render(&state("done"))).await;
+        done.push(domain);
+    }
+    // the move is over: every entity on hubs, Kafka out of the config, then stopped
+    let final_text = render(&|_| Some("hubs".to_string()));
+    let kafka_block = final_text.find("  kafka:").unwrap();
+    let hubs_block = final_text.find("  hubs:").unwrap();
+    let without_kafka = format!("{}{}", &final_text[..kafka_block], &final_text[hubs_block..]);
+    apply(without_kafka.clone()).await;
+    kafka.stop();
+    // more events, on Event Hubs alone
+    apply(without_kafka.replace("count: 2000", "count: 2500")).await;
+    wait_for("results without Kafka", Duration::from_secs(120), async || {
+        let m = metrics().await;
+        metric_sum(&m, "conveyor_source_events_total", "") >= 5000.0
+    })
+    .await;
+    let m = metrics().await;
+    let emitted = |src: &str| metric_sum(&m, "conveyor_source_events_total", &format!("source=\"{src}\"")) as usize;
+    let (verisk, claimx) = (emitted("verisk-simulator"), emitted("claimx-simulator"));
+    assert_eq!((verisk, claimx), (2500, 2500));
+    let dead_keys = |hub: &str| -> BTreeSet<String> {
+        hubs.events(hub)
+            .iter()
+            .filter_map(|e| {
+                e.partition_key
+                    .clone()
+                    .or_else(|| e.properties.iter().find(|(n, _)| n == "conveyor-key").map(|(_, v)| v.clone()))
+            })
+            .collect()
+    };
+    let t0 = std::time::Instant::now();
+    loop {
+        let xact = result_ids(dir.path(), "xact-results").len() + dead_keys("xact.downloads.dlq").len();
+        let cx = result_ids(dir.path(), "claimx-entities").len() + dead_keys("claimx.enrichment.dlq").len();
+        if xact >= verisk && cx >= claimx {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(180), "xact {xact} of {verisk}, claimx {cx} of {claimx}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let xact_rows = result_ids(dir.path(), "xact-results");
+    let xact_dead = dead_keys("xact.downloads.dlq");
+    assert!(xact_rows.is_disjoint(&xact_dead));
+    assert_eq!(xact_rows.len() + xact_dead.len(), verisk, "every verisk event is a row or a dead letter");
+    let cx_rows = result_ids(dir.path(), "claimx-entities");
+    assert_eq!(cx_rows.len() + dead_keys("claimx.enrichment.dlq").len(), claimx);
+    eprintln!(
+        "seed move: {verisk} + {claimx} events, {} + {} rows, {} + {} dead letters",
+        xact_rows.len(),
+        cx_rows.len(),
+        xact_dead.len(),
+        dead_keys("claimx.enrichment.dlq").len()
+    );
+    d.signal("-TERM");
 }
 
 /// The daemon is SIGKILLed in the middle of a cut-over — producers already on
