@@ -335,7 +335,8 @@ async fn the_seed_pipeline_moves_to_event_hubs_domain_by_domain_and_runs_without
         .replace("${CONVEYOR_SIM_LISTEN:-127.0.0.1:9470}", &sim)
         .replace("${CONVEYOR_SIM_RATE:-20}", "100\n    count: 2000")
         .replace("\nentities:", &format!("\n{hubs_transport}"));
-    let domains: [(&str, &dyn Fn(&str) -> bool); 3] = [
+    type Domain<'a> = (&'a str, &'a dyn Fn(&str) -> bool);
+    let domains: [Domain; 3] = [
         ("xact", &|e: &str| e == "verisk_events" || e.starts_with("xact.")),
         ("claimx", &|e: &str| e == "claimx_events" || (e.starts_with("claimx.") && !e.contains("mitigation"))),
         ("plugins", &|e: &str| e.starts_with("itel.") || e.contains("mitigation")),

@@ -127,13 +127,14 @@ async fn read_side(
     t: &Arc<dyn Transport>,
     entity: &str,
     physical: &str,
+    old_side: (&str, &str),
     bar: &ProgressBar,
 ) -> Result<(Vec<Rec>, Vec<PartitionInfo>), ScanError> {
     let mut out = Vec::new();
     let extents =
         scan::browse(t, entity, physical, async |_r: &mut Box<dyn PartitionReader>, batch: Vec<PipelineMessage>| {
             bar.inc(batch.len() as u64);
-            out.extend(batch.iter().map(Rec::of));
+            out.extend(batch.iter().map(|m| Rec::of(m, old_side)));
             Ok::<_, ScanError>(Next::More)
         })
         .await?;
@@ -212,19 +213,15 @@ pub async fn verify_with(
             let at = at.to_string();
             move |e: ScanError| MigrateError::Unreachable { side, at, source: Box::new(e) }
         };
+        let old_side = (old.transport.as_str(), old.physical.as_str());
         let (old_recs, extents) =
-            read_side(old_t, entity, &old.physical, &bar).await.map_err(unreachable("old", &old_at))?;
+            read_side(old_t, entity, &old.physical, old_side, &bar).await.map_err(unreachable("old", &old_at))?;
         mirror_caught_up(old_t, &old.physical, &extents).await;
         bar.set_message(new_at.clone());
-        let (new_recs, _) = read_side(new_t, entity, &new.physical, &bar).await.map_err(unreachable("new", &new_at))?;
+        let (new_recs, _) =
+            read_side(new_t, entity, &new.physical, old_side, &bar).await.map_err(unreachable("new", &new_at))?;
         let extents: BTreeMap<u32, (i64, i64)> = extents.iter().map(|e| (e.partition, (e.earliest, e.next))).collect();
-        let report = verify::compare(
-            &old_recs,
-            &extents,
-            &new_recs,
-            (&old.transport, &old.physical),
-            (&new.transport, &new.physical),
-        );
+        let report = verify::compare(&old_recs, &extents, &new_recs);
         Ok(Verified { entity: entity.to_string(), from: old_at.clone(), to: new_at.clone(), report })
     }
     .await;

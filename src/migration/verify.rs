@@ -23,7 +23,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
-/// One message as the check sees it.
+/// One message as the check sees it (kept small: a check holds every
+/// message of both sides).
 #[derive(Debug, Clone)]
 pub struct Rec {
     pub partition: u32,
@@ -31,17 +32,36 @@ pub struct Rec {
     pub key: Option<Bytes>,
     /// Hash of key, payload and headers other than the origin.
     pub digest: u64,
-    pub origin: Option<Origin>,
+    pub copy: Copied,
+}
+
+/// Whether a message is a mirrored copy, and of what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copied {
+    /// An original.
+    No,
+    /// A copy of the old side's message at this partition and position.
+    FromOld { partition: u32, position: i64 },
+    /// A copy from the new side (or from elsewhere): not the old side's.
+    Other,
 }
 
 impl Rec {
-    pub fn of(m: &crate::transport::PipelineMessage) -> Rec {
+    /// `m` as read; `old_side` is the old side's (transport, name).
+    pub fn of(m: &crate::transport::PipelineMessage, old_side: (&str, &str)) -> Rec {
+        let copy = match Origin::of(&m.headers) {
+            None => Copied::No,
+            Some(o) if o.is_from(old_side.0, old_side.1) => {
+                Copied::FromOld { partition: o.partition, position: o.position }
+            }
+            Some(_) => Copied::Other,
+        };
         Rec {
             partition: m.partition,
             position: m.position,
             key: m.key.clone(),
             digest: digest(m.key.as_deref(), &m.payload, &m.headers),
-            origin: Origin::of(&m.headers),
+            copy,
         }
     }
 }
@@ -134,12 +154,12 @@ fn key_text(k: &Option<Bytes>) -> Option<String> {
     k.as_ref().map(|k| crate::text::clip_bytes(k, 64))
 }
 
-/// The per-key sequence a message belongs to: its key, or, without one,
-/// its partition (order is only defined within one).
-fn seq_key(k: &Option<Bytes>, partition: u32) -> Vec<u8> {
+/// The per-key sequence a message belongs to — its key, or, without one,
+/// its partition (order is only defined within one) — as a hash.
+fn seq_key(k: &Option<Bytes>, partition: u32) -> u64 {
     match k {
-        Some(k) => [b"k".as_slice(), k].concat(),
-        None => format!("p{partition}").into_bytes(),
+        Some(k) => fnv(fnv(FNV0, b"k"), k),
+        None => fnv(fnv(FNV0, b"p"), &partition.to_le_bytes()),
     }
 }
 
@@ -147,52 +167,45 @@ fn seq_key(k: &Option<Bytes>, partition: u32) -> Vec<u8> {
 /// partition its earliest stored position and its end) with the new side
 /// (`new`, any order, read afterwards). Copies of old messages at or past
 /// those ends are newer than the old snapshot (`later`), copies of messages
-/// the old side no longer stores are `expired`; neither is compared.
-/// `old_side`/`new_side` are (transport, name) pairs. Pure.
-pub fn compare(
-    old: &[Rec],
-    old_extents: &BTreeMap<u32, (i64, i64)>,
-    new: &[Rec],
-    old_side: (&str, &str),
-    new_side: (&str, &str),
-) -> Report {
+/// the old side no longer stores are `expired`; neither is compared. Pure.
+pub fn compare(old: &[Rec], old_extents: &BTreeMap<u32, (i64, i64)>, new: &[Rec]) -> Report {
     let mut r = Report::default();
-    let mut old: Vec<&Rec> =
-        old.iter().filter(|m| !m.origin.as_ref().is_some_and(|o| o.is_from(new_side.0, new_side.1))).collect();
+    // old-side messages that are copies from the new side are not expected there
+    let mut old: Vec<&Rec> = old.iter().filter(|m| m.copy != Copied::Other).collect();
     old.sort_by_key(|m| (m.partition, m.position));
     let mut new: Vec<&Rec> = new.iter().collect();
     new.sort_by_key(|m| (m.partition, m.position));
-    let by_pos: HashMap<(u32, i64), &Rec> = old.iter().map(|m| ((m.partition, m.position), *m)).collect();
-    // per key: the fold of digests in order, and (for copies) the last origin position seen
-    let mut old_hash: HashMap<Vec<u8>, u64> = HashMap::new();
+    let original = |at: (u32, i64)| old.binary_search_by_key(&at, |m| (m.partition, m.position)).ok().map(|i| old[i]);
+    // per key: the fold of digests in order, and (for copies) the last origin seen
+    let mut old_hash: HashMap<u64, u64> = HashMap::new();
     for m in &old {
         *r.old_counts.entry(m.partition).or_default() += 1;
         let h = old_hash.entry(seq_key(&m.key, m.partition)).or_insert(FNV0);
         *h = fnv(*h, &m.digest.to_le_bytes());
     }
     let mut seen: HashMap<(u32, i64), u64> = HashMap::new();
-    let mut new_hash: HashMap<Vec<u8>, u64> = HashMap::new();
-    let mut last_origin: HashMap<Vec<u8>, (u32, i64)> = HashMap::new();
+    let mut new_hash: HashMap<u64, u64> = HashMap::new();
+    let mut last_origin: HashMap<u64, (u32, i64)> = HashMap::new();
     for c in &new {
-        let Some(o) = c.origin.as_ref().filter(|o| o.is_from(old_side.0, old_side.1)) else {
+        let Copied::FromOld { partition: op, position: opos } = c.copy else {
             r.native += 1;
             continue;
         };
-        match old_extents.get(&o.partition) {
-            Some((_, end)) if o.position >= *end => {
+        match old_extents.get(&op) {
+            Some((_, end)) if opos >= *end => {
                 r.later += 1;
                 continue;
             }
-            Some((earliest, _)) if o.position < *earliest => {
+            Some((earliest, _)) if opos < *earliest => {
                 r.expired += 1;
                 continue;
             }
             _ => {}
         }
-        let at = (o.partition, o.position);
+        let at = (op, opos);
         let example = |orig: Option<&Rec>| Example {
-            old_partition: Some(o.partition),
-            old_position: Some(o.position),
+            old_partition: Some(op),
+            old_position: Some(opos),
             new_partition: Some(c.partition),
             new_position: Some(c.position),
             key: key_text(&orig.map_or(c.key.clone(), |m| m.key.clone())),
@@ -201,27 +214,26 @@ pub fn compare(
             if *d == c.digest {
                 r.duplicates += 1;
             } else {
-                r.changed.add(example(by_pos.get(&at).copied()));
+                r.changed.add(example(original(at)));
             }
             continue;
         }
         seen.insert(at, c.digest);
-        let Some(orig) = by_pos.get(&at) else {
+        let Some(orig) = original(at) else {
             r.extra.add(example(None));
             continue;
         };
-        *r.copy_counts.entry(o.partition).or_default() += 1;
+        *r.copy_counts.entry(op).or_default() += 1;
         if orig.digest != c.digest {
             r.changed.add(example(Some(orig)));
         }
         // the sequence of the original's key (a key-less copy follows its original's partition)
         let k = seq_key(&orig.key, orig.partition);
-        if let Some(prev) = last_origin.get(&k)
-            && *prev > at
+        if let Some(prev) = last_origin.insert(k, at)
+            && prev > at
         {
             r.out_of_order.add(example(Some(orig)));
         }
-        last_origin.insert(k.clone(), at);
         let h = new_hash.entry(k).or_insert(FNV0);
         *h = fnv(*h, &c.digest.to_le_bytes());
     }
@@ -259,17 +271,12 @@ mod tests {
             position,
             key: Some(Bytes::copy_from_slice(key.as_bytes())),
             digest: digest(Some(key.as_bytes()), payload.as_bytes(), &h),
-            origin: origin.map(|(p, pos)| Origin {
-                transport: "kafka".into(),
-                physical: "t".into(),
-                partition: p,
-                position: pos,
-            }),
+            copy: match origin {
+                Some((partition, position)) => Copied::FromOld { partition, position },
+                None => Copied::No,
+            },
         }
     }
-
-    const OLD: (&str, &str) = ("kafka", "t");
-    const NEW: (&str, &str) = ("hubs", "h");
 
     fn ends() -> BTreeMap<u32, (i64, i64)> {
         BTreeMap::from([(0, (0, 3)), (1, (0, 1))])
@@ -292,24 +299,24 @@ mod tests {
 
     #[test]
     fn a_faithful_copy_is_equal_and_duplicates_are_not_differences() {
-        let r = compare(&old(), &ends(), &faithful(), OLD, NEW);
+        let r = compare(&old(), &ends(), &faithful());
         assert!(r.equal, "{r:#?}");
         assert_eq!((r.keys, r.native, r.duplicates), (3, 1, 0));
         assert_eq!(r.old_counts, r.copy_counts);
         // the mirror wrote (0,1) twice after a restart
         let mut again = faithful();
         again.push(rec(0, 13, "b", "2", Some((0, 1))));
-        let r = compare(&old(), &ends(), &again, OLD, NEW);
+        let r = compare(&old(), &ends(), &again);
         assert!(r.equal && r.duplicates == 1, "{r:#?}");
         // copies of messages written after the old side was read are not compared
         let mut newer = faithful();
         newer.push(rec(0, 14, "a", "5", Some((0, 3))));
-        let r = compare(&old(), &ends(), &newer, OLD, NEW);
+        let r = compare(&old(), &ends(), &newer);
         assert!(r.equal && r.later == 1, "{r:#?}");
         // and copies of messages the old side no longer stores neither
         let trimmed = BTreeMap::from([(0, (1, 3)), (1, (0, 1))]);
         let old_kept: Vec<Rec> = old().into_iter().filter(|m| (m.partition, m.position) != (0, 0)).collect();
-        let r = compare(&old_kept, &trimmed, &faithful(), OLD, NEW);
+        let r = compare(&old_kept, &trimmed, &faithful());
         assert!(r.expired == 1, "{r:#?}");
         // copies on other partitions (different counts), by key: still equal
         let moved: Vec<Rec> = faithful()
@@ -319,7 +326,7 @@ mod tests {
                 c
             })
             .collect();
-        assert!(compare(&old(), &ends(), &moved, OLD, NEW).equal);
+        assert!(compare(&old(), &ends(), &moved).equal);
     }
 
     #[test]
@@ -327,7 +334,7 @@ mod tests {
         // missing: (0,1) never copied
         let mut v = faithful();
         v.remove(1);
-        let r = compare(&old(), &ends(), &v, OLD, NEW);
+        let r = compare(&old(), &ends(), &v);
         assert!(!r.equal);
         assert_eq!(r.missing.count, 1);
         assert_eq!(r.missing.first.as_ref().map(|e| (e.old_partition, e.old_position)), Some((Some(0), Some(1))));
@@ -335,13 +342,13 @@ mod tests {
         // extra: a copy of a message the old side does not hold
         let mut v = faithful();
         v.push(rec(1, 7, "z", "9", Some((2, 0))));
-        let r = compare(&old(), &ends(), &v, OLD, NEW);
+        let r = compare(&old(), &ends(), &v);
         assert_eq!((r.equal, r.extra.count), (false, 1));
         assert_eq!(r.extra.first.as_ref().and_then(|e| e.new_position), Some(7));
         // changed: a payload differs
         let mut v = faithful();
         v[2] = rec(0, 12, "a", "3-changed", Some((0, 2)));
-        let r = compare(&old(), &ends(), &v, OLD, NEW);
+        let r = compare(&old(), &ends(), &v);
         assert_eq!((r.equal, r.changed.count, r.keys_differing), (false, 1, 1));
         // out of order: key a's two copies swapped on the new side
         let v = vec![
@@ -350,7 +357,7 @@ mod tests {
             rec(0, 12, "a", "1", Some((0, 0))),
             rec(1, 5, "c", "4", Some((1, 0))),
         ];
-        let r = compare(&old(), &ends(), &v, OLD, NEW);
+        let r = compare(&old(), &ends(), &v);
         assert_eq!((r.equal, r.out_of_order.count), (false, 1));
         assert_eq!(r.out_of_order.first.as_ref().and_then(|e| e.key.clone()).as_deref(), Some("a"));
         assert_eq!(r.keys_differing, 1, "the order-sensitive hash of key a differs");
