@@ -251,86 +251,9 @@ fn ended<E: From<ConsumeError>>(
 mod tests {
     use super::*;
     use crate::health::Health;
-    use crate::transport::{PartitionInfo, PipelineMessage, Producer, Subscription};
-    use async_trait::async_trait;
-    use std::sync::Mutex;
     use std::sync::atomic::{AtomicU32, Ordering};
-    use tokio::sync::mpsc;
 
-    /// A transport whose subscription replays scripted assignments.
-    struct Scripted {
-        events: Mutex<Option<mpsc::UnboundedReceiver<Result<Assignment, TransportError>>>>,
-    }
-
-    struct ScriptedSub(mpsc::UnboundedReceiver<Result<Assignment, TransportError>>);
-
-    #[async_trait]
-    impl Subscription for ScriptedSub {
-        async fn next(&mut self) -> Result<Assignment, TransportError> {
-            match self.0.recv().await {
-                Some(a) => a,
-                None => std::future::pending().await,
-            }
-        }
-    }
-
-    struct Idle(u32);
-
-    #[async_trait]
-    impl PartitionReader for Idle {
-        fn partition(&self) -> u32 {
-            self.0
-        }
-        async fn fetch(&mut self, _max: usize, _out: &mut Vec<PipelineMessage>) -> Result<(), TransportError> {
-            std::future::pending().await
-        }
-        async fn commit(&mut self, _last: &PipelineMessage) -> Result<(), TransportError> {
-            Ok(())
-        }
-    }
-
-    #[async_trait]
-    impl Transport for Scripted {
-        fn kind(&self) -> &'static str {
-            "scripted"
-        }
-        fn producer(&self) -> Arc<dyn Producer> {
-            unimplemented!("not used")
-        }
-        async fn subscribe(
-            &self,
-            _e: &str,
-            _g: &str,
-            _s: StartPosition,
-        ) -> Result<Box<dyn Subscription>, TransportError> {
-            Ok(Box::new(ScriptedSub(self.events.lock().unwrap().take().expect("one subscription"))))
-        }
-        async fn partitions(&self, _e: &str) -> Result<Vec<PartitionInfo>, TransportError> {
-            Ok(vec![])
-        }
-        async fn ensure(
-            &self,
-            _e: &[crate::transport::EntitySpec],
-            _g: &[crate::transport::GroupSpec],
-        ) -> Result<(), TransportError> {
-            Ok(())
-        }
-        async fn group_positions(
-            &self,
-            _e: &str,
-            _g: &str,
-        ) -> Result<Vec<crate::transport::GroupPosition>, TransportError> {
-            Ok(vec![])
-        }
-        async fn open_reader(
-            &self,
-            _e: &str,
-            _p: u32,
-            _f: crate::transport::Seek,
-        ) -> Result<Box<dyn PartitionReader>, TransportError> {
-            Err(TransportError::ReadOnly)
-        }
-    }
+    use crate::transport::scripted::{Idle, Script, scripted};
 
     /// Lanes that take `linger` to finish after cancellation (their batch)
     /// and panic on partition 9.
@@ -366,14 +289,14 @@ mod tests {
         }
     }
 
-    fn scripted() -> (Arc<dyn Transport>, mpsc::UnboundedSender<Result<Assignment, TransportError>>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Arc::new(Scripted { events: Mutex::new(Some(rx)) }), tx)
+    fn script() -> (Arc<dyn Transport>, Script) {
+        let (t, tx) = scripted();
+        (t, tx)
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_revoke_is_answered_only_after_its_lane_has_ended() {
-        let (t, tx) = scripted();
+        let (t, tx) = script();
         let lanes = Arc::new(Slow { linger: Duration::from_secs(3), ended: AtomicU32::new(0) });
         let h = host(t, Duration::from_secs(30));
         let cancel = CancellationToken::new();
@@ -399,7 +322,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn health_events_move_readiness_and_a_panic_is_reported_with_its_text() {
-        let (t, tx) = scripted();
+        let (t, tx) = script();
         let lanes = Arc::new(Slow { linger: Duration::ZERO, ended: AtomicU32::new(0) });
         let h = host(t, Duration::from_secs(30));
         let health = h.health.clone();
@@ -422,7 +345,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_drain_is_bounded_by_the_grace_period() {
-        let (t, tx) = scripted();
+        let (t, tx) = script();
         let lanes = Arc::new(Slow { linger: Duration::from_secs(3600), ended: AtomicU32::new(0) });
         let h = host(t, Duration::from_secs(5));
         let cancel = CancellationToken::new();

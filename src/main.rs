@@ -118,6 +118,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// What a tool command needs: the config at `path` (bad: exit 64), warn-level
+/// text logs, and a single-threaded async runtime.
+fn tool(path: &std::path::Path) -> Result<(config::Loaded, tokio::runtime::Runtime), ExitCode> {
+    let loaded = config::load_file(path).map_err(|e| {
+        eprint!("{e}");
+        ExitCode::from(EXIT_USAGE)
+    })?;
+    conveyor::telemetry::init(&config::LogConfig { format: config::LogFormat::Text, level: "warn".into() });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+        eprintln!("cannot start the async runtime: {e}");
+        ExitCode::from(EXIT_FAILURE)
+    })?;
+    Ok((loaded, rt))
+}
+
 /// Loads `path`; with `previous`, as the config that replaces it.
 fn load_checked(
     path: &std::path::Path,
@@ -142,20 +157,9 @@ fn migrate(cmd: MigrateCommand) -> ExitCode {
         eprintln!("unknown format {format:?}: use text or json");
         return ExitCode::from(EXIT_USAGE);
     }
-    let loaded = match config::load_file(&path) {
-        Ok(l) => l,
-        Err(e) => {
-            eprint!("{e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    conveyor::telemetry::init(&config::LogConfig { format: config::LogFormat::Text, level: "warn".into() });
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+    let (loaded, rt) = match tool(&path) {
+        Ok(both) => both,
+        Err(code) => return code,
     };
     let cfg = &loaded.config;
     let json = format == "json";
@@ -198,23 +202,9 @@ fn dlq(cmd: DlqCommand) -> ExitCode {
     let path = match &cmd {
         DlqCommand::Inspect { config, .. } | DlqCommand::Redrive { config, .. } => config.clone(),
     };
-    let loaded = match config::load_file(&path) {
-        Ok(l) => l,
-        Err(e) => {
-            eprint!("{e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    conveyor::telemetry::init(&conveyor::config::LogConfig {
-        format: conveyor::config::LogFormat::Text,
-        level: "warn".into(),
-    });
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+    let (loaded, rt) = match tool(&path) {
+        Ok(both) => both,
+        Err(code) => return code,
     };
     let cfg = &loaded.config;
     let result = match cmd {

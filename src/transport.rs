@@ -40,6 +40,8 @@ pub mod eventhub;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod scan;
+#[cfg(test)]
+pub(crate) mod scripted;
 
 use crate::classify::ErrorCategory;
 use async_trait::async_trait;

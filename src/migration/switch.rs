@@ -398,129 +398,50 @@ mod tests {
         assert!(positions.iter().all(|p| p.committed == Some(p.info.next)), "{positions:?}");
     }
 
-    /// A side whose subscription replays scripted assignments and whose
-    /// group positions are set by the test.
-    struct Scripted {
-        events: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Assignment>>>,
-        positions: Arc<std::sync::Mutex<Vec<GroupPosition>>>,
-        subscribed: Arc<std::sync::atomic::AtomicU32>,
-    }
-
-    struct ScriptedSub(tokio::sync::mpsc::UnboundedReceiver<Assignment>);
-
-    #[async_trait]
-    impl Subscription for ScriptedSub {
-        async fn next(&mut self) -> Result<Assignment, TransportError> {
-            match self.0.recv().await {
-                Some(a) => Ok(a),
-                None => std::future::pending().await,
-            }
-        }
-    }
-
-    struct Idle(u32);
-
-    #[async_trait]
-    impl PartitionReader for Idle {
-        fn partition(&self) -> u32 {
-            self.0
-        }
-        async fn fetch(&mut self, _max: usize, _out: &mut Vec<PipelineMessage>) -> Result<(), TransportError> {
-            std::future::pending().await
-        }
-        async fn commit(&mut self, _last: &PipelineMessage) -> Result<(), TransportError> {
-            Ok(())
-        }
-    }
-
-    #[async_trait]
-    impl Transport for Scripted {
-        fn kind(&self) -> &'static str {
-            "scripted"
-        }
-        fn producer(&self) -> Arc<dyn Producer> {
-            unimplemented!("not used")
-        }
-        async fn subscribe(
-            &self,
-            _e: &str,
-            _g: &str,
-            _s: StartPosition,
-        ) -> Result<Box<dyn Subscription>, TransportError> {
-            self.subscribed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let rx = self.events.lock().unwrap().take();
-            Ok(Box::new(ScriptedSub(rx.unwrap_or_else(|| tokio::sync::mpsc::unbounded_channel().1))))
-        }
-        async fn partitions(&self, _e: &str) -> Result<Vec<PartitionInfo>, TransportError> {
-            Ok(vec![])
-        }
-        async fn ensure(&self, _e: &[EntitySpec], _g: &[GroupSpec]) -> Result<(), TransportError> {
-            Ok(())
-        }
-        async fn group_positions(&self, _e: &str, _g: &str) -> Result<Vec<GroupPosition>, TransportError> {
-            Ok(self.positions.lock().unwrap().clone())
-        }
-        async fn open_reader(&self, _e: &str, _p: u32, _f: Seek) -> Result<Box<dyn PartitionReader>, TransportError> {
-            Err(TransportError::ReadOnly)
-        }
-    }
+    use crate::transport::scripted::{Idle, Scripted, scripted};
 
     fn position(partition: u32, next: i64, committed: Option<i64>) -> GroupPosition {
         GroupPosition { info: PartitionInfo { entity: "e".into(), partition, earliest: 0, next }, committed }
     }
 
-    type Script =
-        (Arc<Scripted>, tokio::sync::mpsc::UnboundedSender<Assignment>, Arc<std::sync::Mutex<Vec<GroupPosition>>>);
-
-    fn scripted() -> Script {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let positions = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let t = Scripted {
-            events: std::sync::Mutex::new(Some(rx)),
-            positions: positions.clone(),
-            subscribed: Arc::default(),
-        };
-        (Arc::new(t), tx, positions)
-    }
-
     #[tokio::test(start_paused = true)]
     async fn unknown_positions_never_reach_the_fence_and_a_revoke_during_the_drain_is_passed_on() {
-        let (old, old_tx, old_positions) = scripted();
-        let (new, _new_tx, _) = scripted();
+        let (old, old_tx) = scripted();
+        let (new, _new_tx) = scripted();
         let ep =
             |t: &Arc<Scripted>, name: &str| Endpoint { transport: t.clone(), name: name.into(), physical: "e".into() };
         let sw = Switch { entity: "e".into(), sides: vec![ep(&old, "old"), ep(&new, "new")], skip: Arc::new(vec![]) };
         let mut sub = sw.subscribe("e", "g", StartPosition::Earliest).await.unwrap();
-        old_tx.send(Assignment::Assigned(Box::new(Idle(0)))).unwrap();
-        old_tx.send(Assignment::Assigned(Box::new(Idle(1)))).unwrap();
+        old_tx.send(Ok(Assignment::Assigned(Box::new(Idle(0))))).unwrap();
+        old_tx.send(Ok(Assignment::Assigned(Box::new(Idle(1))))).unwrap();
         for want in [0, 1] {
             let Assignment::Assigned(r) = sub.next().await.unwrap() else { panic!("assigned") };
             assert_eq!(r.partition(), want);
         }
         // a rebalance takes partition 1 away while the old side drains
         let (done, answered) = oneshot::channel();
-        old_tx.send(Assignment::Revoked { partition: 1, done }).unwrap();
+        old_tx.send(Ok(Assignment::Revoked { partition: 1, done })).unwrap();
         let Assignment::Revoked { partition: 1, done } = sub.next().await.unwrap() else { panic!("passed on") };
         done.send(()).unwrap();
         answered.await.unwrap();
         // everything committed on partition 0, unknown on partition 1 (no
         // commit yet, e.g. its new owner restarting): no fence
-        *old_positions.lock().unwrap() = vec![position(0, 5, Some(5)), position(1, 3, None)];
+        *old.positions.lock().unwrap() = vec![position(0, 5, Some(5)), position(1, 3, None)];
         let waited = tokio::time::timeout(Duration::from_secs(30), sub.next()).await;
         assert!(waited.is_err(), "unknown is never the fence");
-        assert_eq!(new.subscribed.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(new.subscriptions(), 0);
         // known and at the end: the partition still held (0) is revoked, and
         // only after it is answered does the switch join the new side
-        *old_positions.lock().unwrap() = vec![position(0, 5, Some(5)), position(1, 3, Some(3))];
+        *old.positions.lock().unwrap() = vec![position(0, 5, Some(5)), position(1, 3, Some(3))];
         let Assignment::Revoked { partition: 0, done } = sub.next().await.unwrap() else {
             panic!("revoke at the fence")
         };
         let next = tokio::spawn(async move { sub.next().await.map(|_| ()) });
         tokio::time::sleep(Duration::from_secs(5)).await;
-        assert_eq!(new.subscribed.load(std::sync::atomic::Ordering::SeqCst), 0, "waits for the lane to end");
+        assert_eq!(new.subscriptions(), 0, "waits for the lane to end");
         done.send(()).unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(new.subscribed.load(std::sync::atomic::Ordering::SeqCst), 1, "then joins the new side");
+        assert_eq!(new.subscriptions(), 1, "then joins the new side");
         next.abort();
     }
 }
