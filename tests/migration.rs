@@ -20,6 +20,9 @@ use support::*;
 /// Keys per run, and messages per key.
 const KEYS: u64 = 40;
 
+/// The end-to-end tests here run one at a time: each loads both cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn yaml(bootstrap: &str, eh: &str, store: &Path, topics: &[String; 3], mid: &str) -> String {
     format!(
         r#"
@@ -151,6 +154,7 @@ fn conveyor(args: &[&str], cfg: &Path) -> (i32, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entity_moves_from_kafka_to_event_hubs_and_back_while_traffic_flows() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let kafka = KafkaBroker::get(false);
     let hubs = broker(4).await;
     let dir = tempfile::tempdir().unwrap();
@@ -316,6 +320,7 @@ workers:
 /// letter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_pipeline_moves_to_event_hubs_domain_by_domain_and_runs_without_kafka() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let kafka = KafkaBroker::get(true);
     let hubs = broker(4).await;
     let az = Azurite::start();
@@ -499,6 +504,7 @@ async fn the_seed_pipeline_moves_to_event_hubs_domain_by_domain_and_runs_without
 /// and per-key order holds (crash redeliveries aside).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cutover_interrupted_by_sigkill_resumes_without_loss_or_reordering() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let kafka = KafkaBroker::get(false);
     let hubs = broker(4).await;
     let dir = tempfile::tempdir().unwrap();
