@@ -3,8 +3,8 @@
 //! carries no messages (`Idle` readers wait forever).
 
 use super::{
-    Assignment, EntitySpec, GroupPosition, GroupSpec, PartitionInfo, PartitionReader, PipelineMessage, Producer, Seek,
-    StartPosition, Subscription, Transport, TransportError,
+    Assignment, EntitySpec, GroupPosition, GroupSpec, OutboundMessage, PartitionInfo, PartitionReader, PipelineMessage,
+    ProduceResult, Producer, Seek, StartPosition, Subscription, Transport, TransportError,
 };
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -63,13 +63,23 @@ impl PartitionReader for Idle {
     }
 }
 
+/// The scripted transport's producer: it carries no messages.
+struct Refuse;
+
+#[async_trait]
+impl Producer for Refuse {
+    async fn send(&self, _entity: &str, _batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, TransportError> {
+        Err(TransportError::Closed { transport: "scripted".into() })
+    }
+}
+
 #[async_trait]
 impl Transport for Scripted {
     fn kind(&self) -> &'static str {
         "scripted"
     }
     fn producer(&self) -> Arc<dyn Producer> {
-        unimplemented!("the scripted transport carries no messages")
+        Arc::new(Refuse)
     }
     /// The first subscription replays the script; later ones wait forever.
     async fn subscribe(&self, _e: &str, _g: &str, _s: StartPosition) -> Result<Box<dyn Subscription>, TransportError> {
