@@ -249,7 +249,10 @@ fn bench_config(args: &BenchArgs, dir: Option<&std::path::Path>) -> Result<crate
 
 async fn run_once(args: &BenchArgs, dir: Option<std::path::PathBuf>, conveyor: bool) -> Result<Sample, BenchError> {
     let cfg = bench_config(args, dir.as_deref())?;
-    let live = BTreeMap::from([("bench".to_string(), transports::open(&cfg, "bench").await?)]);
+    let live = BTreeMap::from([(
+        "bench".to_string(),
+        transports::open(&cfg, "bench", &crate::instance::Membership::Dynamic).await?,
+    )]);
     let t = live["bench"].transport.clone();
     // `out` has no consumer: keep its memory bounded like a real sink would
     reset_peak_rss();

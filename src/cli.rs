@@ -128,6 +128,10 @@ pub struct CheckArgs {
     /// forward one phase at a time (or back with `rollback: true`).
     #[arg(long)]
     pub previous: Option<PathBuf>,
+    /// Validate the file only: do not contact the brokers it names (for
+    /// linting configs in CI, or with the brokers out of reach).
+    #[arg(long)]
+    pub offline: bool,
 }
 
 #[derive(Debug, Args)]

@@ -163,13 +163,21 @@ fn load(
     let root: Value = match serde_yaml::from_str(&text) {
         Ok(root) => root,
         Err(e) => {
-            let pos = e.location().map(|l| (l.line(), l.column()));
-            v.error_at(pos, format!("not valid YAML: {}", strip_location(&e.to_string())));
+            let (pos, msg) = match (e.location(), v.index.syntax_error()) {
+                (Some(l), _) => (Some((l.line(), l.column())), strip_location(&e.to_string())),
+                // serde_yaml has no position for some syntax errors (one after
+                // the first document's end reads as "more than one document"):
+                // the indexer's parser says where and what
+                (None, Some((p, info))) => (Some((p.line, p.column)), info.clone()),
+                (None, None) => (None, strip_location(&e.to_string())),
+            };
+            v.error_at(pos, format!("not valid YAML: {msg}"));
             return Err(ConfigError { issues: v.errors });
         }
     };
     let Value::Mapping(root) = root else {
-        v.error(&[], "the file must be a mapping with `transports`, `entities` and `workers`");
+        let at = v.index.content().or(v.index.syntax_error().map(|(p, _)| *p)).map(|p| (p.line, p.column));
+        v.error_at(at, "the file must be a mapping with `transports`, `entities` and `workers`");
         return Err(ConfigError { issues: v.errors });
     };
 
@@ -180,9 +188,17 @@ fn load(
     let mut workers = BTreeMap::new();
     let mut simulation = None;
     let mut seen = BTreeSet::new();
-    for (k, value) in root {
+    for (n, (k, value)) in root.into_iter().enumerate() {
         let Some(key) = k.as_str().map(str::to_string) else {
-            v.error(&[], "top-level keys must be strings");
+            // a key the index could not read (its parser stopped earlier
+            // than serde_yaml's) is where that parser stopped
+            let at = v
+                .index
+                .top_key(n)
+                .or_else(|| locate::unusual_top_key(&text))
+                .or(v.index.syntax_error().map(|(p, _)| *p))
+                .map(|p| (p.line, p.column));
+            v.error_at(at, "top-level keys must be strings");
             continue;
         };
         seen.insert(key.clone());
@@ -226,5 +242,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

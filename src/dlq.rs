@@ -118,8 +118,12 @@ pub struct Context<'a> {
     pub worker: &'a str,
 }
 
+/// `t` in RFC 3339, clamped to what it can write (1970 to the last
+/// millisecond of 9999): a failure time can come from a message header, and
+/// humantime's formatter fails outside that range (`to_string` then panics).
 fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    let last = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(253_402_300_799_999);
+    humantime::format_rfc3339_millis(t.clamp(SystemTime::UNIX_EPOCH, last)).to_string()
 }
 
 /// The trace id of a message: W3C `traceparent`'s trace-id, else an
@@ -298,5 +302,200 @@ mod tests {
         assert_eq!(back.headers_dropped, Some(1));
         assert!(back.error.message.len() <= 1024 && back.error.message.starts_with('é'));
         assert_eq!(back.origin.position, 9, "the coordinates stay");
+    }
+
+    #[test]
+    fn failure_times_outside_rfc3339_are_clamped_not_a_panic() {
+        // a `conveyor-first-failure` header of 999999999999999 (year 33658)
+        let far = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(999_999_999_999_999);
+        let before = SystemTime::UNIX_EPOCH - std::time::Duration::from_secs(1);
+        let msg = PipelineMessage {
+            entity: "in".into(),
+            partition: 0,
+            position: 0,
+            key: None,
+            headers: Headers::default(),
+            payload: Bytes::new(),
+            timestamp_ms: 0,
+        };
+        let f = Failure {
+            category: ErrorCategory::Transient,
+            kind: "k",
+            message: "m",
+            first_failure: far,
+            last_failure: before,
+            attempts: 1,
+        };
+        let cx = Context { transport: "embedded", consumer_group: "g", worker: "w" };
+        let env = Envelope::new(&msg, &f, &cx);
+        assert_eq!(env.error.first_failure, "9999-12-31T23:59:59.999Z");
+        assert_eq!(env.error.last_failure, "1970-01-01T00:00:00.000Z");
+    }
+
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+        use std::time::Duration;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() }
+        }
+
+        /// Any text: empty, multi-byte, control characters, quotes.
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![Just(String::new()), "\\PC{0,16}", any::<String>(), Just("é€𝄞\"\\\u{0}\u{1f}".to_string())]
+        }
+
+        fn bytes() -> impl Strategy<Value = Bytes> {
+            prop::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from)
+        }
+
+        fn category() -> impl Strategy<Value = ErrorCategory> {
+            prop::sample::select(ErrorCategory::ALL.to_vec())
+        }
+
+        /// Any time a failure may be stamped with, including far outside RFC 3339's years.
+        fn time() -> impl Strategy<Value = SystemTime> {
+            prop_oneof![
+                (0u64..4_000_000_000_000).prop_map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
+                (0u64..i64::MAX as u64).prop_map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
+                (1u64..1 << 40).prop_map(|ms| SystemTime::UNIX_EPOCH - Duration::from_millis(ms)),
+            ]
+        }
+
+        fn envelope() -> impl Strategy<Value = Envelope> {
+            let origin = (text(), text(), any::<u32>(), any::<i64>(), text(), text(), any::<i64>()).prop_map(
+                |(entity, transport, partition, position, consumer_group, worker, timestamp_ms)| Origin {
+                    entity,
+                    transport,
+                    partition,
+                    position,
+                    consumer_group,
+                    worker,
+                    timestamp_ms,
+                },
+            );
+            let error = (category(), text(), text(), text(), text(), any::<u32>()).prop_map(
+                |(category, kind, message, first_failure, last_failure, attempts)| ErrorInfo {
+                    category,
+                    kind,
+                    message,
+                    first_failure,
+                    last_failure,
+                    attempts,
+                },
+            );
+            let header = (text(), text()).prop_map(|(name, value)| EnvelopeHeader { name, value });
+            let trimmed = (any::<bool>(), any::<Option<u64>>(), prop::option::of(text()), any::<Option<usize>>());
+            (
+                any::<u32>(),
+                text(),
+                prop::option::of(text()),
+                prop::collection::vec(header, 0..4),
+                origin,
+                error,
+                (text(), text(), text()),
+                trimmed,
+            )
+                .prop_map(
+                    |(
+                        envelope_version,
+                        payload,
+                        key,
+                        headers,
+                        origin,
+                        error,
+                        (trace_id, conveyor_version, dead_lettered_at),
+                        (payload_truncated, payload_size, payload_sha256, headers_dropped),
+                    )| Envelope {
+                        envelope_version,
+                        payload,
+                        key,
+                        headers,
+                        origin,
+                        error,
+                        trace_id,
+                        conveyor_version,
+                        dead_lettered_at,
+                        payload_truncated,
+                        payload_size,
+                        payload_sha256,
+                        headers_dropped,
+                    },
+                )
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn dlq_parse_never_panics_on_arbitrary_bytes(b in prop::collection::vec(any::<u8>(), 0..256)) {
+                let _ = Envelope::parse(&b);
+            }
+
+            #[test]
+            fn dlq_parse_never_panics_on_a_mutated_envelope(
+                env in envelope(),
+                at in any::<prop::sample::Index>(),
+                with in any::<u8>(),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let mut b = env.to_message(None).payload.to_vec();
+                let i = at.index(b.len());
+                b[i] = with;
+                if let Ok(e) = Envelope::parse(&b) {
+                    let _ = (e.original_payload(), e.original_key());
+                }
+                let _ = Envelope::parse(&b[..cut.index(b.len())]);
+            }
+
+            #[test]
+            fn dlq_envelope_round_trips(env in envelope()) {
+                let out = env.to_message(None);
+                prop_assert_eq!(Envelope::parse(&out.payload).unwrap(), env);
+            }
+
+            #[test]
+            fn dlq_envelope_of_any_message_round_trips(
+                key in prop::option::of(bytes()),
+                headers in prop::collection::vec((text(), bytes()), 0..4),
+                payload in bytes(),
+                (partition, position, timestamp_ms) in any::<(u32, i64, i64)>(),
+                entity in text(),
+                (category, kind, message, attempts) in (category(), text(), text(), any::<u32>()),
+                (first_failure, last_failure) in (time(), time()),
+                (transport, consumer_group, worker) in (text(), text(), text()),
+            ) {
+                let msg = PipelineMessage {
+                    entity: entity.as_str().into(),
+                    partition,
+                    position,
+                    key: key.clone(),
+                    headers: Headers(headers.clone()),
+                    payload: payload.clone(),
+                    timestamp_ms,
+                };
+                let f = Failure { category, kind: &kind, message: &message, first_failure, last_failure, attempts };
+                let cx = Context { transport: &transport, consumer_group: &consumer_group, worker: &worker };
+                let mut env = Envelope::new(&msg, &f, &cx);
+                let out = env.to_message(key.clone());
+                let back = Envelope::parse(&out.payload).unwrap();
+                prop_assert_eq!(&back, &env);
+                prop_assert_eq!(back.original_payload().unwrap(), payload.to_vec());
+                prop_assert_eq!(back.original_key().unwrap(), key.map(|k| k.to_vec()));
+                let hs: Vec<(String, Vec<u8>)> =
+                    back.headers.iter().map(|h| (h.name.clone(), B64.decode(&h.value).unwrap())).collect();
+                let want: Vec<(String, Vec<u8>)> = headers.into_iter().map(|(n, v)| (n, v.to_vec())).collect();
+                prop_assert_eq!(hs, want);
+                prop_assert_eq!((back.origin.entity.as_str(), back.origin.position), (entity.as_str(), position));
+                prop_assert_eq!((back.error.kind.as_str(), back.error.message.as_str()), (kind.as_str(), message.as_str()));
+                prop_assert_eq!(out.headers.get_str(HEADER_ORIGIN), Some(entity.as_str()));
+                // trimming keeps it readable
+                env.trim();
+                let back = Envelope::parse(&env.to_message(None).payload).unwrap();
+                prop_assert_eq!(back.payload_size, Some(payload.len() as u64));
+                prop_assert_eq!(back, env);
+            }
+        }
     }
 }

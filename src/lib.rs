@@ -20,6 +20,8 @@
 //! - [`sources`]: built-in producers; [`simulation`]: the simulated APIs.
 //! - [`supervisor`]: restarts with [`backoff`], panic containment, bounded
 //!   drain; [`health`]: task states and their gauges.
+//! - [`instance`]: the stable instance id a daemon joins consumer groups
+//!   with (fast recovery after a crash).
 //! - [`runtime`]: builds the pipeline from a config, reloads it live, drains
 //!   it; [`daemon`]: signals, file watch and reload triggers around it.
 //! - [`admin`], [`metrics`], [`telemetry`], [`systemd`], [`watch`]:
@@ -54,6 +56,7 @@ pub mod daemon;
 pub mod dlq;
 pub mod fsync;
 pub mod health;
+pub mod instance;
 pub mod metrics;
 pub mod migration;
 pub mod retry;

@@ -24,8 +24,10 @@ fn main() -> ExitCode {
                 for w in &l.warnings {
                     eprintln!("warning: {w}");
                 }
-                for w in conveyor::commands::check::brokers(&l.config) {
-                    eprintln!("warning: {w}");
+                if !a.offline {
+                    for w in conveyor::commands::check::brokers(&l.config) {
+                        eprintln!("warning: {w}");
+                    }
                 }
                 let c = &l.config;
                 println!(

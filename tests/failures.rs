@@ -498,3 +498,39 @@ workers:
     assert_eq!(metric_sum(&text, "conveyor_retries_orphaned_total", "worker=\"a\""), 1.0, "{text}");
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_header_claiming_the_most_attempts_dead_letters_instead_of_overflowing() {
+    // `conveyor-retry-attempt` comes from the message: u32::MAX must not
+    // overflow the attempt count (a panic outside the stage: restart loop)
+    let cfg = config(
+        r#"
+service: { http: { listen: "127.0.0.1:0" } }
+transports: { local: { type: embedded } }
+entities:
+  in: { transport: local, partitions: 1 }
+  out: { transport: local, partitions: 1 }
+  retry: { transport: local, partitions: 1 }
+  dlq: { transport: local }
+workers:
+  w:
+    input: in
+    stage: { type: chaos, transient_ratio: 1.0 }
+    outputs: { default: out }
+    dead_letter: dlq
+    retry: { via: retry, schedule: [10ms], max_attempts: 3 }
+"#,
+    );
+    let rt = Pipeline::start(&cfg, 0, Options::default()).await.unwrap();
+    let t = rt.transport("local").clone();
+    let mut headers = conveyor::transport::Headers::default();
+    headers.set(conveyor::retry::H_ATTEMPT, u32::MAX.to_string());
+    let m = OutboundMessage { key: Some("k".into()), payload: "{}".into(), headers, ..Default::default() };
+    t.producer().send("in", vec![m]).await.unwrap();
+    assert!(eventually(Duration::from_secs(20), async || read_all(&*t, "dlq").await.len() == 1).await, "dead-lettered");
+    let env = Envelope::parse(&read_all(&*t, "dlq").await[0].payload).unwrap();
+    assert_eq!(env.error.attempts, u32::MAX);
+    let (_, m) = get(rt.http_addr, "/metrics").await.unwrap();
+    assert_eq!(metric_sum(&m, "conveyor_worker_restarts_total", "") + 0.0, 0.0, "no restart");
+    rt.shutdown().await.unwrap();
+}

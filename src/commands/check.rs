@@ -84,7 +84,7 @@ async fn event_hubs(cfg: &Config, tname: &str, c: &crate::config::EventHubsConfi
     let ents = crate::runtime::transports::entities_on(cfg, tname);
     // the hubs only: the checkpoint store is not needed to read them
     let c = crate::config::EventHubsConfig { checkpoint_store: None, ..c.clone() };
-    let t = match EventHubsTransport::open(tname, &c, &ents).await {
+    let t = match EventHubsTransport::open(tname, &c, &ents, crate::instance::Membership::Dynamic).await {
         Ok(t) => t,
         Err(e) => {
             warnings.push(format!("transports.{tname}: cannot open to compare partition counts: {e}"));

@@ -115,11 +115,9 @@ fn sides(cfg: &Config, entity: &str) -> Result<(Side, Side), MigrateError> {
 
 /// Opens transport `name` of `cfg` for reading `side` (`old` or `new`).
 async fn open(cfg: &Config, name: &str, side: &'static str, at: &str) -> Result<LiveTransport, MigrateError> {
-    transports::open(cfg, name).await.map_err(|e: RuntimeError| MigrateError::Unreachable {
-        side,
-        at: at.to_string(),
-        source: Box::new(e),
-    })
+    transports::open(cfg, name, &crate::instance::Membership::Dynamic)
+        .await
+        .map_err(|e: RuntimeError| MigrateError::Unreachable { side, at: at.to_string(), source: Box::new(e) })
 }
 
 /// Reads one side as records, with the extents it read up to.

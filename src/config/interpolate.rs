@@ -50,6 +50,11 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
                         None => missing.push(Unresolved { var: name.to_string(), line, column: i - line_start + 1 }),
                     },
                 }
+                // a default may span lines: keep counting them
+                if let Some(nl) = inner.rfind('\n') {
+                    line += inner.matches('\n').count();
+                    line_start = i + 2 + nl + 1;
+                }
                 i += 2 + end + 1;
                 continue;
             }
@@ -109,5 +114,89 @@ mod tests {
     #[test]
     fn leaves_non_variables_alone() {
         assert_eq!(interpolate("a: ${not valid} $x ${", env).unwrap(), "a: ${not valid} $x ${");
+    }
+
+    #[test]
+    fn a_default_spanning_lines_keeps_later_positions_right() {
+        // the first reference swallows a newline as its default (`\n${NOPE`)
+        let err = interpolate("${NOPE:-\n${NOPE}${NOPE}", env).unwrap_err();
+        assert_eq!(err, vec![Unresolved { var: "NOPE".into(), line: 2, column: 8 }]);
+    }
+
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() }
+        }
+
+        /// Text made of the pieces interpolation looks at, and anything else.
+        fn text() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                2 => Just("$".to_string()),
+                4 => Just("${".to_string()),
+                2 => Just("$${".to_string()),
+                4 => Just("${NOPE:-".to_string()),
+                3 => Just("${NOPE}".to_string()),
+                4 => Just("}".to_string()),
+                2 => Just(":-".to_string()),
+                4 => Just("\n".to_string()),
+                4 => prop::sample::select(vec!["HOST", "EMPTY", "NOPE", "_1", "é", "€", "𝄞"]).prop_map(str::to_string),
+                2 => ".{0,4}",
+                1 => any::<String>(),
+            ];
+            prop::collection::vec(piece, 0..24).prop_map(|p| p.concat())
+        }
+
+        fn env(name: &str) -> Option<String> {
+            match name {
+                "HOST" => Some("h€st:1".into()),
+                "EMPTY" => Some(String::new()),
+                "_1" => Some("${NOPE}".into()),
+                _ => None,
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn interpolate_never_panics_and_locates_what_is_missing(t in text()) {
+                match interpolate(&t, env) {
+                    Ok(_) => {}
+                    Err(missing) => {
+                        prop_assert!(!missing.is_empty());
+                        let lines: Vec<&str> = t.split('\n').collect();
+                        for m in missing {
+                            prop_assert!(m.line >= 1 && m.column >= 1);
+                            let line = lines[m.line - 1];
+                            let want = format!("${{{}", m.var);
+                            prop_assert!(line.as_bytes()[m.column - 1..].starts_with(want.as_bytes()), "{:?} in {:?}", m, line);
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn interpolate_without_a_dollar_is_identity(t in text()) {
+                let t = t.replace('$', "");
+                prop_assert_eq!(interpolate(&t, env), Ok(t.clone()));
+            }
+
+            #[test]
+            fn interpolate_replaces_values_defaults_and_escapes(
+                before in "[^$\n]{0,8}",
+                after in "[^$\n]{0,8}",
+                default in "[^}\n]{0,8}",
+            ) {
+                let got = interpolate(&format!("{before}${{HOST}}{after}"), env);
+                prop_assert_eq!(got, Ok(format!("{before}h€st:1{after}")));
+                let got = interpolate(&format!("{before}${{NOPE:-{default}}}{after}"), env);
+                prop_assert_eq!(got, Ok(format!("{before}{default}{after}")));
+                let got = interpolate(&format!("{before}$${{HOST}}{after}"), env);
+                prop_assert_eq!(got, Ok(format!("{before}${{HOST}}{after}")));
+            }
+        }
     }
 }

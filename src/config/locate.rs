@@ -22,6 +22,13 @@ pub struct PathIndex {
     positions: HashMap<Vec<String>, Pos>,
     /// Where each YAML document of the text starts (a config is one).
     documents: Vec<Pos>,
+    /// The first syntax error of the text, if any, with its message.
+    syntax_error: Option<(Pos, String)>,
+    /// Where each key of the top-level mapping starts, in order (also keys
+    /// that are not strings, which have no path).
+    top_keys: Vec<Pos>,
+    /// Where the first document's content starts.
+    content: Option<Pos>,
 }
 
 impl PathIndex {
@@ -30,8 +37,31 @@ impl PathIndex {
     pub fn build(text: &str) -> Self {
         let mut rx = Receiver::default();
         let mut parser = Parser::new_from_str(text);
-        let _ = parser.load(&mut rx, true);
-        PathIndex { positions: rx.positions, documents: rx.documents }
+        let syntax_error = parser.load(&mut rx, true).err().map(|e| (pos(e.marker()), e.info().to_string()));
+        PathIndex {
+            positions: rx.positions,
+            documents: rx.documents,
+            syntax_error,
+            top_keys: rx.top_keys,
+            content: rx.content,
+        }
+    }
+
+    /// Where the `n`-th key of the top-level mapping starts.
+    pub fn top_key(&self, n: usize) -> Option<Pos> {
+        self.top_keys.get(n).copied()
+    }
+
+    /// Where the document's content starts (for a problem with the whole
+    /// file, such as a root that is not a mapping).
+    pub fn content(&self) -> Option<Pos> {
+        self.content
+    }
+
+    /// The first syntax error this parser found, for when the YAML
+    /// deserializer reports one without a position.
+    pub fn syntax_error(&self) -> Option<&(Pos, String)> {
+        self.syntax_error.as_ref()
     }
 
     /// Where the second YAML document starts, if the text holds more than one.
@@ -45,6 +75,22 @@ impl PathIndex {
     }
 }
 
+/// The first top-level line of `text` that does not start with a plain key
+/// (`name:`): where a key that is not a string (an anchor, a complex key, a
+/// flow collection) most likely is, for when the index could not read it.
+pub fn unusual_top_key(text: &str) -> Option<Pos> {
+    text.lines().enumerate().find_map(|(i, l)| {
+        let first = l.chars().next()?;
+        if first.is_whitespace() || first == '#' || l.starts_with("---") || l.starts_with("...") {
+            return None;
+        }
+        let key_end = l.find(':').unwrap_or(l.len());
+        let plain = first.is_ascii_alphabetic()
+            && l[..key_end].trim_end().chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        (!plain || key_end == l.len()).then_some(Pos { line: i + 1, column: 1 })
+    })
+}
+
 enum Frame {
     Map { key: Option<String>, expecting_key: bool },
     Seq { index: usize },
@@ -56,6 +102,8 @@ struct Receiver {
     path: Vec<String>,
     positions: HashMap<Vec<String>, Pos>,
     documents: Vec<Pos>,
+    top_keys: Vec<Pos>,
+    content: Option<Pos>,
 }
 
 fn pos(m: &Marker) -> Pos {
@@ -107,6 +155,17 @@ impl MarkedEventReceiver for Receiver {
         }
         if self.documents.len() > 1 {
             return; // only the first document is indexed
+        }
+        if matches!(ev, Event::Scalar(..) | Event::Alias(_) | Event::MappingStart(..) | Event::SequenceStart(..)) {
+            // a block mapping's start is marked after its first key: the
+            // earliest mark is where the content starts
+            let p = pos(&mark);
+            if self.content.is_none_or(|c| (p.line, p.column) < (c.line, c.column)) {
+                self.content = Some(p);
+            }
+            if let [Frame::Map { expecting_key: true, .. }] = self.stack.as_slice() {
+                self.top_keys.push(pos(&mark));
+            }
         }
         match ev {
             Event::Scalar(value, ..) => {
@@ -160,6 +219,22 @@ mod tests {
         // unknown leaf falls back to the nearest ancestor
         assert_eq!(idx.find(&p("workers/w2/nope")), Some(Pos { line: 9, column: 3 }));
         assert_eq!(idx.second_document(), None);
+    }
+
+    #[test]
+    fn locates_top_level_keys_of_any_kind_and_the_content() {
+        let text = "# comment\n\nservice: {}\n? [a, b]\n: x\n7: y\n";
+        let ix = PathIndex::build(text);
+        assert_eq!(ix.content(), Some(Pos { line: 3, column: 1 }));
+        assert_eq!(ix.top_key(0), Some(Pos { line: 3, column: 1 }));
+        assert_eq!(ix.top_key(1).map(|p| p.line), Some(4));
+    }
+
+    #[test]
+    fn an_unusual_top_level_key_is_found_by_its_line() {
+        assert_eq!(unusual_top_key("# c\nservice:\n  a: 1\n&x: {a: 1}\n").map(|p| p.line), Some(4));
+        assert_eq!(unusual_top_key("a: 1\n? [x]\n").map(|p| p.line), Some(2));
+        assert_eq!(unusual_top_key("a: 1\nb.c-d: 2\n"), None);
     }
 
     #[test]

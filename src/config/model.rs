@@ -74,6 +74,14 @@ pub struct ServiceConfig {
     /// Service name, used in logs and as `service` in `/readyz`. Default `conveyor`.
     #[serde(default = "default_name")]
     pub name: String,
+    /// This process's stable identity in consumer groups: its Kafka static
+    /// membership (`group.instance.id`, per topic) and its Event Hubs owner
+    /// id, so a restart after a crash gets its partitions back at once.
+    /// Default `<hostname>-<name>`; the environment variable
+    /// `CONVEYOR_INSTANCE_ID` overrides both. Two live processes must never
+    /// share it: give each instance on one host its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
     /// HTTP endpoints (`/healthz`, `/readyz`, `/metrics`).
     #[serde(default)]
     pub http: HttpConfig,
@@ -102,10 +110,19 @@ fn default_grace() -> Dur {
     Dur::secs(30)
 }
 
+impl ServiceConfig {
+    /// How the daemon joins consumer groups: as its stable instance id
+    /// (`crate::instance`).
+    pub fn membership(&self) -> crate::instance::Membership {
+        crate::instance::Membership::daemon(self.instance_id.as_deref(), &self.name)
+    }
+}
+
 impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
             name: default_name(),
+            instance_id: None,
             http: HttpConfig::default(),
             shutdown_grace: default_grace(),
             log: LogConfig::default(),

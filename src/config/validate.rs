@@ -24,6 +24,35 @@ pub(super) fn validate(c: &Config, v: &mut Issues<'_>) {
     retry_entities(c, v);
     eventhubs_names(c, v);
     unconsumed(c, v);
+    instance_id(c, v);
+}
+
+/// A config whose workers consume from Kafka or Event Hubs can run as
+/// several processes sharing the groups; each must then have its own
+/// instance id (`crate::instance`), which the default (`<host>-<name>`) does
+/// not give two instances on one host.
+fn instance_id(c: &Config, v: &mut Issues<'_>) {
+    let explicit = c.service.instance_id.as_deref().is_some_and(|i| !i.trim().is_empty())
+        || v.env(crate::instance::ENV).is_some_and(|i| !i.trim().is_empty());
+    let shared = |entity: &str| {
+        c.entities
+            .get(entity)
+            .and_then(|e| c.transports.get(&e.transport))
+            .is_some_and(|t| matches!(t, TransportConfig::Kafka(_) | TransportConfig::Eventhubs(_)))
+    };
+    if explicit || !c.workers.values().any(|w| shared(&w.input)) {
+        return;
+    }
+    let default = crate::instance::choose(None, None, &crate::instance::hostname(), &c.service.name);
+    v.warn(
+        &["service"],
+        format!(
+            "service.instance_id is not set: this process joins its Kafka/Event Hubs consumer groups as {default:?}; \
+             two live processes must never share an instance id, so give each instance on one host its own \
+             (service.instance_id, or the environment variable {})",
+            crate::instance::ENV
+        ),
+    );
 }
 
 /// An error unless entity `name` exists (or is in the file but broken).

@@ -175,8 +175,7 @@ impl Scheduler {
                     let wall = now_ms();
                     let now = Instant::now();
                     for m in buf.drain(..) {
-                        let due_ms = m.headers.get_str(H_DUE).and_then(|v| v.parse::<i64>().ok());
-                        let wait = Duration::from_millis(due_ms.map_or(0, |d| (d - wall).max(0)) as u64);
+                        let wait = super::due_in(&m.headers, wall);
                         let route = self.route(&m);
                         let at = if matches!(route, Route::DeadLetter(_)) { now } else { now + wait };
                         queue.push(Reverse((at, m.position)));

@@ -10,7 +10,7 @@
 //! worker's name, input and dead-letter entity (it routes retries of workers
 //! a reload changed).
 
-use crate::config::{Config, SourceConfig, fingerprint_json};
+use crate::config::{Config, SourceConfig, TransportConfig, fingerprint_json};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a task is.
@@ -49,6 +49,10 @@ fn fnv(parts: &[&[u8]]) -> u64 {
 /// Fingerprint of a transport's config (secrets included).
 pub fn transport_fp(cfg: &Config, name: &str) -> u64 {
     match cfg.transports.get(name) {
+        // consumers of shared transports join groups as the instance id
+        Some(t @ (TransportConfig::Kafka(_) | TransportConfig::Eventhubs(_))) => {
+            fnv(&[&fingerprint_json(t), format!("{:?}", cfg.service.membership()).as_bytes()])
+        }
         Some(t) => fnv(&[&fingerprint_json(t)]),
         None => 0,
     }

@@ -97,7 +97,7 @@ impl Topology {
         let mut fresh: BTreeMap<String, LiveTransport> = BTreeMap::new();
         for name in cfg.transports.keys() {
             if !live.contains_key(name) {
-                fresh.insert(name.clone(), transports::open(&cfg, name).await?);
+                fresh.insert(name.clone(), transports::open(&cfg, name, &cfg.service.membership()).await?);
             }
         }
         let replaced: BTreeSet<String> = live
@@ -263,7 +263,7 @@ impl Topology {
         let shared = &self.shared;
         for n in replaced {
             if cfg.transports.contains_key(n) {
-                live.insert(n.clone(), transports::open(cfg, n).await?);
+                live.insert(n.clone(), transports::open(cfg, n, &cfg.service.membership()).await?);
                 report.transports_reopened.push(n.clone());
             }
         }
@@ -301,7 +301,7 @@ impl Topology {
         let shared = &self.shared;
         for n in old.transports.keys() {
             if !live.contains_key(n) {
-                match transports::open(old, n).await {
+                match transports::open(old, n, &old.service.membership()).await {
                     Ok(open) => {
                         live.insert(n.clone(), open);
                     }

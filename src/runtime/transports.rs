@@ -6,6 +6,7 @@
 use super::error::RuntimeError;
 use super::plan;
 use crate::config::{Config, TransportConfig};
+use crate::instance::Membership;
 use crate::migration;
 use crate::transport::embedded::{Embedded, EmbeddedOptions};
 use crate::transport::{EntitySpec, GroupSpec, Producer, StartPosition, Transport};
@@ -89,8 +90,9 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Opens transport `tname` of `cfg` with its entities and groups.
-pub async fn open(cfg: &Config, tname: &str) -> Result<LiveTransport, RuntimeError> {
+/// Opens transport `tname` of `cfg` with its entities and groups; its
+/// consumers join groups as `membership` (static for the daemon).
+pub async fn open(cfg: &Config, tname: &str, membership: &Membership) -> Result<LiveTransport, RuntimeError> {
     let err = |source| RuntimeError::Transport { name: tname.to_string(), source: Box::new(source) };
     let entities = entities_on(cfg, tname);
     let transport: Arc<dyn Transport> = match &cfg.transports[tname] {
@@ -104,13 +106,17 @@ pub async fn open(cfg: &Config, tname: &str) -> Result<LiveTransport, RuntimeErr
             Arc::new(Embedded::open(opts, &entities, &groups_on(cfg, tname)).map_err(err)?)
         }
         #[cfg(feature = "kafka")]
-        TransportConfig::Kafka(k) => {
-            Arc::new(crate::transport::kafka::KafkaTransport::open(tname, k, &entities).await.map_err(err)?)
-        }
+        TransportConfig::Kafka(k) => Arc::new(
+            crate::transport::kafka::KafkaTransport::open(tname, k, &entities, membership.clone())
+                .await
+                .map_err(err)?,
+        ),
         #[cfg(feature = "eventhubs")]
-        TransportConfig::Eventhubs(e) => {
-            Arc::new(crate::transport::eventhub::EventHubsTransport::open(tname, e, &entities).await.map_err(err)?)
-        }
+        TransportConfig::Eventhubs(e) => Arc::new(
+            crate::transport::eventhub::EventHubsTransport::open(tname, e, &entities, membership.clone())
+                .await
+                .map_err(err)?,
+        ),
         #[allow(unreachable_patterns)]
         other => {
             return Err(err(crate::transport::TransportError::Other {
@@ -142,7 +148,7 @@ impl Transports {
     pub async fn open(cfg: &Config) -> Result<Transports, RuntimeError> {
         let mut all = BTreeMap::new();
         for name in cfg.transports.keys() {
-            all.insert(name.clone(), open(cfg, name).await?);
+            all.insert(name.clone(), open(cfg, name, &Membership::Dynamic).await?);
         }
         Ok(Transports { all })
     }

@@ -55,6 +55,7 @@ use super::{
 };
 use crate::classify::{self, ErrorCategory};
 use crate::config::{EventHubsConfig, Secret};
+use crate::instance::Membership;
 use async_trait::async_trait;
 use azure_core_amqp::{AmqpError, AmqpErrorKind};
 use azure_messaging_eventhubs::error::ErrorKind as EhKind;
@@ -103,6 +104,9 @@ struct Inner {
     entities: RwLock<HashMap<String, EntitySpec>>,
     producers: tokio::sync::Mutex<HashMap<String, Arc<ProducerClient>>>,
     balancers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The owner id of partition ownerships: the daemon's instance id, or a
+    /// fresh one per consumer (dynamic).
+    membership: Membership,
 }
 
 #[derive(Clone)]
@@ -144,7 +148,12 @@ fn other(category: ErrorCategory, kind: &'static str, message: String) -> Transp
 impl EventHubsTransport {
     /// Resolves credentials and opens the checkpoint store; clients connect
     /// on first use.
-    pub async fn open(name: &str, cfg: &EventHubsConfig, entities: &[EntitySpec]) -> Result<Self, TransportError> {
+    pub async fn open(
+        name: &str,
+        cfg: &EventHubsConfig,
+        entities: &[EntitySpec],
+        membership: Membership,
+    ) -> Result<Self, TransportError> {
         let (auth, namespace, mut endpoint) = match (&cfg.connection_string, &cfg.credential) {
             (Some(cs), _) => {
                 let (host, emulator) = parse_endpoint(cs.expose()).ok_or_else(|| {
@@ -191,6 +200,7 @@ impl EventHubsTransport {
                 entities: RwLock::new(HashMap::new()),
                 producers: tokio::sync::Mutex::new(HashMap::new()),
                 balancers: Mutex::new(Vec::new()),
+                membership,
             }),
         };
         t.add(entities);

@@ -56,6 +56,7 @@ use super::{
 };
 use crate::classify::{self, ErrorCategory};
 use crate::config::KafkaConfig;
+use crate::instance::Membership;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::task::AtomicWaker;
@@ -93,6 +94,8 @@ struct Inner {
     /// By topic.
     entities: std::sync::RwLock<HashMap<String, EntitySpec>>,
     pollers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Static (`group.instance.id`) or dynamic group membership.
+    membership: Membership,
 }
 
 /// The librdkafka settings shared by producer and consumers.
@@ -158,6 +161,7 @@ impl KafkaTransport {
         name: &str,
         cfg: &KafkaConfig,
         entities: &[EntitySpec],
+        membership: Membership,
     ) -> Result<KafkaTransport, TransportError> {
         let mut pc = base_config(cfg);
         pc.set("enable.idempotence", "true");
@@ -176,6 +180,7 @@ impl KafkaTransport {
                 producer,
                 entities: std::sync::RwLock::new(HashMap::new()),
                 pollers: Mutex::new(Vec::new()),
+                membership,
             }),
         };
         t.add(entities).await?;
@@ -415,8 +420,18 @@ impl Transport for KafkaTransport {
         // back-off would stall a lane whenever its small queue fills up
         c.set("queued.max.messages.kbytes", "2048");
         c.set("fetch.queue.backoff.ms", "10");
+        // static membership: a restart after a crash rejoins as the same
+        // member and gets its partitions back without waiting for the
+        // session timeout (`instance`); `properties` may still override it
+        if let Some(id) = self.inner.membership.kafka_instance(entity) {
+            c.set("group.instance.id", id);
+        }
         for (k, v) in &self.inner.cfg.properties {
             c.set(k, v.expose());
+        }
+        // `group.instance.id: ""` in `properties`: a dynamic member
+        if c.get("group.instance.id") == Some("") {
+            c.remove("group.instance.id");
         }
         c.set("enable.auto.offset.store", "false");
         let (tx, rx) = mpsc::unbounded_channel();

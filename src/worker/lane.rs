@@ -365,7 +365,8 @@ async fn process(
     let mut first_failure: Option<SystemTime> = prior.first_failure_ms.map(ms_to_time);
     let mut paused = false;
     loop {
-        attempts += 1;
+        // the prior count comes from a header: anything up to u32::MAX
+        attempts = attempts.saturating_add(1);
         let start = out.len();
         let r = AssertUnwindSafe(spec.stage.process(msg, out)).catch_unwind().await;
         let t1 = Instant::now();

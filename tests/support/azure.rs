@@ -50,20 +50,34 @@ impl Azurite {
     pub fn start() -> Azurite {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
-        let child = Command::new("bash")
+        let child = Self::spawn(dir.path(), port);
+        let a = Azurite { child, port, _dir: dir };
+        a.wait_listening();
+        a
+    }
+
+    fn spawn(dir: &Path, port: u16) -> Child {
+        Command::new("bash")
             .arg(root().join("scripts/azurite.sh"))
-            .args(["start", dir.path().to_str().unwrap(), &port.to_string()])
+            .args(["start", dir.to_str().unwrap(), &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("run scripts/azurite.sh (npm azurite; scripts/setup.sh installs it)");
-        let a = Azurite { child, port, _dir: dir };
+            .expect("run scripts/azurite.sh (npm azurite; scripts/setup.sh installs it)")
+    }
+
+    fn wait_listening(&self) {
         let end = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < end, "Azurite did not listen on {port} within 30s");
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < end, "Azurite did not listen on {} within 30s", self.port);
             std::thread::sleep(Duration::from_millis(100));
         }
-        a
+    }
+
+    /// Starts a stopped Azurite again on the same port and data.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(self._dir.path(), self.port);
+        self.wait_listening();
     }
 
     /// Storage connection string (Python and Conveyor accept it).

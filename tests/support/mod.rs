@@ -215,6 +215,29 @@ impl Drop for KafkaBroker {
     }
 }
 
+/// Committed offsets of `group` on `topic` (0 where none) and the high
+/// watermarks, read from the broker (OffsetFetch; the group is not joined).
+#[cfg(feature = "kafka")]
+pub fn committed_and_high(bootstrap: &str, topic: &str, group: &str, partitions: i32) -> (Vec<i64>, Vec<i64>) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let c: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    let committed = (0..partitions)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => 0,
+        })
+        .collect();
+    let high = (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1).collect();
+    (committed, high)
+}
+
 /// A unique topic name.
 pub fn topic(prefix: &str) -> String {
     format!("{prefix}-{:08x}", fastrand::u32(..))
@@ -279,11 +302,19 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// A daemon with an instance id of its own (several may share groups).
     pub fn start(config: &Path) -> Daemon {
+        Self::start_as(config, &format!("test-{:08x}", fastrand::u32(..)))
+    }
+
+    /// A daemon with instance id `id`: a restart with the same id rejoins
+    /// its groups as the member it was.
+    pub fn start_as(config: &Path, id: &str) -> Daemon {
         let mut child = std::process::Command::new(BIN)
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .env("CONVEYOR_INSTANCE_ID", id)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -296,10 +327,12 @@ impl Daemon {
             }
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut said = Vec::new();
         let addr = loop {
-            let line = logs
-                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-                .expect("daemon logs its address");
+            let Ok(line) = logs.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) else {
+                panic!("the daemon did not log its address; it said: {said:#?}");
+            };
+            said.push(line.clone());
             if line.contains("HTTP endpoints up") {
                 let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
                 break v["listen"].as_str().unwrap().parse().unwrap();

@@ -200,6 +200,28 @@ impl Broker {
         out
     }
 
+    /// The first half of a service restart: stops accepting and cuts every
+    /// connection, keeping every hub's events (the service's storage is
+    /// durable; only its front end goes away). [`Broker::resume`] ends it.
+    pub async fn suspend(&mut self) {
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+            let _ = accept.await;
+        }
+        let cut = self.shared.kill_connections();
+        tracing::info!(local_addr = %self.local_addr, connections = cut, "event hubs test broker suspended");
+    }
+
+    /// Accepts again on the same address, with the state kept.
+    pub async fn resume(&mut self) -> std::io::Result<()> {
+        if self.accept.is_none() {
+            let listener = TcpListener::bind(self.local_addr).await?;
+            self.accept = Some(tokio::spawn(conn::accept_loop(listener, self.shared.clone())));
+            tracing::info!(local_addr = %self.local_addr, "event hubs test broker resumed");
+        }
+        Ok(())
+    }
+
     /// Stops accepting, cuts every connection and ends all broker tasks.
     pub async fn shutdown(mut self) {
         if let Some(accept) = self.accept.take() {

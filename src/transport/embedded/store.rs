@@ -241,14 +241,7 @@ fn apply(db: &Database, batch: &[Write], buf: &mut BytesMut) -> Result<(), redb:
                     let name = log_table(entity, *partition);
                     let mut t = txn.open_table(TableDefinition::<u64, &[u8]>::new(&name))?;
                     buf.clear();
-                    buf.put_u32_le(records.len() as u32);
-                    for r in records {
-                        let at = buf.len();
-                        buf.put_u32_le(0);
-                        encode(r, buf);
-                        let len = (buf.len() - at - 4) as u32;
-                        buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
-                    }
+                    encode_batch(records, buf);
                     t.insert(*first as u64, &buf[..])?;
                     let end = *first + records.len() as i64;
                     let e = nexts.entry((entity.clone(), *partition)).or_insert(end);
@@ -281,12 +274,26 @@ fn batch_len(v: &[u8]) -> u32 {
 }
 
 /// Batch format: count u32 | (record_len u32, record)*.
+fn encode_batch(records: &[Record], buf: &mut BytesMut) {
+    buf.put_u32_le(records.len() as u32);
+    for r in records {
+        let at = buf.len();
+        buf.put_u32_le(0);
+        encode(r, buf);
+        let len = (buf.len() - at - 4) as u32;
+        buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+}
+
+/// Inverse of [`encode_batch`]; `None` when `b` is not a whole batch.
 fn decode_batch(mut b: &[u8]) -> Option<Vec<Record>> {
     if b.len() < 4 {
         return None;
     }
     let n = b.get_u32_le() as usize;
-    let mut out = Vec::with_capacity(n);
+    // the count is read from disk: reserve no more than the bytes can hold
+    // (a record takes at least 4 + 14 bytes), or a corrupt count aborts
+    let mut out = Vec::with_capacity(n.min(b.remaining() / 18));
     for _ in 0..n {
         if b.remaining() < 4 {
             return None;
@@ -346,7 +353,8 @@ fn decode(mut b: &[u8]) -> Option<Record> {
         return None;
     }
     let n = b.get_u16_le();
-    let mut headers = Vec::with_capacity(n as usize);
+    // a header takes at least 2 + 4 bytes
+    let mut headers = Vec::with_capacity((n as usize).min(b.remaining() / 6));
     for _ in 0..n {
         if b.remaining() < 2 {
             return None;
@@ -387,5 +395,86 @@ mod tests {
         encode(&none, &mut buf);
         assert_eq!(decode(&buf).unwrap(), none);
         assert!(decode(&buf[..5]).is_none());
+    }
+
+    #[test]
+    fn a_batch_claiming_more_records_than_it_holds_is_corrupt_not_an_abort() {
+        // count u32::MAX and nothing else: must not reserve u32::MAX records up front
+        assert!(decode_batch(&[0xff, 0xff, 0xff, 0xff]).is_none());
+        // a record claiming u16::MAX headers with none present
+        let mut b = vec![0u8; 8];
+        b.extend_from_slice(&(-1i32).to_le_bytes());
+        b.extend_from_slice(&[0xff, 0xff]);
+        assert!(decode(&b).is_none());
+    }
+
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() }
+        }
+
+        fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
+            prop::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
+        }
+
+        /// Any record the transport lets through (`check_limits`: names and
+        /// the header count fit 16 bits; repeated names allowed).
+        fn record() -> impl Strategy<Value = Record> {
+            let header = (prop_oneof![".{0,12}", Just(String::new()), Just("é€𝄞".to_string())], bytes(24));
+            (prop::option::of(bytes(48)), prop::collection::vec(header, 0..6), bytes(200), any::<i64>()).prop_map(
+                |(key, headers, payload, timestamp_ms)| Record {
+                    key,
+                    headers: Headers(headers),
+                    payload,
+                    timestamp_ms,
+                },
+            )
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn store_decode_never_panics_on_arbitrary_bytes(b in prop::collection::vec(any::<u8>(), 0..256)) {
+                let _ = decode(&b);
+                let _ = decode_batch(&b);
+                let _ = batch_len(&b);
+            }
+
+            #[test]
+            fn store_decode_never_panics_on_corrupted_batches(
+                records in prop::collection::vec(record(), 0..4),
+                at in any::<prop::sample::Index>(),
+                with in any::<u8>(),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                // corrupt a real batch: one byte changed, then cut short
+                let mut buf = BytesMut::new();
+                encode_batch(&records, &mut buf);
+                let mut b = buf.to_vec();
+                let i = at.index(b.len());
+                b[i] = with;
+                let _ = decode_batch(&b);
+                let _ = decode_batch(&b[..cut.index(b.len())]);
+            }
+
+            #[test]
+            fn store_record_round_trips(r in record()) {
+                let mut buf = BytesMut::new();
+                encode(&r, &mut buf);
+                prop_assert_eq!(decode(&buf), Some(r));
+            }
+
+            #[test]
+            fn store_batch_round_trips(records in prop::collection::vec(record(), 0..6)) {
+                let mut buf = BytesMut::new();
+                encode_batch(&records, &mut buf);
+                prop_assert_eq!(batch_len(&buf) as usize, records.len());
+                prop_assert_eq!(decode_batch(&buf), Some(records));
+            }
+        }
     }
 }

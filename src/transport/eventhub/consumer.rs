@@ -6,6 +6,7 @@ use super::checkpoint::{Checkpoint, CheckpointStore, Ownership, store_error};
 use super::{EventHubsTransport, classify_error};
 use crate::backoff::{Attempts, Backoff};
 use crate::classify::ErrorCategory;
+use crate::instance::Membership;
 use crate::transport::{
     Assignment, EntitySpec, Headers, PartitionReader, PipelineMessage, Seek, StartPosition, Subscription,
     TransportError,
@@ -90,12 +91,14 @@ pub(super) async fn start(
     start: StartPosition,
     store: Arc<dyn CheckpointStore>,
 ) -> Result<(EhSubscription, tokio::task::JoinHandle<()>), TransportError> {
-    let owner_id = format!(
-        "conveyor-{}-{}-{:08x}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
-        std::process::id(),
-        fastrand::u32(..)
-    );
+    // the daemon's stable instance id: a restart reclaims the ownerships it
+    // still holds at once (they are renewals of ours, see `plan_claims`)
+    let owner_id = match &t.inner.membership {
+        Membership::Static(id) => id.clone(),
+        Membership::Dynamic => {
+            format!("conveyor-{}-{}-{:08x}", crate::instance::hostname(), std::process::id(), fastrand::u32(..))
+        }
+    };
     let client = t.consumer_for(&e.name, &group, &owner_id).await?;
     let props = client.get_eventhub_properties().await.map_err(|err| t.map_err(&e.name, &err))?;
     let partitions = props.partition_ids.clone();
