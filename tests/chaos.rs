@@ -962,6 +962,7 @@ fn hostile_api() -> std::net::SocketAddr {
                         return;
                     }
                     let mut len = 0usize;
+                    let mut auth = String::new();
                     loop {
                         let mut h = String::new();
                         if r.read_line(&mut h).unwrap_or(0) == 0 {
@@ -973,12 +974,18 @@ fn hostile_api() -> std::net::SocketAddr {
                         if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
                             len = v.trim().parse().unwrap_or(0);
                         }
+                        if h.to_ascii_lowercase().starts_with("authorization:") {
+                            auth = h["authorization:".len()..].trim().to_string();
+                        }
                     }
                     let mut body = vec![0; len];
                     let _ = r.read_exact(&mut body);
                     let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
                     let (status, text) = if path.ends_with('7') {
-                        ("503 Service Unavailable", "Überlastet — bitte später erneut versuchen ✋ ".repeat(40))
+                        // the request's credentials echoed first (an API may
+                        // do that): they must not reach a log or a dead letter
+                        let echo = format!("you sent {auth}; ");
+                        ("503 Service Unavailable", echo + &"Überlastet — bitte später erneut versuchen ✋ ".repeat(40))
                     } else {
                         ("200 OK", "{\"ok\":true}".to_string())
                     };
@@ -995,6 +1002,9 @@ fn hostile_api() -> std::net::SocketAddr {
     });
     addr
 }
+
+/// The API token of C4's HTTP stage (C7: it must appear nowhere).
+const API_TOKEN: &str = "chaos-api-token-5f1d0c9e7b";
 
 /// C4: 1% malformed JSON, an API answering 503 with non-ASCII bodies, payloads
 /// over the output's size limit and headers at their limits: every input
@@ -1030,7 +1040,8 @@ workers:
     dead_letter: dlq
   enrich:
     input: valid
-    stage: {{ type: http, method: POST, url: "http://{api}/items/{{{{id}}}}", timeout: 2s, merge_into: api }}
+    stage: {{ type: http, method: POST, url: "http://{api}/items/{{{{id}}}}", timeout: 2s, merge_into: api,
+              auth: {{ bearer_env: CHAOS_API_TOKEN }} }}
     outputs: {{ default: out }}
     dead_letter: dlq
     concurrency: 8
@@ -1041,7 +1052,7 @@ workers:
         ),
     );
     let n = s.n.min(5_000);
-    let mut d = Daemon::start(&cfg);
+    let mut d = Daemon::start_with(&cfg, "c4", &[("CHAOS_API_TOKEN", API_TOKEN)]);
     let mut want = BTreeSet::new();
     let mut lines = Vec::new();
     for i in 0..n {
@@ -1110,6 +1121,7 @@ workers:
     }
     .print();
     assert_eq!(lost, 0);
+    seen.assert_clean(&[API_TOKEN]);
     assert_eq!(seen.panics(), 0, "no panic");
     assert_eq!(restarts, 0.0, "no worker restarted");
     let count = |k: &str| kinds.get(k).copied().unwrap_or(0);
@@ -1266,6 +1278,7 @@ fn c6_mutated_configs_are_accepted_or_rejected_with_a_line_and_a_bad_reload_keep
     let cfg = default_config_in(run.path(), 50, None);
     let good = std::fs::read_to_string(&cfg).unwrap();
     let d = Daemon::start(&cfg);
+    let mut seen = Seen::default();
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut rejected = 0;
     while rejected < 5 {
@@ -1297,6 +1310,19 @@ fn c6_mutated_configs_are_accepted_or_rejected_with_a_line_and_a_bad_reload_keep
         rejected += 1;
     }
     std::fs::write(&cfg, &good).unwrap();
+    seen.logs(&d);
+    seen.endpoints(&d);
+    assert_eq!(seen.panics(), 0);
+    Row {
+        scenario: "C6 mutated configs + bad reloads",
+        messages: per_file * files.len(),
+        faults: format!("{} mutations, {rejected} bad SIGHUP reloads", per_file * files.len()),
+        lost: 0,
+        duplicates: 0,
+        recover: Vec::new(),
+        rss_mb: rss_mb(d.child.id()),
+    }
+    .print();
 }
 
 /// Whether a problem line names its position (`FILE:LINE:COL: …`).

@@ -165,3 +165,29 @@ fn a_transport_that_does_not_parse_is_reported_once_not_for_every_entity() {
     assert!(e.issues[0].path.starts_with("transports.local"), "{e}");
     assert!(e.issues[0].pos.is_some(), "{e}");
 }
+
+#[test]
+fn a_config_consuming_from_kafka_without_an_instance_id_is_warned_about() {
+    let kafka = GOOD.replace("  local: { type: embedded }", "  local: { type: kafka, bootstrap_servers: \"k:9092\" }");
+    let warned = |text: &str, env: Option<&str>| {
+        let env = env.map(str::to_string);
+        let l =
+            load_str(text, Path::new("c.yaml"), move |v| (v == "CONVEYOR_INSTANCE_ID").then(|| env.clone()).flatten())
+                .unwrap();
+        l.warnings.iter().any(|w| w.to_string().contains("service.instance_id is not set"))
+    };
+    // (config, CONVEYOR_INSTANCE_ID, warned?)
+    let table = [
+        (kafka.clone(), None, true),
+        (kafka.replace("name: conveyor,", "name: conveyor, instance_id: node-1,"), None, false),
+        (kafka.clone(), Some("node-2"), false),
+        (kafka.clone(), Some("  "), true),
+        (GOOD.to_string(), None, false), // embedded: one process anyway
+    ];
+    for (i, (text, env, want)) in table.into_iter().enumerate() {
+        assert_eq!(warned(&text, env), want, "row {i}");
+    }
+    let l = load(&kafka).unwrap();
+    let w = l.warnings.iter().find(|w| w.to_string().contains("instance_id")).unwrap().to_string();
+    assert!(w.starts_with("c.yaml:2:1: service"), "located at `service`: {w}");
+}

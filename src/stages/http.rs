@@ -28,6 +28,8 @@ pub struct HttpStage {
     headers: Vec<(String, String)>,
     body: Body,
     auth: Vec<(String, String)>,
+    /// The credential values, removed from error bodies an API echoes back.
+    secrets: Vec<String>,
     merge_into: Option<String>,
     output: usize,
     on_error: Option<usize>,
@@ -60,14 +62,18 @@ impl HttpStage {
             None => Body::None,
         };
         let mut auth = Vec::new();
+        let mut secrets = Vec::new();
         if let Some(a) = &cfg.auth {
             if let Some(token) = a.bearer_env.as_ref().and_then(|v| std::env::var(v).ok()) {
                 auth.push(("authorization".to_string(), format!("Bearer {token}")));
+                secrets.push(token);
             }
             if let (Some(h), Some(key)) = (&a.header, a.env.as_ref().and_then(|v| std::env::var(v).ok())) {
-                auth.push((h.clone(), key));
+                auth.push((h.clone(), key.clone()));
+                secrets.push(key);
             }
         }
+        secrets.retain(|s| !s.is_empty());
         let output = outputs.index("default").ok_or(BuildError::NoDefaultOutput)?;
         let on_error = match &cfg.on_error {
             Some(o) => Some(outputs.index(o).ok_or_else(|| BuildError::UnknownOutput(o.clone()))?),
@@ -82,6 +88,7 @@ impl HttpStage {
             headers: cfg.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             body,
             auth,
+            secrets,
             merge_into: cfg.merge_into.clone(),
             output,
             on_error,
@@ -100,6 +107,11 @@ impl HttpStage {
             tokio::time::sleep_until(at).await;
         }
     }
+}
+
+/// `text` with every occurrence of each of `secrets` replaced by `***`.
+fn redact(text: &str, secrets: &[String]) -> String {
+    secrets.iter().fold(text.to_string(), |t, s| t.replace(s.as_str(), "***"))
 }
 
 fn failure(category: ErrorCategory, kind: &str, message: String) -> StageError {
@@ -141,8 +153,9 @@ impl Stage for HttpStage {
         let status = resp.status().as_u16();
         let text = resp.text().await.map_err(|e| failure(ErrorCategory::Transient, "read", e.to_string()))?;
         if let Some(cat) = classify::http_status(status) {
-            // a body of any bytes, cut at a character boundary
-            let short = crate::text::clip(&text, 200).to_string();
+            // a body of any bytes, without our credentials (an API may echo
+            // the request), cut at a character boundary
+            let short = crate::text::clip(&redact(&text, &self.secrets), 200).to_string();
             let err = failure(cat, "http_status", format!("HTTP {status} from {} {url}: {short}", self.method));
             if let (ErrorCategory::Permanent, Some(o)) = (cat, self.on_error) {
                 let mut v = v;
@@ -188,7 +201,15 @@ mod tests {
             .route("/slow", route_get(|| async { tokio::time::sleep(Duration::from_secs(5)).await; "late" }))
             // byte 200 of the body falls inside a 3-byte character
             .route("/busy", route_get(|| async { (StatusCode::SERVICE_UNAVAILABLE, format!("{}€€€ réessayez", "x".repeat(199))) }))
-            .route("/echo", post(|body: Bytes| async move { body }));
+            .route("/echo", post(|body: Bytes| async move { body }))
+            // an API that echoes the request's credentials in its error
+            .route(
+                "/echo-auth",
+                route_get(|h: HeaderMap| async move {
+                    let auth = h.get("authorization").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+                    (StatusCode::SERVICE_UNAVAILABLE, format!("busy; you sent {auth}"))
+                }),
+            );
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
@@ -262,6 +283,16 @@ mod tests {
         assert!(e.to_string().ends_with(&"x".repeat(199)), "the body is cut before the character: {e}");
         let on_error = stage(&format!("url: http://{a}/status/404\non_error: errors"));
         assert!(run(&on_error, "{}").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn credentials_an_api_echoes_in_an_error_never_reach_the_error() {
+        let a = server().await;
+        let token = std::env::var("PATH").unwrap();
+        let s = stage(&format!("url: http://{a}/echo-auth\nauth: {{ bearer_env: PATH }}"));
+        let e = run(&s, "{}").await.unwrap_err().to_string();
+        assert!(e.contains("you sent Bearer ***"), "{e}");
+        assert!(!e.contains(&token[..token.len().min(20)]), "{e}");
     }
 
     #[tokio::test]

@@ -310,11 +310,17 @@ impl Daemon {
     /// A daemon with instance id `id`: a restart with the same id rejoins
     /// its groups as the member it was.
     pub fn start_as(config: &Path, id: &str) -> Daemon {
+        Self::start_with(config, id, &[])
+    }
+
+    /// [`Daemon::start_as`] with extra environment variables.
+    pub fn start_with(config: &Path, id: &str, env: &[(&str, &str)]) -> Daemon {
         let mut child = std::process::Command::new(BIN)
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
             .env("CONVEYOR_INSTANCE_ID", id)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
