@@ -39,6 +39,7 @@ pub mod embedded;
 pub mod eventhub;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod members;
 pub mod scan;
 #[cfg(test)]
 pub(crate) mod scripted;

@@ -169,6 +169,9 @@ async fn an_entity_moves_from_kafka_to_event_hubs_and_back_while_traffic_flows()
     };
 
     write(&plain);
+    if std::env::var("MIG_TEST_LOG").is_ok() {
+        conveyor::telemetry::init(&config(&plain).service.log);
+    }
     let rt = Pipeline::start(&config(&plain), 0, Options::default()).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let per_key = 75; // 3000 messages at ~150/s: traffic through every phase

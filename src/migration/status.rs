@@ -105,21 +105,59 @@ pub async fn status(cfg: &Config, transport: impl Fn(&str) -> Option<Arc<dyn Tra
 pub const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Reads the status of the config and transports `current` returns every
-/// [`EVERY`] and hands it to `publish`, until `stop`.
+/// [`EVERY`], and at once after each applied reload (`applied` changes), and
+/// hands it to `publish` (empty once nothing migrates), until `stop`.
 pub async fn watch<T>(
     current: impl Fn() -> Option<(Config, T)>,
     transport_of: impl Fn(&T, &str) -> Option<Arc<dyn Transport>>,
     publish: impl Fn(Vec<EntityStatus>),
+    mut applied: tokio::sync::watch::Receiver<u64>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     loop {
-        if let Some((cfg, transports)) = current() {
-            let s = status(&cfg, |name| transport_of(&transports, name)).await;
-            publish(s);
+        applied.mark_unchanged();
+        match current() {
+            Some((cfg, transports)) => publish(status(&cfg, |name| transport_of(&transports, name)).await),
+            None => publish(Vec::new()),
         }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(EVERY) => {}
+            // a reload: the phases may have changed
+            Ok(()) = applied.changed() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_is_read_at_once_not_after_the_period() {
+        let (applied, rx) = tokio::sync::watch::channel(0u64);
+        let reads = Arc::new(AtomicUsize::new(0));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let r = reads.clone();
+        let task = tokio::spawn(watch(
+            || None::<(Config, ())>,
+            |_: &(), _: &str| None,
+            move |s| {
+                assert!(s.is_empty(), "nothing migrates: the status is cleared");
+                r.fetch_add(1, Ordering::SeqCst);
+            },
+            rx,
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "read at start");
+        applied.send_modify(|n| *n += 1);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(reads.load(Ordering::SeqCst), 2, "read again right after the reload, not {EVERY:?} later");
+        tokio::time::sleep(EVERY).await;
+        assert_eq!(reads.load(Ordering::SeqCst), 3, "and every period");
+        stop.cancel();
+        task.await.unwrap();
     }
 }

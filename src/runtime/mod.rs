@@ -116,6 +116,7 @@ impl Pipeline {
                     *s.migrations.write().unwrap() = status;
                 }
             },
+            shared.published(),
             shared.supervisor.token().clone(),
         ));
         let draining = Arc::new(AtomicBool::new(false));

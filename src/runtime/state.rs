@@ -44,6 +44,9 @@ pub struct Shared {
     /// How long one task's drain may take.
     pub grace: Duration,
     snapshot: RwLock<Arc<Snapshot>>,
+    /// Counts published snapshots: readers that follow the applied state
+    /// (the migration status) wake on a change instead of polling.
+    published: tokio::sync::watch::Sender<u64>,
     /// The last migration status read (`/readyz`).
     pub migrations: RwLock<Vec<crate::migration::status::EntityStatus>>,
 }
@@ -57,6 +60,7 @@ impl Shared {
             health,
             grace,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            published: tokio::sync::watch::Sender::new(0),
             migrations: RwLock::new(Vec::new()),
         }
     }
@@ -69,5 +73,11 @@ impl Shared {
     /// Replaces the applied state (the reload path only).
     pub(super) fn publish(&self, s: Snapshot) {
         *self.snapshot.write().unwrap() = Arc::new(s);
+        self.published.send_modify(|n| *n += 1);
+    }
+
+    /// Changes on every published snapshot.
+    pub fn published(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.subscribe()
     }
 }

@@ -56,6 +56,7 @@ use super::{
 use crate::classify::{self, ErrorCategory};
 use crate::config::{EventHubsConfig, Secret};
 use crate::instance::Membership;
+use crate::transport::members::Members;
 use async_trait::async_trait;
 use azure_core_amqp::{AmqpError, AmqpErrorKind};
 use azure_messaging_eventhubs::error::ErrorKind as EhKind;
@@ -63,7 +64,7 @@ use azure_messaging_eventhubs::models::{AmqpSimpleValue, EventData};
 use azure_messaging_eventhubs::{ConsumerClient, EventDataBatchOptions, EventHubsError, ProducerClient};
 use checkpoint::CheckpointStore;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// Longest a send may take (the SDK retries inside; a connection stuck in
@@ -103,7 +104,8 @@ struct Inner {
     /// By hub name (what workers pass to `send`/`subscribe`).
     entities: RwLock<HashMap<String, EntitySpec>>,
     producers: tokio::sync::Mutex<HashMap<String, Arc<ProducerClient>>>,
-    balancers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Balancer tasks, by the static member (`hub/group`) each claims as.
+    balancers: Members<tokio::task::JoinHandle<()>>,
     /// The owner id of partition ownerships: the daemon's instance id, or a
     /// fresh one per consumer (dynamic).
     membership: Membership,
@@ -199,7 +201,7 @@ impl EventHubsTransport {
                 store,
                 entities: RwLock::new(HashMap::new()),
                 producers: tokio::sync::Mutex::new(HashMap::new()),
-                balancers: Mutex::new(Vec::new()),
+                balancers: Members::default(),
                 membership,
             }),
         };
@@ -469,8 +471,18 @@ impl Transport for EventHubsTransport {
                 format!("transports.{} has no checkpoint_store; consuming needs one", self.inner.name),
             ));
         };
+        // an earlier balancer of this hub and group with our owner id first
+        // flushes its checkpoints and releases its claims (`Members`)
+        let member = matches!(self.inner.membership, Membership::Static(_)).then(|| format!("{}/{group}", e.name));
+        if let Some(m) = &member {
+            for h in self.inner.balancers.take_same(m, |h| h.is_finished()) {
+                if tokio::time::timeout(Duration::from_secs(10), h).await.is_err() {
+                    tracing::warn!(transport = %self.inner.name, member = %m, "the previous consumer did not stop in time; claiming anyway");
+                }
+            }
+        }
         let (sub, handle) = consumer::start(self.clone(), e, group.to_string(), start, store).await?;
-        self.inner.balancers.lock().unwrap().push(handle);
+        self.inner.balancers.push(member, handle);
         Ok(Box::new(sub))
     }
 
@@ -539,7 +551,7 @@ impl Transport for EventHubsTransport {
 
     async fn close(&self, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
-        let handles: Vec<_> = self.inner.balancers.lock().unwrap().drain(..).collect();
+        let handles = self.inner.balancers.take_all();
         for h in handles {
             if tokio::time::timeout_at(deadline, h).await.is_err() {
                 tracing::warn!(transport = %self.inner.name, "a consumer did not finish writing its checkpoints in time");

@@ -16,6 +16,14 @@
 //! so every stray is in hand before any later offset of its partition, and
 //! no later offset is stored before an earlier one was processed.
 //!
+//! **Static membership.** The daemon's consumers join as static members
+//! (`group.instance.id = <instance id>-<topic>`, `crate::instance`): a
+//! restart after a crash gets the same partitions back at once instead of
+//! after `session.timeout.ms`. Within the process, a new consumer joining as
+//! a member an earlier one held (a reload, a task restart) first waits for
+//! that one's final commit (`transport::members`), so it never fences it
+//! mid-commit. `properties: { group.instance.id: "" }` opts out.
+//!
 //! Header names that are not UTF-8 (Kafka allows any bytes) are read without
 //! librdkafka-rust's UTF-8 check (which panics) and kept as
 //! `transport::header_name` spells them; they are produced under that name.
@@ -57,6 +65,7 @@ use super::{
 use crate::classify::{self, ErrorCategory};
 use crate::config::KafkaConfig;
 use crate::instance::Membership;
+use crate::transport::members::Members;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::task::AtomicWaker;
@@ -93,7 +102,9 @@ struct Inner {
     producer: ThreadedProducer<ProducerCtx>,
     /// By topic.
     entities: std::sync::RwLock<HashMap<String, EntitySpec>>,
-    pollers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Consumer poll threads, by the static member (`group/instance`) each
+    /// joined as.
+    pollers: Members<std::thread::JoinHandle<()>>,
     /// Static (`group.instance.id`) or dynamic group membership.
     membership: Membership,
 }
@@ -179,7 +190,7 @@ impl KafkaTransport {
                 cfg: cfg.clone(),
                 producer,
                 entities: std::sync::RwLock::new(HashMap::new()),
-                pollers: Mutex::new(Vec::new()),
+                pollers: Members::default(),
                 membership,
             }),
         };
@@ -433,6 +444,10 @@ impl Transport for KafkaTransport {
         if c.get("group.instance.id") == Some("") {
             c.remove("group.instance.id");
         }
+        let member = c.get("group.instance.id").map(|id| format!("{group}/{id}"));
+        if let Some(m) = &member {
+            self.previous_member_done(m).await;
+        }
         c.set("enable.auto.offset.store", "false");
         let (tx, rx) = mpsc::unbounded_channel();
         let ctx = Ctx {
@@ -460,7 +475,7 @@ impl Transport for KafkaTransport {
             kind: "thread",
             message: err.to_string(),
         })?;
-        self.inner.pollers.lock().unwrap().push(handle);
+        self.inner.pollers.push(member, handle);
         Ok(Box::new(KafkaSubscription { rx, stop }))
     }
 
@@ -549,7 +564,7 @@ impl Transport for KafkaTransport {
         if tokio::time::timeout_at(deadline, flush).await.is_err() {
             tracing::warn!(transport = %self.inner.name, "producer flush did not finish in time");
         }
-        let handles: Vec<_> = self.inner.pollers.lock().unwrap().drain(..).collect();
+        let handles = self.inner.pollers.take_all();
         let join = tokio::task::spawn_blocking(move || {
             for h in handles {
                 let _ = h.join();
@@ -564,6 +579,24 @@ impl Transport for KafkaTransport {
 }
 
 impl KafkaTransport {
+    /// Waits (10 s at most) for earlier consumers of this process that
+    /// joined as static member `m` (`group/instance`) to make their final
+    /// commit and stop ([`Members`]).
+    async fn previous_member_done(&self, m: &str) {
+        let same = self.inner.pollers.take_same(m, |h| h.is_finished());
+        if same.is_empty() {
+            return;
+        }
+        let join = tokio::task::spawn_blocking(move || {
+            for h in same {
+                let _ = h.join();
+            }
+        });
+        if tokio::time::timeout(Duration::from_secs(10), join).await.is_err() {
+            tracing::warn!(transport = %self.inner.name, member = %m, "the previous consumer did not stop in time; joining anyway");
+        }
+    }
+
     /// Base settings and `properties`, with `group` as `group.id` and no
     /// automatic commits (for reads that must not move a group).
     fn client_config(&self, group: Option<&str>) -> ClientConfig {

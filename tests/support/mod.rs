@@ -215,25 +215,38 @@ impl Drop for KafkaBroker {
     }
 }
 
-/// Committed offsets of `group` on `topic` (0 where none) and the high
-/// watermarks, read from the broker (OffsetFetch; the group is not joined).
+/// Committed offsets of `group` on `topic` (0 where none), read from the
+/// broker (OffsetFetch; the group is not joined).
 #[cfg(feature = "kafka")]
-pub fn committed_and_high(bootstrap: &str, topic: &str, group: &str, partitions: i32) -> (Vec<i64>, Vec<i64>) {
+pub fn kafka_committed(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    partitions: i32,
+) -> rdkafka::error::KafkaResult<Vec<i64>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-    let c: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    let committed = (0..partitions)
+    let got = c.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok((0..partitions)
         .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => o,
             _ => 0,
         })
-        .collect();
+        .collect())
+}
+
+/// [`kafka_committed`] and the high watermarks.
+#[cfg(feature = "kafka")]
+pub fn committed_and_high(bootstrap: &str, topic: &str, group: &str, partitions: i32) -> (Vec<i64>, Vec<i64>) {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let committed = kafka_committed(bootstrap, topic, group, partitions).unwrap();
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
     let high = (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1).collect();
     (committed, high)
 }
