@@ -47,13 +47,13 @@ impl Membership {
         Membership::Static(instance_id(configured, service))
     }
 
-    /// Kafka `group.instance.id` for a consumer of `topic` (several
-    /// consumers of one process may share a group, e.g. retry schedulers, so
-    /// the topic is part of it), or `None` for a dynamic member.
-    pub fn kafka_instance(&self, topic: &str) -> Option<String> {
+    /// Kafka `group.instance.id` of this process in `group` (a restarted
+    /// worker rejoins as the same member even when its input topic changed),
+    /// or `None` for a dynamic member.
+    pub fn kafka_instance(&self, group: &str) -> Option<String> {
         match self {
             Membership::Dynamic => None,
-            Membership::Static(id) => Some(kafka_safe(&format!("{id}-{topic}"))),
+            Membership::Static(id) => Some(kafka_safe(&format!("{id}-{group}"))),
         }
     }
 }
@@ -111,10 +111,10 @@ mod tests {
     }
 
     #[test]
-    fn kafka_instance_ids_are_legal_and_per_topic() {
+    fn kafka_instance_ids_are_legal_and_per_group() {
         assert_eq!(Membership::Dynamic.kafka_instance("t"), None);
         let m = Membership::Static("höst 1/claims".into());
-        assert_eq!(m.kafka_instance("xact.retry").as_deref(), Some("h_st_1_claims-xact.retry"));
+        assert_eq!(m.kafka_instance("xact-download").as_deref(), Some("h_st_1_claims-xact-download"));
         let long = Membership::Static("é".repeat(300)).kafka_instance("t").unwrap();
         assert_eq!(long.len(), 249);
         assert_ne!(m.kafka_instance("a"), m.kafka_instance("b"));

@@ -223,6 +223,10 @@ pub struct GroupSpec {
     pub entity: String,
     pub group: String,
     pub start: StartPosition,
+    /// Several subscriptions of one process use this group by design (the
+    /// retry schedulers' and the mirrors' groups): it never joins as a static
+    /// member, whose departure would stall the others' rebalances.
+    pub shared: bool,
 }
 
 /// Where a reader opened with [`Transport::open_reader`] starts.

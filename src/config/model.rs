@@ -75,7 +75,7 @@ pub struct ServiceConfig {
     #[serde(default = "default_name")]
     pub name: String,
     /// This process's stable identity in consumer groups: its Kafka static
-    /// membership (`group.instance.id`, per topic) and its Event Hubs owner
+    /// membership (`group.instance.id`, per group) and its Event Hubs owner
     /// id, so a restart after a crash gets its partitions back at once.
     /// Default `<hostname>-<name>`; the environment variable
     /// `CONVEYOR_INSTANCE_ID` overrides both. Two live processes must never

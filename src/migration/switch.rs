@@ -285,7 +285,8 @@ mod tests {
 
     fn store(name: &str) -> Embedded {
         let specs = [EntitySpec { key: "e".into(), name: "e".into(), partitions: 2 }];
-        let groups = [GroupSpec { entity: "e".into(), group: "g".into(), start: StartPosition::Earliest }];
+        let groups =
+            [GroupSpec { entity: "e".into(), group: "g".into(), start: StartPosition::Earliest, shared: false }];
         Embedded::open(EmbeddedOptions { name: name.into(), ..Default::default() }, &specs, &groups).unwrap()
     }
 

@@ -13,7 +13,7 @@ fn transport() -> Embedded {
     Embedded::open(
         opts,
         &specs,
-        &[GroupSpec { entity: "retry".into(), group: GROUP.into(), start: StartPosition::Earliest }],
+        &[GroupSpec { entity: "retry".into(), group: GROUP.into(), start: StartPosition::Earliest, shared: false }],
     )
     .unwrap()
 }

@@ -57,7 +57,7 @@ pub fn groups_on(cfg: &Config, tname: &str) -> Vec<GroupSpec> {
     };
     for (n, w) in &cfg.workers {
         for physical in read_here(&w.input) {
-            add(GroupSpec { entity: physical, group: w.group(n).to_string(), start: w.start_position });
+            add(GroupSpec { entity: physical, group: w.group(n).to_string(), start: w.start_position, shared: false });
         }
         if let Some(r) = &w.retry {
             for physical in read_here(&r.via) {
@@ -65,6 +65,7 @@ pub fn groups_on(cfg: &Config, tname: &str) -> Vec<GroupSpec> {
                     entity: physical,
                     group: crate::retry::GROUP.to_string(),
                     start: StartPosition::Earliest,
+                    shared: true,
                 });
             }
         }
@@ -77,6 +78,7 @@ pub fn groups_on(cfg: &Config, tname: &str) -> Vec<GroupSpec> {
                 entity: from.physical,
                 group: migration::plan::MIRROR_GROUP.to_string(),
                 start: StartPosition::Earliest,
+                shared: true,
             });
         }
     }

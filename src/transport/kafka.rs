@@ -16,10 +16,14 @@
 //! so every stray is in hand before any later offset of its partition, and
 //! no later offset is stored before an earlier one was processed.
 //!
-//! **Static membership.** The daemon's consumers join as static members
-//! (`group.instance.id = <instance id>-<topic>`, `crate::instance`): a
-//! restart after a crash gets the same partitions back at once instead of
-//! after `session.timeout.ms`. Within the process, a new consumer joining as
+//! **Static membership.** The daemon's workers join their groups as static
+//! members (`group.instance.id = <instance id>-<group>`, `crate::instance`):
+//! a restart after a crash gets the same partitions back at once instead of
+//! after `session.timeout.ms`. Groups several subscriptions of the process
+//! use (the retry schedulers', the mirrors', a worker reading two topics of
+//! one cluster mid-migration) join dynamically: a static member does not
+//! leave when it stops, and the others' next rebalance would wait for it to
+//! expire ([`static_groups`]). Within the process, a new consumer joining as
 //! a member an earlier one held (a reload, a task restart) first waits for
 //! that one's final commit (`transport::members`), so it never fences it
 //! mid-commit. `properties: { group.instance.id: "" }` opts out.
@@ -107,6 +111,9 @@ struct Inner {
     pollers: Members<std::thread::JoinHandle<()>>,
     /// Static (`group.instance.id`) or dynamic group membership.
     membership: Membership,
+    /// The groups that join as static members: each read by one subscription
+    /// of this process (see [`static_groups`]); set by `ensure`.
+    statics: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 /// The librdkafka settings shared by producer and consumers.
@@ -192,6 +199,7 @@ impl KafkaTransport {
                 entities: std::sync::RwLock::new(HashMap::new()),
                 pollers: Members::default(),
                 membership,
+                statics: Default::default(),
             }),
         };
         t.add(entities).await?;
@@ -434,7 +442,9 @@ impl Transport for KafkaTransport {
         // static membership: a restart after a crash rejoins as the same
         // member and gets its partitions back without waiting for the
         // session timeout (`instance`); `properties` may still override it
-        if let Some(id) = self.inner.membership.kafka_instance(entity) {
+        if self.inner.statics.read().unwrap().contains(group)
+            && let Some(id) = self.inner.membership.kafka_instance(group)
+        {
             c.set("group.instance.id", id);
         }
         for (k, v) in &self.inner.cfg.properties {
@@ -490,8 +500,9 @@ impl Transport for KafkaTransport {
         .await
     }
 
-    async fn ensure(&self, entities: &[EntitySpec], _groups: &[GroupSpec]) -> Result<(), TransportError> {
+    async fn ensure(&self, entities: &[EntitySpec], groups: &[GroupSpec]) -> Result<(), TransportError> {
         // groups live on the broker; nothing here holds data back for them
+        *self.inner.statics.write().unwrap() = static_groups(groups);
         self.add(entities).await
     }
 
@@ -608,6 +619,22 @@ impl KafkaTransport {
         }
         c
     }
+}
+
+/// The groups of `groups` that join as static members: not shared by
+/// design, and read from one topic only. A static member does not leave its
+/// group when it stops, so the group's next rebalance waits for it to expire
+/// (`session.timeout.ms`): fine for a group only this subscription uses here
+/// (its restart rejoins as the same member), a stall for the other
+/// subscriptions of a group several use.
+pub(crate) fn static_groups(groups: &[GroupSpec]) -> std::collections::HashSet<String> {
+    let mut topics: HashMap<&str, (bool, std::collections::HashSet<&str>)> = HashMap::new();
+    for g in groups {
+        let e = topics.entry(g.group.as_str()).or_default();
+        e.0 |= g.shared;
+        e.1.insert(g.entity.as_str());
+    }
+    topics.into_iter().filter(|(_, (shared, t))| !shared && t.len() == 1).map(|(g, _)| g.to_string()).collect()
 }
 
 /// Runs blocking librdkafka calls off the async threads.
@@ -1079,5 +1106,32 @@ impl PartitionReader for KafkaReader {
 
     fn lag(&self) -> Option<u64> {
         self.lags.lock().unwrap().get(&self.partition).map(|l| (*l).max(0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::StartPosition;
+
+    fn g(entity: &str, group: &str, shared: bool) -> GroupSpec {
+        GroupSpec { entity: entity.into(), group: group.into(), start: StartPosition::Earliest, shared }
+    }
+
+    #[test]
+    fn only_groups_one_subscription_uses_join_statically() {
+        let groups = [
+            g("claims", "ingest", false),
+            g("xact.retry", "conveyor-retry", true),
+            g("claimx.retry", "conveyor-retry", true),
+            g("only.retry", "solo-retry", true),
+            // a worker reading both sides of a same-cluster migration
+            g("orders", "forward", false),
+            g("orders.v2", "forward", false),
+            g("enriched", "enrich", false),
+        ];
+        let mut got: Vec<String> = static_groups(&groups).into_iter().collect();
+        got.sort();
+        assert_eq!(got, vec!["enrich".to_string(), "ingest".to_string()]);
     }
 }

@@ -95,7 +95,12 @@ pub fn open_store(path: &Path, entities: &[(&str, u32)], groups: &[(&str, &str)]
     };
     let groups: Vec<GroupSpec> = groups
         .iter()
-        .map(|(e, g)| GroupSpec { entity: e.to_string(), group: g.to_string(), start: StartPosition::Earliest })
+        .map(|(e, g)| GroupSpec {
+            entity: e.to_string(),
+            group: g.to_string(),
+            start: StartPosition::Earliest,
+            shared: false,
+        })
         .collect();
     Embedded::open(opts, &specs, &groups).expect("open store")
 }

@@ -9,7 +9,7 @@ fn specs(parts: u32) -> Vec<EntitySpec> {
 }
 
 fn group(entity: &str, group: &str) -> GroupSpec {
-    GroupSpec { entity: entity.into(), group: group.into(), start: StartPosition::Earliest }
+    GroupSpec { entity: entity.into(), group: group.into(), start: StartPosition::Earliest, shared: false }
 }
 
 fn open(path: Option<PathBuf>, capacity: usize, parts: u32) -> Embedded {
