@@ -192,9 +192,8 @@ fn load(
         let Some(key) = k.as_str().map(str::to_string) else {
             // a key the index could not read (its parser stopped earlier
             // than serde_yaml's) is where that parser stopped
-            let at = v
-                .index
-                .top_key(n)
+            // the index's order of keys holds only where it read them all
+            let at = if v.index.complete() { v.index.top_key(n) } else { None }
                 .or_else(|| locate::unusual_top_key(&text))
                 .or(v.index.syntax_error().map(|(p, _)| *p))
                 .map(|p| (p.line, p.column));

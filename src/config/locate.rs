@@ -29,6 +29,8 @@ pub struct PathIndex {
     top_keys: Vec<Pos>,
     /// Where the first document's content starts.
     content: Option<Pos>,
+    /// The text, for [`find_in_text`] where the index has no answer.
+    text: String,
 }
 
 impl PathIndex {
@@ -38,12 +40,14 @@ impl PathIndex {
         let mut rx = Receiver::default();
         let mut parser = Parser::new_from_str(text);
         let syntax_error = parser.load(&mut rx, true).err().map(|e| (pos(e.marker()), e.info().to_string()));
+        let text = text.to_string();
         PathIndex {
             positions: rx.positions,
             documents: rx.documents,
             syntax_error,
             top_keys: rx.top_keys,
             content: rx.content,
+            text,
         }
     }
 
@@ -58,6 +62,11 @@ impl PathIndex {
         self.content
     }
 
+    /// Whether the index covers the whole text (its parser read it all).
+    pub fn complete(&self) -> bool {
+        self.syntax_error.is_none()
+    }
+
     /// The first syntax error this parser found, for when the YAML
     /// deserializer reports one without a position.
     pub fn syntax_error(&self) -> Option<&(Pos, String)> {
@@ -70,9 +79,64 @@ impl PathIndex {
     }
 
     /// The position of `path`, or of its nearest ancestor that is known.
+    /// Where the index stopped early (its parser is stricter than the
+    /// deserializer's) or knows no part of the path, the text is searched for
+    /// the keys of the path.
     pub fn find(&self, path: &[String]) -> Option<Pos> {
-        (0..=path.len()).rev().find_map(|n| self.positions.get(&path[..n]).copied())
+        let indexed = (0..=path.len()).rev().find_map(|n| self.positions.get(&path[..n]).map(|p| (n, *p)));
+        // (or the two parsers read a key differently: `?key` is a plain
+        // scalar to one, a complex-key indicator to the other)
+        if (self.syntax_error.is_some() || indexed.is_none())
+            && indexed.is_none_or(|(n, _)| n < path.len())
+            && let Some((n, p)) = find_in_text(&self.text, path)
+            && indexed.is_none_or(|(m, _)| n > m)
+        {
+            return Some(p);
+        }
+        indexed.map(|(_, p)| p)
     }
+}
+
+/// The line of the deepest key of `path` found in `text` by indentation
+/// alone (block keys `name:`; a flow value such as `{ transport: x }` is
+/// not entered), with how many segments matched: a fallback for text the
+/// event parser could not read to the end.
+fn find_in_text(text: &str, path: &[String]) -> Option<(usize, Pos)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found: Option<(usize, Pos)> = None;
+    let (mut from, mut parent_indent) = (0usize, -1i64);
+    for (depth, seg) in path.iter().enumerate() {
+        let mut hit = None;
+        for (i, l) in lines.iter().enumerate().skip(from) {
+            let body = l.trim_start();
+            if body.is_empty() || body.starts_with('#') {
+                continue;
+            }
+            let indent = (l.len() - body.len()) as i64;
+            if indent <= parent_indent {
+                break; // left the parent's block
+            }
+            let key = key_of(body);
+            if key == Some(seg.as_str()) {
+                hit = Some((i, indent));
+                break;
+            }
+        }
+        let Some((i, indent)) = hit else { break };
+        found = Some((depth + 1, Pos { line: i + 1, column: indent as usize + 1 }));
+        from = i + 1;
+        parent_indent = indent;
+    }
+    found
+}
+
+/// The key of a block mapping line (`key: value`, `key:`): what comes before
+/// the first `:` that is followed by a space or ends the line, unquoted.
+fn key_of(body: &str) -> Option<&str> {
+    let bytes = body.as_bytes();
+    let at =
+        (0..bytes.len()).find(|&i| bytes[i] == b':' && bytes.get(i + 1).is_none_or(|b| b.is_ascii_whitespace()))?;
+    Some(body[..at].trim().trim_matches(|c| c == '"' || c == '\''))
 }
 
 /// The first top-level line of `text` that does not start with a plain key
@@ -228,6 +292,20 @@ mod tests {
         assert_eq!(ix.content(), Some(Pos { line: 3, column: 1 }));
         assert_eq!(ix.top_key(0), Some(Pos { line: 3, column: 1 }));
         assert_eq!(ix.top_key(1).map(|p| p.line), Some(4));
+    }
+
+    #[test]
+    fn where_the_parser_stops_early_keys_are_found_in_the_text() {
+        // yaml-rust2 refuses the anchored key; serde_yaml reads on
+        let text = "transports:\n&akafka:\n    type: kafka\nentities:\n  orders.in: { transport: kafka }\n";
+        let ix = PathIndex::build(text);
+        assert!(!ix.complete());
+        let p = |s: &str| s.split('/').map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(ix.find(&p("entities/orders.in/transport")), Some(Pos { line: 5, column: 3 }));
+        assert_eq!(ix.find(&p("entities")).map(|p| p.line), Some(4));
+        let ix = PathIndex::build("service: {}\n?sources:\n  a: 1\n:transports:\n  b: 2\n");
+        assert_eq!(ix.find(&p("?sources")).map(|p| p.line), Some(2));
+        assert_eq!(ix.find(&p(":transports")).map(|p| p.line), Some(4));
     }
 
     #[test]
