@@ -765,9 +765,16 @@ impl ClientContext for Ctx {
 
     fn error(&self, error: KafkaError, reason: &str) {
         let e = map_err(&self.transport, &error);
+        tracing::warn!(transport = %self.transport, topic = %self.topic, error = %error, reason, "kafka client error");
+        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)) {
+            // the consumer is unusable from here on (e.g. a static member
+            // fenced after a coordinator failover): the subscription ends,
+            // and the task's restart opens a new consumer as the same member
+            let _ = self.events.send(Err(e));
+            return;
+        }
         let serious = matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown))
             || e.category() == ErrorCategory::Auth;
-        tracing::warn!(transport = %self.transport, topic = %self.topic, error = %error, reason, "kafka client error");
         if serious {
             self.degraded.store(true, Ordering::Relaxed);
             let _ = self.events.send(Ok(Assignment::Health(Some(e))));

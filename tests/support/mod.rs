@@ -149,6 +149,20 @@ pub async fn read_all(t: &dyn Transport, entity: &str) -> Vec<PipelineMessage> {
     out
 }
 
+/// Every message of `entity` present when called, read to the end as no
+/// consumer group (`transport::scan`: a stalled partition is an error, never
+/// a short read).
+pub async fn read_everything(t: std::sync::Arc<dyn Transport>, entity: &str) -> Vec<PipelineMessage> {
+    let mut out = Vec::new();
+    conveyor::transport::scan::browse::<conveyor::transport::scan::ScanError>(&t, entity, entity, async |_, batch| {
+        out.extend(batch);
+        Ok(conveyor::transport::scan::Next::More)
+    })
+    .await
+    .expect("read the entity to its end");
+    out
+}
+
 /// The `id` field of each JSON payload.
 pub fn ids(msgs: &[PipelineMessage]) -> Vec<String> {
     msgs.iter()
