@@ -48,6 +48,25 @@ pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Renames `from` to `to`, creating the directories of `to` when the
+/// rename finds them missing (no check before: a target directory usually
+/// exists), and syncs the directory of `to` only. For moving a file whose
+/// old name nobody relies on: if a crash undoes the removal of `from`, a
+/// second name of the same file is left behind, and a repeated move (a
+/// redelivery) renames it again. One directory sync instead of two.
+pub fn move_creating_dirs(from: &Path, to: &Path) -> io::Result<()> {
+    match std::fs::rename(from, to) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && from.exists() => {
+            if let Some(dir) = to.parent() {
+                create_dir_all(dir)?;
+            }
+            std::fs::rename(from, to)?;
+        }
+        r => r?,
+    }
+    sync_parent(to)
+}
+
 /// Writes `bytes` to a new or truncated file at `path` and syncs it (not
 /// its directory: callers usually rename it into place next).
 pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -70,5 +89,13 @@ mod tests {
         rename(&deep.join("x.tmp"), &dir.path().join("a/x")).unwrap();
         assert_eq!(std::fs::read(dir.path().join("a/x")).unwrap(), b"data");
         assert!(create_dir_all(&dir.path().join("a/x/sub")).is_err(), "a file in the way is an error");
+        // the target's directories are created when missing
+        write(&dir.path().join("y"), b"moved").unwrap();
+        move_creating_dirs(&dir.path().join("y"), &dir.path().join("p/q/y")).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("p/q/y")).unwrap(), b"moved");
+        assert!(!dir.path().join("y").exists());
+        let missing = move_creating_dirs(&dir.path().join("nope"), &dir.path().join("r/nope")).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound, "a missing source is not a missing directory");
+        assert!(!dir.path().join("r").exists());
     }
 }

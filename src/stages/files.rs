@@ -13,11 +13,14 @@
 //!
 //! **upload** puts the cached file under a name rendered from the message,
 //! skips it when an object of that name and size exists (idempotent), and
-//! adds `{target, name, size}` at `into`. To a directory it hard-links the
-//! cached file in place under a temporary name and renames it (no copy and
-//! no new inode when cache and target share a file system; a synced copy
-//! otherwise); to Azure Blob Storage it puts the blob. It removes the cache
-//! file (and a download's metadata sidecar) only after success.
+//! adds `{target, name, size}` at `into`. To a directory it renames the
+//! cached file into place when it removes the cache (`remove_cache`, the
+//! default), and otherwise hard-links it under a temporary name and renames
+//! that: no copy and no new inode when cache and target share a file
+//! system, a synced copy when they do not. Target directories are created
+//! when a rename finds them missing, not checked per file. To Azure Blob
+//! Storage it puts the blob. It removes the cache file (and a download's
+//! metadata) only after success.
 //!
 //! All file work of one message runs in one blocking-pool call: one thread
 //! hand-off per message, not one per file operation.
@@ -68,6 +71,8 @@ fn read_meta(path: &Path, sidecar_path: &Path) -> Option<Value> {
     let mut buf = [0u8; 4096];
     let v = match rustix::fs::getxattr(path, META_XATTR, &mut buf[..]) {
         Ok(n) => serde_json::from_slice::<Value>(&buf[..n]).ok(),
+        // no cache file: no sidecar to look for (the common case, one call)
+        Err(rustix::io::Errno::NOENT) => return None,
         Err(_) => None,
     };
     match v {
@@ -79,6 +84,17 @@ fn read_meta(path: &Path, sidecar_path: &Path) -> Option<Value> {
     }
 }
 
+/// Whether the download cache holds `path`: one `access` call, made on the
+/// runtime thread. It resolves a name in a directory the stage keeps using,
+/// so its entries are in the kernel's cache; a thread hand-off would cost
+/// more than the call.
+fn cached_file_exists(path: &Path) -> bool {
+    !matches!(
+        rustix::fs::access(path, rustix::fs::Access::EXISTS),
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR)
+    )
+}
+
 /// The metadata sidecar of a download cache file (`<sha256 of the URL>`).
 fn sidecar(cache_file: &Path) -> Option<PathBuf> {
     let name = cache_file.file_name()?.to_str()?;
@@ -86,17 +102,22 @@ fn sidecar(cache_file: &Path) -> Option<PathBuf> {
         .then(|| cache_file.with_file_name(format!("{name}.json")))
 }
 
-/// Writes `data` to `f`, creating `part` (and its directory) first if needed.
+/// Writes `data` to `f`, creating `part` first if needed (and its
+/// directory, only when the create finds it missing: no check per file).
 fn append(f: Option<std::fs::File>, part: &Path, data: &[u8]) -> Result<std::fs::File, StageError> {
     use std::io::Write;
     let mut f = match f {
         Some(f) => f,
-        None => {
-            if let Some(dir) = part.parent() {
-                crate::fsync::create_dir_all(dir).map_err(|e| io(e, "creating", dir))?;
-            }
-            std::fs::File::create(part).map_err(|e| io(e, "creating", part))?
-        }
+        None => match std::fs::File::create(part) {
+            Ok(f) => f,
+            Err(e) => match part.parent() {
+                Some(dir) if e.kind() == std::io::ErrorKind::NotFound => {
+                    crate::fsync::create_dir_all(dir).map_err(|e| io(e, "creating", dir))?;
+                    std::fs::File::create(part).map_err(|e| io(e, "creating", part))?
+                }
+                _ => return Err(io(e, "creating", part)),
+            },
+        },
     };
     f.write_all(data).map_err(|e| io(e, "writing", part))?;
     Ok(f)
@@ -130,10 +151,13 @@ impl Download {
     async fn fetch(&self, url: &str) -> Result<Value, StageError> {
         let name = hex(Sha256::digest(url.as_bytes()));
         let (path, meta) = (self.cfg.cache_dir.join(&name), self.cfg.cache_dir.join(format!("{name}.json")));
-        let (p2, m2) = (path.clone(), meta.clone());
-        let cached = blocking(move || Ok(read_meta(&p2, &m2))).await?;
-        if let Some(v) = cached {
-            return Ok(v);
+        // a miss (no cache file: the common case) costs one lookup here; a
+        // hit reads its metadata on the blocking pool
+        if cached_file_exists(&path) {
+            let (p2, m2) = (path.clone(), meta.clone());
+            if let Some(v) = blocking(move || Ok(read_meta(&p2, &m2))).await? {
+                return Ok(v);
+            }
         }
         let parsed = reqwest::Url::parse(url).map_err(|e| permanent("bad_url", format!("URL {url:?}: {e}")))?;
         let mut resp = self.client.get(parsed).send().await.map_err(|e| {
@@ -231,6 +255,72 @@ impl Stage for Download {
     }
 }
 
+/// Puts the cached file `src` at `dest` under a directory target and
+/// returns its size. Idempotent (a redelivery finds `src` gone and `dest`
+/// there), and `dest` appears whole or not at all:
+/// - with `remove_cache`, the cache file is renamed into place: one rename,
+///   no copy, no second name to clean up;
+/// - without it, or across file systems, the cache file is hard-linked (or
+///   copied and synced) under a temporary name, which is renamed into place.
+///
+/// Directories are created only when a rename or link finds them missing.
+fn place_in_dir(src: &Path, dest: &Path, remove_cache: bool) -> Result<u64, StageError> {
+    let Ok(src_len) = std::fs::metadata(src).map(|m| m.len()) else {
+        // already uploaded (a redelivery), or never cached
+        return std::fs::metadata(dest).map(|m| m.len()).map_err(|_| {
+            permanent(
+                "missing_file",
+                format!("cached file {} is gone and {} was never uploaded", src.display(), dest.display()),
+            )
+        });
+    };
+    if remove_cache {
+        match crate::fsync::move_creating_dirs(src, dest) {
+            Ok(()) => {
+                // the metadata that vouched for the cache file: on the inode
+                // (now the object's), else in a sidecar
+                if rustix::fs::removexattr(dest, META_XATTR).is_err()
+                    && let Some(m) = sidecar(src)
+                {
+                    let _ = std::fs::remove_file(m);
+                }
+                return Ok(src_len);
+            }
+            // another file system: copy below
+            Err(e) if rustix::io::Errno::from_io_error(&e) == Some(rustix::io::Errno::XDEV) => {}
+            Err(e) => return Err(io(e, "renaming", src)),
+        }
+    }
+    let dest_len = std::fs::metadata(dest).ok().map(|m| m.len());
+    if dest_len != Some(src_len) {
+        let tmp = dest.with_extension("uploading");
+        let _ = std::fs::remove_file(&tmp);
+        if let Some(parent) = dest.parent() {
+            crate::fsync::create_dir_all(parent).map_err(|e| io(e, "creating", parent))?;
+        }
+        // same file system: a hard link shares the cached data, already
+        // synced by the download (no copy, no new inode); otherwise a copy,
+        // synced
+        if std::fs::hard_link(src, &tmp).is_ok() {
+            if remove_cache {
+                // the shared inode carries the cache's metadata
+                let _ = rustix::fs::removexattr(&tmp, META_XATTR);
+            }
+        } else {
+            std::fs::copy(src, &tmp).map_err(|e| io(e, "copying to", &tmp))?;
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io(e, "syncing", &tmp))?;
+        }
+        crate::fsync::rename(&tmp, dest).map_err(|e| io(e, "renaming", &tmp))?;
+    }
+    if remove_cache {
+        std::fs::remove_file(src).map_err(|e| io(e, "removing", src))?;
+        if let Some(m) = sidecar(src) {
+            let _ = std::fs::remove_file(m);
+        }
+    }
+    Ok(src_len)
+}
+
 pub struct Upload {
     pub cfg: UploadConfig,
     pub output: usize,
@@ -321,50 +411,7 @@ impl Stage for Upload {
         };
         let dest = root.join(&name);
         let remove_cache = self.cfg.remove_cache;
-        let size = blocking(move || {
-            let src_len = std::fs::metadata(&src).ok().map(|m| m.len());
-            let dest_len = std::fs::metadata(&dest).ok().map(|m| m.len());
-            let size = match (src_len, dest_len) {
-                // already uploaded (a redelivery): nothing to do
-                (Some(s), Some(d)) if s == d => s,
-                (None, Some(d)) => d,
-                (None, None) => {
-                    return Err(permanent(
-                        "missing_file",
-                        format!("cached file {} is gone and {} was never uploaded", src.display(), dest.display()),
-                    ));
-                }
-                (Some(s), _) => {
-                    if let Some(parent) = dest.parent() {
-                        crate::fsync::create_dir_all(parent).map_err(|e| io(e, "creating", parent))?;
-                    }
-                    let tmp = dest.with_extension("uploading");
-                    let _ = std::fs::remove_file(&tmp);
-                    // same file system: a hard link shares the cached data,
-                    // already synced by the download (no copy, no new inode);
-                    // otherwise a copy, synced
-                    if std::fs::hard_link(&src, &tmp).is_ok() {
-                        if remove_cache {
-                            // the shared inode carries the cache's metadata
-                            let _ = rustix::fs::removexattr(&tmp, META_XATTR);
-                        }
-                    } else {
-                        std::fs::copy(&src, &tmp).map_err(|e| io(e, "copying to", &tmp))?;
-                        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io(e, "syncing", &tmp))?;
-                    }
-                    crate::fsync::rename(&tmp, &dest).map_err(|e| io(e, "renaming", &tmp))?;
-                    s
-                }
-            };
-            if remove_cache && src_len.is_some() {
-                std::fs::remove_file(&src).map_err(|e| io(e, "removing", &src))?;
-                if let Some(m) = sidecar(&src) {
-                    let _ = std::fs::remove_file(m);
-                }
-            }
-            Ok(size)
-        })
-        .await?;
+        let size = blocking(move || place_in_dir(&src, &dest, remove_cache)).await?;
         set(&mut v, &self.cfg.into, json!({ "target": root.display().to_string(), "name": name, "size": size }));
         let mut m = OutboundMessage::from_message(msg);
         m.payload = serde_json::to_vec(&v).expect("JSON").into();
@@ -511,5 +558,51 @@ mod tests {
         let e =
             one(&u, json!({ "claim": "../x", "cached": { "path": "/nonexistent", "sha256": "z" } })).await.unwrap_err();
         assert_eq!(e.category(), ErrorCategory::Permanent);
+    }
+
+    #[tokio::test]
+    async fn an_upload_that_keeps_the_cache_links_it_and_the_cache_still_answers() {
+        let hits = Arc::new(AtomicU32::new(0));
+        let a = server(hits.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let d = Download::new(
+            DownloadConfig {
+                url_field: "url".into(),
+                cache_dir: dir.path().join("cache"),
+                max_bytes: 100_000,
+                content_types: vec![],
+                timeout: crate::config::Dur::secs(5),
+                into: "cached".into(),
+            },
+            0,
+        )
+        .unwrap();
+        let u = Upload::new(
+            UploadConfig {
+                path_field: "cached.path".into(),
+                target: UploadTarget::Dir { path: dir.path().join("out") },
+                name: "{{claim}}/doc.pdf".into(),
+                into: "result".into(),
+                remove_cache: false,
+            },
+            0,
+        )
+        .unwrap();
+        let input = json!({ "claim": "k1", "url": format!("http://{a}/f/doc.pdf") });
+        let v = one(&d, input.clone()).await.unwrap();
+        let r = one(&u, v.clone()).await.unwrap();
+        let dest = dir.path().join("out/k1/doc.pdf");
+        assert_eq!(r["result"]["size"], 3000);
+        assert_eq!(std::fs::read(&dest).unwrap(), vec![7u8; 3000]);
+        let cache = PathBuf::from(v["cached"]["path"].as_str().unwrap());
+        assert!(cache.exists(), "the cache file stays");
+        // the cache entry still vouches for itself: no second fetch
+        assert_eq!(one(&d, input).await.unwrap()["cached"], v["cached"]);
+        assert_eq!(hits.load(Ordering::Relaxed), 1);
+        // a redelivery finds the object in place
+        assert_eq!(one(&u, v).await.unwrap()["result"], r["result"]);
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path().join("out/k1")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("doc.pdf")], "no temporary name left");
     }
 }
