@@ -11,11 +11,13 @@
 # and the ratios a/b (driver: bench/eh_bench.py).
 #
 # Env: CONVEYOR (default target/release/conveyor), PYTHON (default
-# .cache/pyenv/bin/python, made by scripts/setup.sh), STAGES="a b".
+# .cache/pyenv/bin/python, made by scripts/setup.sh), STAGES="a b", KEYS=K
+# (the input events carry K distinct partition keys, many to a batch; the
+# stages keep each event's key, so their output is a keyed send).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 conveyor=${CONVEYOR:-$repo/target/release/conveyor}
 py=${PYTHON:-$repo/.cache/pyenv/bin/python}
 [[ -x $conveyor ]] || { echo "build first: cargo build --release" >&2; exit 1; }
 [[ -x $py ]] || { echo "run scripts/setup.sh first (Python venv with azure-eventhub)" >&2; exit 1; }
-exec "$py" "$repo/bench/eh_bench.py" --conveyor "$conveyor" --count "${1:-200000}" --size "${2:-1024}" --stages "${STAGES:-a b}"
+exec "$py" "$repo/bench/eh_bench.py" --conveyor "$conveyor" --count "${1:-200000}" --size "${2:-1024}" --stages "${STAGES:-a b}" --keys "${KEYS:-0}"

@@ -9,13 +9,19 @@
 //! same without it (as the Python SDK does).
 //!
 //! **Producer.** One `ProducerClient` per hub, opened on first use and
-//! shared by every worker. A send fills batches up to the hub's maximum
-//! message size: messages with an explicit partition go to that partition,
-//! messages with a key go in batches with that `partition_key` (the service
-//! hashes it, so a key always lands on one partition), the rest are spread
-//! by the service. The batches of one send go out in turn; a send returns
-//! when every batch is accepted. Event Hubs returns no positions for sends:
-//! `ProduceResult.position` is -1.
+//! shared by every worker; opening it reads the hub's partitions. A send
+//! fills batches up to the hub's maximum message size: messages with an
+//! explicit partition go to that partition; messages with a key go to the
+//! partition the service's key hash assigns (computed here, as the official
+//! SDKs' buffered producers do), many keys to a batch, each message still
+//! carrying its own partition key for consumers; the rest are spread by the
+//! service. The batches of one send go out in turn; a send returns when
+//! every batch is accepted. Event Hubs returns no positions for sends:
+//! `ProduceResult.position` is -1. Caveat: the partition count is read when
+//! the producer opens (and again after a failed send reopens it); between
+//! a hub gaining partitions and that, keys keep their old partitions. A hub
+//! whose partition ids are not `0..n-1` gets one batch per key, hashed by
+//! the service.
 //!
 //! **Consumer.** Per subscription (worker × input): one `ConsumerClient` on
 //! the hub and consumer group, and a balancer task that shares the
@@ -58,7 +64,7 @@ use crate::config::{EventHubsConfig, Secret};
 use crate::instance::Membership;
 use crate::transport::members::Members;
 use async_trait::async_trait;
-use azure_core_amqp::{AmqpError, AmqpErrorKind};
+use azure_core_amqp::{AmqpError, AmqpErrorKind, AmqpMessage, AmqpSymbol};
 use azure_messaging_eventhubs::error::ErrorKind as EhKind;
 use azure_messaging_eventhubs::models::{AmqpSimpleValue, EventData};
 use azure_messaging_eventhubs::{ConsumerClient, EventDataBatchOptions, EventHubsError, ProducerClient};
@@ -103,12 +109,26 @@ struct Inner {
     store: Option<Arc<dyn CheckpointStore>>,
     /// By hub name (what workers pass to `send`/`subscribe`).
     entities: RwLock<HashMap<String, EntitySpec>>,
-    producers: tokio::sync::Mutex<HashMap<String, Arc<ProducerClient>>>,
+    producers: tokio::sync::Mutex<HashMap<String, Arc<HubProducer>>>,
     /// Balancer tasks, by the static member (`hub/group`) each claims as.
     balancers: Members<tokio::task::JoinHandle<()>>,
     /// The owner id of partition ownerships: the daemon's instance id, or a
     /// fresh one per consumer (dynamic).
     membership: Membership,
+}
+
+/// A hub's shared producer.
+struct HubProducer {
+    client: ProducerClient,
+    /// The hub's partition count when the client opened, if its ids are
+    /// `0..n-1` (then keys are hashed here).
+    partitions: Option<u32>,
+}
+
+/// `n` when `ids` are exactly `"0"`..`"n-1"` in order.
+fn numbered(ids: &[String]) -> Option<u32> {
+    let n = u32::try_from(ids.len()).ok().filter(|n| *n > 0)?;
+    ids.iter().enumerate().all(|(i, id)| id.parse::<usize>() == Ok(i)).then_some(n)
 }
 
 #[derive(Clone)]
@@ -230,7 +250,7 @@ impl EventHubsTransport {
     }
 
     /// The shared producer of `hub`, opened on first use.
-    async fn producer_for(&self, hub: &str) -> Result<Arc<ProducerClient>, TransportError> {
+    async fn producer_for(&self, hub: &str) -> Result<Arc<HubProducer>, TransportError> {
         let mut map = self.inner.producers.lock().await;
         if let Some(p) = map.get(hub) {
             return Ok(p.clone());
@@ -246,7 +266,8 @@ impl EventHubsTransport {
             Auth::Entra { namespace, credential } => b.open(namespace, hub, credential.clone()).await,
         }
         .map_err(|e| self.map_err(hub, &e))?;
-        let p = Arc::new(p);
+        let props = p.get_eventhub_properties().await.map_err(|e| self.map_err(hub, &e))?;
+        let p = Arc::new(HubProducer { partitions: numbered(&props.partition_ids), client: p });
         map.insert(hub.to_string(), p.clone());
         Ok(p)
     }
@@ -254,7 +275,7 @@ impl EventHubsTransport {
     /// The partition count of `hub` as the service reports it (for
     /// `conveyor check`).
     pub async fn hub_partitions(&self, hub: &str) -> Result<u32, TransportError> {
-        let p = self.producer_for(hub).await?;
+        let p = &self.producer_for(hub).await?.client;
         let props = p.get_eventhub_properties().await.map_err(|e| self.map_err(hub, &e))?;
         Ok(props.partition_ids.len() as u32)
     }
@@ -293,7 +314,7 @@ impl EventHubsTransport {
         while i < msgs.len() {
             let opts = |max: Option<u64>| EventDataBatchOptions {
                 partition_id: match target {
-                    Target::Partition(p) => Some(p.to_string()),
+                    Target::Partition(p) | Target::Hashed(p) => Some(p.to_string()),
                     _ => None,
                 },
                 partition_key: match target {
@@ -310,7 +331,17 @@ impl EventHubsTransport {
             .map_err(|e| self.map_err(hub, &e))?;
             while i < msgs.len() {
                 let event = to_event(&msgs[i], matches!(target, Target::Partition(_)))?;
-                let added = batch.try_add_event_data(event, None).map_err(|e| self.map_err(hub, &e))?;
+                let added = match (target, &msgs[i].key) {
+                    // each message keeps its own key: consumers read it as
+                    // the event's partition key
+                    (Target::Hashed(_), Some(k)) => {
+                        let mut m = AmqpMessage::from(event);
+                        m.add_message_annotation(AmqpSymbol::from(PARTITION_KEY_ANNOTATION), key_str(k));
+                        batch.try_add_amqp_message(m, None)
+                    }
+                    _ => batch.try_add_event_data(event, None),
+                }
+                .map_err(|e| self.map_err(hub, &e))?;
                 if !added {
                     break;
                 }
@@ -331,10 +362,33 @@ impl EventHubsTransport {
 /// Where a group of messages goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Target {
+    /// A partition the message named: its key travels as [`KEY_PROPERTY`].
     Partition(u32),
+    /// The partition the service's hash assigns the messages' keys.
+    Hashed(u32),
+    /// One key, hashed by the service (a hub not numbered `0..n-1`).
     Key(String),
     Any,
 }
+
+/// Where `m` goes on a hub of `partitions` (when numbered `0..n-1`).
+fn target(m: &OutboundMessage, partitions: Option<u32>) -> Target {
+    match (m.partition, &m.key, partitions) {
+        (Some(p), _, _) => Target::Partition(p),
+        (None, Some(k), Some(n)) => Target::Hashed(conveyor_eh_hash::partition_for_key(&key_str(k), n)),
+        (None, Some(k), None) => Target::Key(key_str(k)),
+        (None, None, _) => Target::Any,
+    }
+}
+
+/// A key as the partition key string (keys that are not UTF-8 are refused
+/// by [`to_event`] before anything is sent).
+fn key_str(k: &[u8]) -> String {
+    String::from_utf8_lossy(k).into_owned()
+}
+
+/// The message annotation that carries an event's partition key.
+const PARTITION_KEY_ANNOTATION: &str = "x-opt-partition-key";
 
 /// The application property that carries an explicit producer timestamp
 /// (Event Hubs sets the enqueued time itself); read back as the message's
@@ -408,12 +462,7 @@ impl Producer for EventHubsTransport {
         let mut results = Vec::with_capacity(batch.len());
         let label: Arc<str> = e.key.as_str().into();
         for m in batch {
-            let target = match (m.partition, &m.key) {
-                (Some(p), _) => Target::Partition(p),
-                // UTF-8: checked by `to_event` above
-                (None, Some(k)) => Target::Key(String::from_utf8_lossy(k).into_owned()),
-                (None, None) => Target::Any,
-            };
+            let target = target(&m, p.partitions);
             results.push(ProduceResult { entity: label.clone(), partition: m.partition.unwrap_or(0), position: -1 });
             let i = *index.entry(target.clone()).or_insert_with(|| {
                 groups.push((target, Vec::new()));
@@ -425,7 +474,7 @@ impl Producer for EventHubsTransport {
         // time anyway); the first failure stops the rest
         let sends = async {
             for (t, msgs) in &groups {
-                self.send_group(&p, &e.name, t, msgs).await?;
+                self.send_group(&p.client, &e.name, t, msgs).await?;
             }
             Ok(())
         };
@@ -488,7 +537,7 @@ impl Transport for EventHubsTransport {
 
     async fn partitions(&self, entity: &str) -> Result<Vec<PartitionInfo>, TransportError> {
         let e = self.entity(entity)?;
-        let p = self.producer_for(&e.name).await?;
+        let p = &self.producer_for(&e.name).await?.client;
         let props = p.get_eventhub_properties().await.map_err(|err| self.map_err(&e.name, &err))?;
         let mut out = Vec::new();
         for (i, id) in props.partition_ids.iter().enumerate() {
@@ -560,7 +609,7 @@ impl Transport for EventHubsTransport {
         let producers: Vec<_> = self.inner.producers.lock().await.drain().map(|(_, p)| p).collect();
         for p in producers {
             if let Ok(p) = Arc::try_unwrap(p) {
-                let _ = tokio::time::timeout_at(deadline, p.close()).await;
+                let _ = tokio::time::timeout_at(deadline, p.client.close()).await;
             }
         }
     }

@@ -98,7 +98,10 @@ async def consume(args):
         if event is None:
             return
         body = event.body_as_str()
-        print(f"{body}\t{ctx.partition_id}\t{event.sequence_number}", flush=True)
+        key = event.partition_key or ""
+        if isinstance(key, bytes):
+            key = key.decode("utf-8", "replace")
+        print(f"{body}\t{ctx.partition_id}\t{event.sequence_number}\t{key}", flush=True)
         seen.add(body)
         if store is not None:
             await ctx.update_checkpoint(event)

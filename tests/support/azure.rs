@@ -137,7 +137,7 @@ pub async fn eh_tool_async(args: Vec<String>) -> (i32, String) {
     .unwrap()
 }
 
-/// Bodies printed by `eh_tool.py consume` (`BODY\t<partition>\t<seq>`).
+/// Bodies printed by `eh_tool.py consume` (`BODY\t<partition>\t<seq>\t<partition key>`).
 pub fn bodies(stdout: &str) -> Vec<String> {
     stdout.lines().filter_map(|l| l.split('\t').next()).filter(|s| !s.is_empty()).map(str::to_string).collect()
 }

@@ -42,7 +42,7 @@
 mod addr;
 mod conn;
 mod faults;
-pub mod hash;
+pub use conveyor_eh_hash as hash;
 mod links;
 mod mgmt;
 mod state;
@@ -100,6 +100,8 @@ pub(crate) struct Shared {
     /// Kill switches (socket pump tasks) of live connections.
     pub(crate) conns: Mutex<HashMap<u64, AbortHandle>>,
     next_conn: AtomicU64,
+    /// Produce deliveries stored (a batch is one).
+    pub(crate) deliveries: AtomicU64,
 }
 
 impl Shared {
@@ -145,6 +147,7 @@ impl Broker {
             faults: Default::default(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            deliveries: AtomicU64::new(0),
         });
         let accept = tokio::spawn(conn::accept_loop(listener, shared.clone()));
         tracing::info!(%local_addr, "event hubs test broker listening");
@@ -171,6 +174,11 @@ impl Broker {
     /// keeps its partitions).
     pub fn create_hub(&self, hub: &str, partitions: u32) {
         self.shared.state.create(hub, partitions);
+    }
+
+    /// How many produce deliveries (a batch counts once) were stored.
+    pub fn deliveries(&self) -> u64 {
+        self.shared.deliveries.load(Ordering::Relaxed)
     }
 
     /// Every stored event of `hub` (name matched case-insensitively), by partition then

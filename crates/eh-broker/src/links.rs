@@ -115,6 +115,7 @@ pub(crate) async fn produce(shared: Arc<Shared>, mut rx: Receiver, hub: Arc<Hub>
                     .unwrap_or_else(|| hub.next_round_robin());
                 let n = events.len();
                 let first = hub.partitions[p as usize].append(events, key.as_deref());
+                shared.deliveries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 debug!(%link, hub = %hub.name, partition = p, events = n, first_seq = first, "stored");
                 // Answer after a network-like pause: fe2o3-amqp 0.16's sender records an
                 // unsettled delivery only after its transfer is written, so an outcome

@@ -215,3 +215,31 @@ fn what_event_hubs_cannot_carry_is_refused_never_merged() {
     assert_eq!(props.get(TIMESTAMP_PROPERTY), Some(&AmqpSimpleValue::Long(42)));
     assert!(to_event_(&msg(b"k", vec![(KEY_PROPERTY, b"x")])).is_err());
 }
+
+#[test]
+fn where_a_message_goes() {
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(numbered(&ids(&["0", "1", "2", "3"])), Some(4));
+    assert_eq!(numbered(&ids(&["0", "2"])), None, "a gap");
+    assert_eq!(numbered(&ids(&["1", "0"])), None, "out of order");
+    assert_eq!(numbered(&ids(&["a"])), None);
+    assert_eq!(numbered(&[]), None);
+    let m = |partition: Option<u32>, key: Option<&str>| OutboundMessage {
+        partition,
+        key: key.map(|k| k.as_bytes().to_vec().into()),
+        ..Default::default()
+    };
+    let table = [
+        // (explicit partition, key, hub partitions) → target
+        (Some(2), Some("7"), Some(4), Target::Partition(2)),
+        (Some(2), None, None, Target::Partition(2)),
+        // the cross-SDK vector: "7" hashes to -15263, |-15263 % 4| = 3
+        (None, Some("7"), Some(4), Target::Hashed(3)),
+        (None, Some("7"), None, Target::Key("7".into())),
+        (None, None, Some(4), Target::Any),
+        (None, None, None, Target::Any),
+    ];
+    for (partition, key, n, want) in table {
+        assert_eq!(target(&m(partition, key), n), want, "{partition:?} {key:?} {n:?}");
+    }
+}

@@ -6,6 +6,11 @@
 //! `|hash % partition_count|`. This module is an independent implementation of that
 //! published algorithm; the test vectors are the cross-SDK ones, so a key lands on the
 //! same partition here as on Azure.
+//!
+//! Two users: Conveyor's Event Hubs producer, which sends keyed messages
+//! straight to their partition in batches of many keys (as the official
+//! SDKs' buffered producers do), and the local test broker, which routes
+//! keyed sends as the service would.
 
 /// The partition index (0-based) a key is assigned to when a hub has `partitions` partitions.
 pub fn partition_for_key(key: &str, partitions: u32) -> u32 {
