@@ -159,6 +159,14 @@ fn readyz(d: &Daemon) -> Option<u16> {
     get_blocking(d.addr, "/readyz").ok().map(|(c, _)| c)
 }
 
+/// What a daemon says of itself, for a failure message: `/readyz` and its
+/// last 40 log lines.
+fn state_of(d: &Daemon) -> String {
+    let body = get_blocking(d.addr, "/readyz").map(|r| r.1).unwrap_or_default();
+    let logs: Vec<String> = d.logs.try_iter().collect();
+    format!("\n/readyz: {body}\nlast log lines:\n{}", logs[logs.len().saturating_sub(40)..].join("\n"))
+}
+
 fn wait_for(what: &str, within: Duration, f: impl FnMut() -> bool) {
     wait_or_explain(what, within, f, String::new);
 }
@@ -176,9 +184,12 @@ fn wait_or_explain(what: &str, within: Duration, mut f: impl FnMut() -> bool, ex
 /// when empty) consumed something.
 fn kill_in_flight(d: &mut Daemon, worker: &str, seen: &mut Seen) {
     let needle = if worker.is_empty() { String::new() } else { format!("worker=\"{worker}\"") };
-    wait_for("consumption before the kill", Duration::from_secs(90), || {
-        metric(d, "conveyor_messages_consumed_total", &needle) > 0.0
-    });
+    wait_or_explain(
+        "consumption before the kill",
+        Duration::from_secs(90),
+        || metric(d, "conveyor_messages_consumed_total", &needle) > 0.0,
+        || state_of(d),
+    );
     std::thread::sleep(Duration::from_millis(fastrand::u64(0..300)));
     seen.logs(d);
     d.signal("-KILL");
@@ -340,11 +351,7 @@ fn c2_kafka_broker_outage_goes_unready_then_ready_and_loses_nothing() {
         "/readyz ready after the outage",
         Duration::from_secs(120),
         || readyz(&d) == Some(200),
-        || {
-            let body = get_blocking(d.addr, "/readyz").map(|r| r.1).unwrap_or_default();
-            let logs: Vec<String> = d.logs.try_iter().collect();
-            format!("\n/readyz: {body}\nlast log lines:\n{}", logs[logs.len().saturating_sub(40)..].join("\n"))
-        },
+        || state_of(&d),
     );
     let ready_after = t0.elapsed();
     let outage = down_since.elapsed() - ready_after;
@@ -933,7 +940,12 @@ fn c5_event_hubs_service_faults_are_classified_retried_or_paused_and_lose_nothin
     seen.endpoints(&d);
     b.faults().cbs_unauthorized(0);
     let t0 = Instant::now();
-    wait_for("ready once the credentials work", Duration::from_secs(120), || readyz(&d) == Some(200));
+    wait_or_explain(
+        "ready once the credentials work",
+        Duration::from_secs(120),
+        || readyz(&d) == Some(200),
+        || state_of(&d),
+    );
     let recovered = t0.elapsed();
     produce(&b);
     let got = rt.block_on(py_bodies(&b, "c5-out", &want, Duration::from_secs(120)));

@@ -361,19 +361,20 @@ async fn check_compares_hub_partition_counts_with_the_namespace() {
 async fn keyed_messages_go_to_their_keys_partitions_many_keys_to_a_batch() {
     conveyor::runtime::install_tls_provider();
     let b = broker(4).await;
-    b.create_hub("keyed", 4);
+    // a fresh hub per attempt: a send that fails as transient (the first
+    // send of a new producer to the test broker is now and then cut with
+    // "connection dropped") is retried, as a worker would, on a clean hub
+    let hubs: Vec<String> = (0..3).map(|i| format!("keyed-{i}")).collect();
+    for h in &hubs {
+        b.create_hub(h, 4);
+    }
     let dir = tempfile::tempdir().unwrap();
     let store = format!("{{ type: file, path: \"{}\" }}", dir.path().join("cp").display());
     let cfg = config(&eh_yaml(&eh_conn(&b), &store, "in", "out", 4, "copy"));
     let conveyor::config::TransportConfig::Eventhubs(ehc) = &cfg.transports["hubs"] else { unreachable!() };
-    let t = EventHubsTransport::open(
-        "hubs",
-        ehc,
-        &[EntitySpec { key: "keyed".into(), name: "keyed".into(), partitions: 4 }],
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let specs: Vec<EntitySpec> =
+        hubs.iter().map(|h| EntitySpec { key: h.clone(), name: h.clone(), partitions: 4 }).collect();
+    let t = EventHubsTransport::open("hubs", ehc, &specs, Default::default()).await.unwrap();
     let key_of = |i: usize| format!("claim-{}", i % 200);
     let msgs: Vec<OutboundMessage> = (0..800)
         .map(|i| OutboundMessage {
@@ -382,14 +383,24 @@ async fn keyed_messages_go_to_their_keys_partitions_many_keys_to_a_batch() {
             ..Default::default()
         })
         .collect();
-    let before = b.deliveries();
-    t.producer().send("keyed", msgs).await.unwrap();
-    let sends = b.deliveries() - before;
+    let mut sent = None;
+    for h in &hubs {
+        let before = b.deliveries();
+        match t.producer().send(h, msgs.clone()).await {
+            Ok(_) => {
+                sent = Some((h.clone(), b.deliveries() - before));
+                break;
+            }
+            Err(e) if e.category() == conveyor::classify::ErrorCategory::Transient => eprintln!("retrying: {e}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let (hub, sends) = sent.expect("a send succeeded within 3 attempts");
     // one batch per partition; a batch per key would be 200 sends
     assert!(sends <= 4, "{sends} sends for 800 messages of 200 keys on 4 partitions");
 
     let (code, out) = eh_tool_async(
-        ["consume", "--conn", &eh_conn(&b), "--hub", "keyed", "--expect", "800", "--timeout", "60"]
+        ["consume", "--conn", &eh_conn(&b), "--hub", &hub, "--expect", "800", "--timeout", "60"]
             .map(String::from)
             .to_vec(),
     )

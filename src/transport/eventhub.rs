@@ -9,19 +9,20 @@
 //! same without it (as the Python SDK does).
 //!
 //! **Producer.** One `ProducerClient` per hub, opened on first use and
-//! shared by every worker; opening it reads the hub's partitions. A send
-//! fills batches up to the hub's maximum message size: messages with an
+//! shared by every worker. A send fills batches up to the hub's maximum
+//! message size: messages with an
 //! explicit partition go to that partition; messages with a key go to the
 //! partition the service's key hash assigns (computed here, as the official
 //! SDKs' buffered producers do), many keys to a batch, each message still
 //! carrying its own partition key for consumers; the rest are spread by the
 //! service. The batches of one send go out in turn; a send returns when
 //! every batch is accepted. Event Hubs returns no positions for sends:
-//! `ProduceResult.position` is -1. Caveat: the partition count is read when
-//! the producer opens (and again after a failed send reopens it); between
-//! a hub gaining partitions and that, keys keep their old partitions. A hub
-//! whose partition ids are not `0..n-1` gets one batch per key, hashed by
-//! the service.
+//! `ProduceResult.position` is -1. Caveat: the partition count is read at
+//! a producer's first keyed send (and again after a failed send reopens
+//! the producer); between a hub gaining partitions and that, keys keep
+//! their old partitions. When the count cannot be read within 5 s, or the
+//! hub's partition ids are not `0..n-1`, that send goes one batch per key,
+//! hashed by the service (the same partitions, more round trips).
 //!
 //! **Consumer.** Per subscription (worker × input): one `ConsumerClient` on
 //! the hub and consumer group, and a balancer task that shares the
@@ -120,10 +121,14 @@ struct Inner {
 /// A hub's shared producer.
 struct HubProducer {
     client: ProducerClient,
-    /// The hub's partition count when the client opened, if its ids are
-    /// `0..n-1` (then keys are hashed here).
-    partitions: Option<u32>,
+    /// The hub's partition count, read at the first keyed send: `Some(n)`
+    /// when its ids are `0..n-1` (then keys are hashed here).
+    partitions: std::sync::OnceLock<Option<u32>>,
 }
+
+/// Longest the first keyed send of a producer waits for the hub's
+/// partitions; without them it leaves the keys to the service.
+const PROPERTIES_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `n` when `ids` are exactly `"0"`..`"n-1"` in order.
 fn numbered(ids: &[String]) -> Option<u32> {
@@ -255,21 +260,43 @@ impl EventHubsTransport {
         if let Some(p) = map.get(hub) {
             return Ok(p.clone());
         }
+        let p = self.open_producer(hub).await?;
+        let p = Arc::new(HubProducer { client: p, partitions: std::sync::OnceLock::new() });
+        map.insert(hub.to_string(), p.clone());
+        Ok(p)
+    }
+
+    /// A new producer client on `hub`.
+    async fn open_producer(&self, hub: &str) -> Result<ProducerClient, TransportError> {
         let mut b = ProducerClient::builder()
             .with_application_id(format!("conveyor-{}", self.inner.name))
             .with_retry_options(sdk_retries());
         if let Some(ep) = &self.inner.endpoint {
             b = b.with_custom_endpoint(ep.clone());
         }
-        let p = match &self.inner.auth {
+        match &self.inner.auth {
             Auth::ConnectionString(cs) => b.open_with_connection_string(cs.expose(), Some(hub)).await,
             Auth::Entra { namespace, credential } => b.open(namespace, hub, credential.clone()).await,
         }
-        .map_err(|e| self.map_err(hub, &e))?;
-        let props = p.get_eventhub_properties().await.map_err(|e| self.map_err(hub, &e))?;
-        let p = Arc::new(HubProducer { partitions: numbered(&props.partition_ids), client: p });
-        map.insert(hub.to_string(), p.clone());
-        Ok(p)
+        .map_err(|e| self.map_err(hub, &e))
+    }
+
+    /// The partition count keys are hashed over on `hub`: read once per
+    /// producer, within [`PROPERTIES_TIMEOUT`]; `None` (the service hashes
+    /// the keys of this send) when the read fails or the ids are not
+    /// `0..n-1`. Only sends with keys ask.
+    async fn key_partitions(&self, p: &HubProducer, hub: &str) -> Option<u32> {
+        if let Some(n) = p.partitions.get() {
+            return *n;
+        }
+        match tokio::time::timeout(PROPERTIES_TIMEOUT, p.client.get_eventhub_properties()).await {
+            Ok(Ok(props)) => *p.partitions.get_or_init(|| numbered(&props.partition_ids)),
+            Ok(Err(e)) => {
+                tracing::debug!(hub, error = %redact(&e.to_string()), "hub properties unread; the service hashes keys");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     /// The partition count of `hub` as the service reports it (for
@@ -461,8 +488,10 @@ impl Producer for EventHubsTransport {
         let mut index: HashMap<Target, usize> = HashMap::new();
         let mut results = Vec::with_capacity(batch.len());
         let label: Arc<str> = e.key.as_str().into();
+        let keyed = batch.iter().any(|m| m.partition.is_none() && m.key.is_some());
+        let partitions = if keyed { self.key_partitions(&p, &e.name).await } else { None };
         for m in batch {
-            let target = target(&m, p.partitions);
+            let target = target(&m, partitions);
             results.push(ProduceResult { entity: label.clone(), partition: m.partition.unwrap_or(0), position: -1 });
             let i = *index.entry(target.clone()).or_insert_with(|| {
                 groups.push((target, Vec::new()));
