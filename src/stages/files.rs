@@ -11,15 +11,16 @@
 //! outside `content_types` fails as `Permanent`; HTTP statuses are
 //! classified as in the `http` stage; network errors are `Transient`.
 //!
-//! **upload** puts the cached file under a name rendered from the message,
-//! skips it when an object of that name and size exists (idempotent), and
-//! adds `{target, name, size}` at `into`. To a directory it renames the
+//! **upload** puts the cached file under a name rendered from the message
+//! and adds `{target, name, size}` at `into`; it is idempotent (a
+//! redelivery finds the object in place). To a directory it renames the
 //! cached file into place when it removes the cache (`remove_cache`, the
-//! default), and otherwise hard-links it under a temporary name and renames
-//! that: no copy and no new inode when cache and target share a file
-//! system, a synced copy when they do not. Target directories are created
-//! when a rename finds them missing, not checked per file. To Azure Blob
-//! Storage it puts the blob. It removes the cache file (and a download's
+//! default; the target's directories are created when the rename finds them
+//! missing, not checked per file), and otherwise hard-links it under a
+//! temporary name and renames that, unless an object of that name and size
+//! exists: no copy and no new inode when cache and target share a file
+//! system, a synced copy when they do not. To Azure Blob Storage it puts
+//! the blob unless one of that name and size exists. It removes the cache file (and a download's
 //! metadata) only after success.
 //!
 //! All file work of one message runs in one blocking-pool call: one thread
@@ -263,7 +264,8 @@ impl Stage for Download {
 /// - without it, or across file systems, the cache file is hard-linked (or
 ///   copied and synced) under a temporary name, which is renamed into place.
 ///
-/// Directories are created only when a rename or link finds them missing.
+/// With `remove_cache`, the target's directories are created only when the
+/// rename finds them missing (no check per file).
 fn place_in_dir(src: &Path, dest: &Path, remove_cache: bool) -> Result<u64, StageError> {
     let Ok(src_len) = std::fs::metadata(src).map(|m| m.len()) else {
         // already uploaded (a redelivery), or never cached
