@@ -402,7 +402,11 @@ enum Target {
 fn target(m: &OutboundMessage, partitions: Option<u32>) -> Target {
     match (m.partition, &m.key, partitions) {
         (Some(p), _, _) => Target::Partition(p),
-        (None, Some(k), Some(n)) => Target::Hashed(conveyor_eh_hash::partition_for_key(&key_str(k), n)),
+        // hashed in place: no copy of the key per message
+        (None, Some(k), Some(n)) => match std::str::from_utf8(k) {
+            Ok(k) => Target::Hashed(conveyor_eh_hash::partition_for_key(k, n)),
+            Err(_) => Target::Key(key_str(k)),
+        },
         (None, Some(k), None) => Target::Key(key_str(k)),
         (None, None, _) => Target::Any,
     }
