@@ -13,7 +13,13 @@
 //!   loopback addresses); `200` with what changed, `400` with the errors
 //!   (the running topology is kept).
 //!
+//! - `/v1/entities/...` — read and write any entity (see [`entities`]);
+//! - `POST <path>` of every `type: http` source without a `listen` of its
+//!   own (see `sources::http`).
+//!
 //! Nothing here prints configuration values, so no secret can leak through it.
+
+pub mod entities;
 
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -53,6 +59,12 @@ pub struct AdminState {
     pub reload: mpsc::Sender<ReloadRequest>,
     /// Where each migrating entity stands (the `migration` section).
     pub migration: Arc<dyn Fn() -> Vec<crate::migration::status::EntityStatus> + Send + Sync>,
+    /// Where entity `name` is read and written now (the entity API).
+    pub entities: entities::Locate,
+    /// The entity API's bearer token (`service.http.token`) as configured now.
+    pub token: Arc<dyn Fn() -> Option<crate::config::Secret> + Send + Sync>,
+    /// Ingest sources routed here.
+    pub routes: Arc<crate::sources::Routes>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -61,7 +73,25 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/-/reload", post(reload))
+        .route("/v1/entities/{entity}/partitions", get(entities::partitions))
+        .route("/v1/entities/{entity}/messages", get(entities::read).post(entities::write))
+        .fallback(ingest)
         .with_state(state)
+}
+
+/// An ingest source's route, or `404`.
+async fn ingest(
+    State(s): State<AdminState>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    match s.routes.get(uri.path()) {
+        Some(i) if method == axum::http::Method::POST => i.answer(&headers, body).await,
+        Some(_) => (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST")]).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 /// Serves until `stop` is cancelled.

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+pub mod ingest;
 #[cfg(feature = "kafka")]
 pub mod kafka_naive;
 
@@ -74,6 +75,9 @@ pub enum BenchCommand {
     /// The simulated APIs' round-trip ceiling (baseline of bench/pipeline.sh):
     /// the in-process simulator and a pooled HTTP client, nothing else.
     Http(HttpArgs),
+    /// HTTP ingest (NDJSON batches and single requests) against the embedded
+    /// transport's own produce rate.
+    Ingest(ingest::IngestArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -180,6 +184,7 @@ pub fn main(args: BenchArgs) -> Result<(), BenchError> {
         #[cfg(feature = "kafka")]
         Some(BenchCommand::KafkaNaive(a)) => return rt.block_on(kafka_naive::run(a)),
         Some(BenchCommand::Http(a)) => return rt.block_on(http_ceiling(a)),
+        Some(BenchCommand::Ingest(a)) => return rt.block_on(ingest::run(a)),
         None => {}
     }
     let modes: Vec<bool> = match args.mode.as_str() {
@@ -287,6 +292,7 @@ async fn run_once(args: &BenchArgs, dir: Option<std::path::PathBuf>, conveyor: b
             health: &health,
             opts: &opts,
             grace: Duration::from_secs(30),
+            routes: &crate::sources::Routes::new(),
         };
         let spec = parts.worker("bench")?;
         let c = cancel.clone();

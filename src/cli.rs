@@ -31,6 +31,14 @@ pub enum Command {
         #[arg(long, default_value = "mermaid")]
         format: String,
     },
+    /// Print the messages of any entity, on any transport, as no consumer
+    /// group (like `kcat -C`; through the daemon for an embedded entity it
+    /// holds).
+    Tail(TailArgs),
+    /// Write messages from standard input to any entity and print where
+    /// each went (like `kcat -P`; through the daemon for an embedded entity
+    /// it holds).
+    Produce(ProduceArgs),
     /// Inspect and redrive dead-letter entities.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -117,6 +125,48 @@ pub enum MigrateCommand {
         #[arg(long, default_value = "text")]
         format: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    #[arg(short, long, default_value = "config.yaml")]
+    pub config: PathBuf,
+    /// The entity to read (its name in the config).
+    #[arg(long)]
+    pub entity: String,
+    /// Start at the first stored message of each partition.
+    #[arg(long, conflicts_with = "last")]
+    pub from_beginning: bool,
+    /// Start at the last N messages of each partition (default 10).
+    #[arg(long)]
+    pub last: Option<u64>,
+    /// Keep waiting for new messages until interrupted.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only this partition.
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// `json` (one object per line), `text` (for people) or `raw` (payloads).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: crate::commands::tail::Format,
+}
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    #[arg(short, long, default_value = "config.yaml")]
+    pub config: PathBuf,
+    /// The entity to write (its name in the config).
+    #[arg(long)]
+    pub entity: String,
+    /// Key of every message.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// A header `name=value` on every message; repeatable.
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
+    /// One JSON message per line (otherwise the whole input is one message).
+    #[arg(long)]
+    pub ndjson: bool,
 }
 
 #[derive(Debug, Args)]

@@ -46,6 +46,7 @@
 pub mod admin;
 pub mod azure;
 pub mod backoff;
+pub mod bearer;
 pub mod bench;
 pub mod classify;
 pub mod cli;

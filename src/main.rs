@@ -76,6 +76,8 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Tail(a) => tail(a),
+        Command::Produce(a) => produce(a),
         Command::Dlq(cmd) => dlq(cmd),
         Command::Migrate(cmd) => migrate(cmd),
         Command::Graph { config: path, format } => match config::load_file(&path) {
@@ -133,6 +135,75 @@ fn tool(path: &std::path::Path) -> Result<(config::Loaded, tokio::runtime::Runti
         ExitCode::from(EXIT_FAILURE)
     })?;
     Ok((loaded, rt))
+}
+
+fn tail(a: conveyor::cli::TailArgs) -> ExitCode {
+    use conveyor::commands::tail::{Start, TailOptions};
+    let (loaded, rt) = match tool(&a.config) {
+        Ok(both) => both,
+        Err(code) => return code,
+    };
+    let o = TailOptions {
+        entity: a.entity,
+        start: if a.from_beginning { Start::Beginning } else { Start::Last(a.last.unwrap_or(10)) },
+        follow: a.follow,
+        partition: a.partition,
+        format: a.format,
+    };
+    let mut out = std::io::stdout();
+    let r = rt.block_on(async {
+        tokio::select! {
+            r = conveyor::commands::tail::tail(&loaded.config, &o, &mut out) => r.map(Some),
+            _ = tokio::signal::ctrl_c() => Ok(None),
+        }
+    });
+    match r {
+        Ok(_) => ExitCode::SUCCESS,
+        // the reader of our output went away (`| head`)
+        Err(conveyor::commands::ToolError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn produce(a: conveyor::cli::ProduceArgs) -> ExitCode {
+    use conveyor::commands::produce::ProduceOptions;
+    use std::io::Read;
+    let (loaded, rt) = match tool(&a.config) {
+        Ok(both) => both,
+        Err(code) => return code,
+    };
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+        eprintln!("error: cannot read standard input: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    let o = ProduceOptions {
+        entity: a.entity,
+        key: a.key,
+        headers: a.headers,
+        ndjson: a.ndjson,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let mut out = std::io::stdout();
+    match rt.block_on(conveyor::commands::produce::produce(&loaded.config, &o, input.into(), &mut out)) {
+        Ok(n) => {
+            eprintln!("{n} message(s) written to {} and acknowledged", o.entity);
+            ExitCode::SUCCESS
+        }
+        Err(e @ conveyor::commands::ToolError::Input(_)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
 }
 
 /// Loads `path`; with `previous`, as the config that replaces it.

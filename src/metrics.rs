@@ -15,6 +15,9 @@
 //! | `conveyor_in_flight_messages` | gauge | worker |
 //! | `conveyor_consumer_lag_messages` | gauge | worker, entity, partition |
 //! | `conveyor_source_events_total` | counter | source, entity |
+//! | `conveyor_ingest_requests_total` | counter | source, code (HTTP status of the answer) |
+//! | `conveyor_ingest_messages_total` | counter | source, entity (acknowledged by the transport) |
+//! | `conveyor_ingest_rejections_total` | counter | source, reason (`unauthorized`, `too_large`, `bad_request`, `busy`, `unavailable`, `refused`) |
 //! | `conveyor_retries_scheduled_total` | counter | worker, entity (the retry entity) |
 //! | `conveyor_retry_redelivered_total` | counter | entity (the retry entity) |
 //! | `conveyor_retry_invalid_total` | counter | entity (retries nothing takes: dead-lettered) |
@@ -76,6 +79,18 @@ pub struct PartitionLabel {
 pub struct SourceLabel {
     pub source: String,
     pub entity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceCode {
+    pub source: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceReason {
+    pub source: String,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -227,6 +242,9 @@ pub struct Metrics {
     pub in_flight: Family<WorkerLabel, Gauge>,
     pub lag: Family<PartitionLabel, Gauge>,
     pub source_events: Family<SourceLabel, Counter>,
+    pub ingest_requests: Family<SourceCode, Counter>,
+    pub ingest_messages: Family<SourceLabel, Counter>,
+    pub ingest_rejections: Family<SourceReason, Counter>,
     pub retries_scheduled: Family<WorkerEntity, Counter>,
     pub retry_redelivered: Family<EntityLabel, Counter>,
     pub retry_invalid: Family<EntityLabel, Counter>,
@@ -266,6 +284,9 @@ impl Metrics {
             in_flight: Family::default(),
             lag: Family::default(),
             source_events: Family::default(),
+            ingest_requests: Family::default(),
+            ingest_messages: Family::default(),
+            ingest_rejections: Family::default(),
             retries_scheduled: Family::default(),
             retry_redelivered: Family::default(),
             retry_invalid: Family::default(),
@@ -300,6 +321,13 @@ impl Metrics {
         registry.register("in_flight_messages", "Messages fetched but not yet committed", m.in_flight.clone());
         registry.register("consumer_lag_messages", "High watermark minus committed position", m.lag.clone());
         registry.register("source_events", "Events emitted by built-in sources", m.source_events.clone());
+        registry.register("ingest_requests", "HTTP ingest requests answered, by status", m.ingest_requests.clone());
+        registry.register(
+            "ingest_messages",
+            "Messages taken in over HTTP and acknowledged by the transport",
+            m.ingest_messages.clone(),
+        );
+        registry.register("ingest_rejections", "HTTP ingest requests refused, by reason", m.ingest_rejections.clone());
         registry.register("retries_scheduled", "Failed messages sent to a retry entity", m.retries_scheduled.clone());
         registry.register(
             "retry_redelivered",

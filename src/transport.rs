@@ -37,9 +37,11 @@
 pub mod embedded;
 #[cfg(feature = "eventhubs")]
 pub mod eventhub;
+pub mod json;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod members;
+pub mod remote;
 pub mod scan;
 #[cfg(test)]
 pub(crate) mod scripted;
@@ -254,6 +256,11 @@ pub enum TransportError {
     Storage { transport: String, message: String },
     #[error("cannot open storage for {transport:?} at {path}: {message}")]
     Open { transport: String, path: String, message: String },
+    /// Another process (a running daemon) holds the embedded store.
+    #[error(
+        "the data directory {path} of {transport:?} is in use by another process (is conveyor running on it? the embedded store admits one process at a time)"
+    )]
+    InUse { transport: String, path: String },
     #[error("message of {size} bytes is larger than the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
     /// The message cannot be carried as it is (a header the transport
@@ -275,9 +282,10 @@ impl TransportError {
             | TransportError::TooLarge { .. }
             | TransportError::Unrepresentable(_)
             | TransportError::ReadOnly => ErrorCategory::Permanent,
-            TransportError::Closed { .. } | TransportError::Storage { .. } | TransportError::Open { .. } => {
-                ErrorCategory::Transient
-            }
+            TransportError::Closed { .. }
+            | TransportError::Storage { .. }
+            | TransportError::Open { .. }
+            | TransportError::InUse { .. } => ErrorCategory::Transient,
             TransportError::Other { category, .. } => *category,
         }
     }
@@ -290,6 +298,7 @@ impl TransportError {
             TransportError::Closed { .. } => "closed",
             TransportError::Storage { .. } => "storage",
             TransportError::Open { .. } => "open",
+            TransportError::InUse { .. } => "in_use",
             TransportError::TooLarge { .. } => "too_large",
             TransportError::Unrepresentable(_) => "unrepresentable",
             TransportError::ReadOnly => "read_only",

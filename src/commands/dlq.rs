@@ -1,8 +1,10 @@
 //! `conveyor dlq inspect` and `conveyor dlq redrive`.
 //!
-//! Both open the config's transports directly. The embedded durable store
-//! admits one process, so for an embedded DLQ stop the daemon first (the
-//! error says so); broker transports can be used while it runs.
+//! Both open the config's transports directly. `inspect` reaches an
+//! embedded DLQ that a running daemon holds through the daemon's entity API
+//! (`admin::entities`); `redrive` commits as a consumer group, which that
+//! API does not offer, so for an embedded DLQ stop the daemon first (the
+//! error says so). Broker transports can be used while the daemon runs.
 //!
 //! Both read up to the end each partition had when they started, and never
 //! report success after reading less (`transport::scan`: a broker that does
@@ -20,14 +22,13 @@
 //! examined, matching or not: to redrive selectively in several passes, give
 //! each pass its own `--group`. `--dry-run` produces and commits nothing.
 
+pub use super::error::ToolError;
 use crate::config::{Config, StartPosition};
 use crate::dlq::Envelope;
 use crate::retry;
-use crate::runtime::{RuntimeError, Transports};
+use crate::runtime::Transports;
 use crate::transport::scan::{Next, ScanError, browse, read_until};
-use crate::transport::{
-    Assignment, Headers, OutboundMessage, PartitionReader, PipelineMessage, Transport, TransportError,
-};
+use crate::transport::{Assignment, Headers, OutboundMessage, PartitionReader, PipelineMessage, Transport};
 use base64::Engine;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -38,24 +39,6 @@ use std::time::Duration;
 pub const ASSIGN_WAIT: Duration = Duration::from_secs(60);
 /// Longest flush of the transports when a tool is done.
 const CLOSE_WITHIN: Duration = Duration::from_secs(10);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ToolError {
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-    #[error("entity {0:?} is not in the config")]
-    UnknownEntity(String),
-    #[error("{entity:?}: {source}")]
-    Transport { entity: String, source: TransportError },
-    #[error("bad --filter {0:?}: write key=value with key one of category, worker, origin, type")]
-    BadFilter(String),
-    #[error(transparent)]
-    Scan(#[from] ScanError),
-    #[error(
-        "{entity:?}: consumer group {group:?} was not given partition(s) {missing:?} within {waited:?} (does another process hold them?)"
-    )]
-    NotAssigned { entity: String, group: String, missing: Vec<u32>, waited: Duration },
-}
 
 /// A `key=value` filter on envelopes.
 #[derive(Debug, Clone)]
@@ -170,7 +153,7 @@ pub async fn inspect(cfg: &Config, entity: &str, limit: usize, json: bool) -> Re
     if !cfg.entities.contains_key(entity) {
         return Err(ToolError::UnknownEntity(entity.to_string()));
     }
-    let ts = Transports::open(cfg).await?;
+    let ts = Transports::open_for_tool(cfg).await?;
     let (t, physical) = ts.entity(cfg, entity).ok_or_else(|| ToolError::UnknownEntity(entity.to_string()))?;
     let mut shown = 0usize;
     if !json {

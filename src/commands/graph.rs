@@ -2,7 +2,7 @@
 //! transports (as groups), entities, sources, workers, and the dead-letter
 //! and retry edges.
 
-use crate::config::{Config, SourceConfig};
+use crate::config::Config;
 
 fn id(prefix: &str, name: &str) -> String {
     let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
@@ -21,8 +21,7 @@ pub fn mermaid(cfg: &Config) -> String {
         s += "  end\n";
     }
     for (n, src) in &cfg.sources {
-        let SourceConfig::Simulator { entity, .. } = src;
-        s += &format!("  {}([\"{n}: simulator\"]) --> {}\n", id("s", n), id("e", entity));
+        s += &format!("  {}([\"{n}: {}\"]) --> {}\n", id("s", n), src.kind(), id("e", src.entity()));
     }
     for (n, w) in &cfg.workers {
         let wid = id("w", n);
@@ -53,12 +52,12 @@ pub fn dot(cfg: &Config) -> String {
         s += "  }\n";
     }
     for (n, src) in &cfg.sources {
-        let SourceConfig::Simulator { entity, .. } = src;
         s += &format!(
-            "  {} [label=\"{n}: simulator\", shape=oval];\n  {} -> {};\n",
+            "  {} [label=\"{n}: {}\", shape=oval];\n  {} -> {};\n",
             id("s", n),
+            src.kind(),
             id("s", n),
-            id("e", entity)
+            id("e", src.entity())
         );
     }
     for (n, w) in &cfg.workers {

@@ -139,6 +139,11 @@ pub struct HttpConfig {
     /// (the chosen address is logged). Default `127.0.0.1:9464`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Bearer token the entity API (`/v1/entities/...`, used by `conveyor
+    /// tail`, `produce` and `dlq inspect` while the daemon runs) requires.
+    /// Without it, that API answers loopback clients only. Never logged.
+    #[serde(default)]
+    pub token: Option<Secret>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -147,7 +152,7 @@ fn default_listen() -> SocketAddr {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: default_listen() }
+        HttpConfig { listen: default_listen(), token: None }
     }
 }
 
@@ -155,7 +160,9 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
-    /// `json` (one object per line, for collectors) or `text` (for people).
+    /// `auto` (the default: coloured text when stderr is a terminal, JSON
+    /// otherwise), `json` (one object per line, for collectors) or `text`
+    /// (for people).
     #[serde(default)]
     pub format: LogFormat,
     /// A `tracing` filter: `info`, `debug`, or per module
@@ -170,7 +177,7 @@ fn default_level() -> String {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Json, level: default_level() }
+        LogConfig { format: LogFormat::Auto, level: default_level() }
     }
 }
 
@@ -178,7 +185,9 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Text on a terminal, JSON elsewhere.
     #[default]
+    Auto,
     Json,
     Text,
 }
@@ -497,6 +506,72 @@ pub enum SourceConfig {
         #[serde(default)]
         attachments: Option<String>,
     },
+    /// Accepts messages over HTTP: `POST` one message per request, or NDJSON
+    /// (`Content-Type: application/x-ndjson`) with one message per line. The
+    /// answer is `200` only after the transport acknowledged every message.
+    Http(HttpSourceConfig),
+}
+
+/// `sources.<name>:` of `type: http`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSourceConfig {
+    /// Entity to write into.
+    pub entity: String,
+    /// Address of a listener of its own, e.g. `127.0.0.1:8080` (port `0`
+    /// picks one; the chosen address is logged). Default: a route on the
+    /// admin listener (`service.http.listen`).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Route that accepts `POST`s. Default `/ingest`.
+    #[serde(default = "default_ingest_path")]
+    pub path: String,
+    /// Bearer token every request must carry (`Authorization: Bearer ...`);
+    /// `401` otherwise. Never logged.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// Largest request body in bytes; larger ones get `413`. Default 4 MiB.
+    #[serde(default = "default_ingest_body")]
+    pub max_body_bytes: usize,
+    /// Most messages being written at once across requests; a request that
+    /// would exceed it gets `429` with `Retry-After`. Default 10000.
+    #[serde(default = "default_ingest_in_flight")]
+    pub max_in_flight: usize,
+    /// Request headers copied onto every message of the request (names,
+    /// case-insensitive). `Conveyor-Key` always sets the key.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Longest wait for the transport's acknowledgement; then `503` naming
+    /// the lines that were acknowledged. Default 30s.
+    #[serde(default = "default_ingest_timeout")]
+    pub timeout: Dur,
+    /// Serve HTTPS with this certificate chain and key (PEM files). Only
+    /// with `listen`.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+fn default_ingest_path() -> String {
+    "/ingest".into()
+}
+fn default_ingest_body() -> usize {
+    4 << 20
+}
+fn default_ingest_in_flight() -> usize {
+    10_000
+}
+fn default_ingest_timeout() -> Dur {
+    Dur::secs(30)
 }
 
 /// What a simulator emits.
@@ -517,6 +592,15 @@ impl SourceConfig {
     pub fn entity(&self) -> &str {
         match self {
             SourceConfig::Simulator { entity, .. } => entity,
+            SourceConfig::Http(h) => &h.entity,
+        }
+    }
+
+    /// The `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Simulator { .. } => "simulator",
+            SourceConfig::Http(_) => "http",
         }
     }
 }

@@ -191,3 +191,48 @@ fn a_config_consuming_from_kafka_without_an_instance_id_is_warned_about() {
     let w = l.warnings.iter().find(|w| w.to_string().contains("instance_id")).unwrap().to_string();
     assert!(w.starts_with("c.yaml:2:1: service"), "located at `service`: {w}");
 }
+
+#[test]
+fn http_sources_are_checked_where_they_are_written() {
+    let with = |sources: &str| format!("{GOOD}sources:\n{sources}");
+    let ok = load(&with("  web: { type: http, entity: orders.in }\n")).unwrap();
+    let SourceConfig::Http(h) = &ok.config.sources["web"] else { panic!("an http source") };
+    assert_eq!((h.path.as_str(), h.listen, h.max_in_flight), ("/ingest", None, 10_000));
+    let table = [
+        (
+            "  web: { type: http, entity: orders.in, path: /metrics }\n",
+            "sources.web.path",
+            "belongs to the admin endpoints",
+        ),
+        (
+            "  web: { type: http, entity: orders.in, path: /v1/x }\n",
+            "sources.web.path",
+            "belongs to the admin endpoints",
+        ),
+        ("  web: { type: http, entity: orders.in, path: ingest }\n", "sources.web.path", "must be a route"),
+        (
+            "  a: { type: http, entity: orders.in }\n  b: { type: http, entity: orders.in }\n",
+            "sources.b.path",
+            "source \"a\" already takes /ingest",
+        ),
+        (
+            "  web: { type: http, entity: orders.in, tls: { cert: c.pem, key: k.pem } }\n",
+            "sources.web.tls",
+            "needs a `listen`",
+        ),
+        (
+            "  web: { type: http, entity: orders.in, headers: [\"bad header\"] }\n",
+            "sources.web.headers.0",
+            "not a valid HTTP header",
+        ),
+        ("  web: { type: http, entity: orders.in, max_in_flight: 0 }\n", "sources.web.max_in_flight", "at least 1"),
+        ("  web: { type: http, entity: orders.inn }\n", "sources.web.entity", "unknown entity"),
+        ("  web: { type: http, entity: orders.in, lisen: \"127.0.0.1:1\" }\n", "sources.web", "lisen"),
+    ];
+    for (sources, at, says) in table {
+        let e = load(&with(sources)).expect_err(sources);
+        let s = e.to_string();
+        assert!(s.contains(at) && s.contains(says), "{sources}: want {at} / {says}, got {s}");
+        assert!(s.contains("c.yaml:"), "names the file and line: {s}");
+    }
+}

@@ -227,15 +227,82 @@ impl BlobLocation {
     }
 }
 
+/// Routes of the admin listener an ingest `path` may not take.
+const ADMIN_ROUTES: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/-/", "/v1/"];
+
 fn sources(c: &Config, v: &mut Issues<'_>) {
+    let mut paths: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut listens: BTreeMap<std::net::SocketAddr, &str> = BTreeMap::new();
     for (name, s) in &c.sources {
         entity_ref(c, v, &["sources", name, "entity"], s.entity());
-        let SourceConfig::Simulator { rate, malformed_ratio, .. } = s;
-        if !(*rate > 0.0 && rate.is_finite()) {
-            v.error(&["sources", name, "rate"], "must be a positive number of events per second");
-        }
-        if !(0.0..=1.0).contains(malformed_ratio) {
-            v.error(&["sources", name, "malformed_ratio"], "must be between 0.0 and 1.0");
+        match s {
+            SourceConfig::Simulator { rate, malformed_ratio, .. } => {
+                if !(*rate > 0.0 && rate.is_finite()) {
+                    v.error(&["sources", name, "rate"], "must be a positive number of events per second");
+                }
+                if !(0.0..=1.0).contains(malformed_ratio) {
+                    v.error(&["sources", name, "malformed_ratio"], "must be between 0.0 and 1.0");
+                }
+            }
+            SourceConfig::Http(h) => {
+                let path_ok = h.path.starts_with('/')
+                    && h.path.len() > 1
+                    && h.path.chars().all(|ch| ch.is_ascii_graphic() && !"?#{}*".contains(ch));
+                if !path_ok {
+                    v.error(
+                        &["sources", name, "path"],
+                        "must be a route such as /ingest (a '/', then letters, digits, '/', '-', '_', '.')",
+                    );
+                } else if h.listen.is_none() {
+                    if let Some(r) =
+                        ADMIN_ROUTES.iter().find(|r| h.path == r.trim_end_matches('/') || h.path.starts_with(*r))
+                    {
+                        v.error(
+                            &["sources", name, "path"],
+                            format!("{r} belongs to the admin endpoints; choose another path or a `listen` of its own"),
+                        );
+                    } else if let Some(other) = paths.insert(&h.path, name) {
+                        v.error(
+                            &["sources", name, "path"],
+                            format!("source {other:?} already takes {} on the admin listener", h.path),
+                        );
+                    }
+                }
+                match h.listen {
+                    Some(a) if a.port() != 0 => {
+                        if a == c.service.http.listen {
+                            v.error(
+                                &["sources", name, "listen"],
+                                "is the admin listener's address; omit `listen` to add a route there",
+                            );
+                        } else if let Some(other) = listens.insert(a, name) {
+                            v.error(&["sources", name, "listen"], format!("source {other:?} already listens on {a}"));
+                        }
+                    }
+                    Some(_) => {}
+                    None if h.tls.is_some() => {
+                        v.error(
+                            &["sources", name, "tls"],
+                            "needs a `listen` of its own (the admin listener is plain HTTP)",
+                        );
+                    }
+                    None => {}
+                }
+                if h.max_body_bytes == 0 {
+                    v.error(&["sources", name, "max_body_bytes"], "must be at least 1");
+                }
+                if h.max_in_flight == 0 {
+                    v.error(&["sources", name, "max_in_flight"], "must be at least 1");
+                }
+                for (i, hd) in h.headers.iter().enumerate() {
+                    if axum::http::HeaderName::from_bytes(hd.as_bytes()).is_err() {
+                        v.error(&["sources", name, "headers", &i.to_string()], "is not a valid HTTP header name");
+                    }
+                }
+                if h.timeout.get().is_zero() {
+                    v.error(&["sources", name, "timeout"], "must be longer than 0s");
+                }
+            }
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::migration::{
     switch::{Endpoint, Switch},
 };
 use crate::retry::{self, Scheduler};
-use crate::sources::Simulator;
+use crate::sources::{Ingest, Routes, Simulator};
 use crate::stages::{self, Outputs, Stage};
 use crate::supervisor::{Exit, Supervisor, TaskHandle};
 use crate::transport::Producer;
@@ -54,6 +54,8 @@ pub struct Parts<'a> {
     pub opts: &'a Options,
     /// How long a task's drain may take.
     pub grace: Duration,
+    /// Ingest routes of the admin listener (`type: http` without `listen`).
+    pub routes: &'a Arc<Routes>,
 }
 
 /// A built task, ready to spawn.
@@ -61,6 +63,7 @@ pub enum Task {
     Worker(Arc<WorkerSpec>),
     Retry(Arc<Scheduler>),
     Source { sim: Arc<Simulator>, producer: Arc<dyn Producer>, counter: Counter, health: Arc<TaskHealth> },
+    Ingest { ingest: Arc<Ingest>, routes: Arc<Routes> },
 }
 
 impl Parts<'_> {
@@ -314,8 +317,12 @@ impl Parts<'_> {
 
     /// Source `name` of the config.
     pub fn source(&self, name: &str) -> Result<Task, RuntimeError> {
-        let SourceConfig::Simulator { entity, rate, count, malformed_ratio, pad_bytes, kind, attachments } =
-            &self.cfg.sources[name];
+        let (entity, rate, count, malformed_ratio, pad_bytes, kind, attachments) = match &self.cfg.sources[name] {
+            SourceConfig::Simulator { entity, rate, count, malformed_ratio, pad_bytes, kind, attachments } => {
+                (entity, rate, count, malformed_ratio, pad_bytes, kind, attachments)
+            }
+            SourceConfig::Http(h) => return self.ingest(name, h),
+        };
         let (live, physical) = self.locate(entity)?;
         let sim = Arc::new(Simulator {
             name: name.to_string(),
@@ -335,6 +342,29 @@ impl Parts<'_> {
             .clone();
         Ok(Task::Source { sim, producer: live.producer.clone(), counter, health: self.health.task(name, "source") })
     }
+
+    fn ingest(&self, name: &str, h: &crate::config::HttpSourceConfig) -> Result<Task, RuntimeError> {
+        let (live, physical) = self.locate(&h.entity)?;
+        let ingest = Arc::new(Ingest {
+            name: name.to_string(),
+            entity: h.entity.clone(),
+            physical,
+            producer: live.producer.clone(),
+            listen: h.listen,
+            path: h.path.clone(),
+            token: h.token.clone(),
+            tls: h.tls.clone(),
+            max_body_bytes: h.max_body_bytes,
+            max_in_flight: h.max_in_flight,
+            // validated: every name parses
+            headers: h.headers.iter().filter_map(|n| axum::http::HeaderName::from_bytes(n.as_bytes()).ok()).collect(),
+            timeout: h.timeout.get(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(h.max_in_flight)),
+            metrics: self.metrics.clone(),
+            health: self.health.task(name, "source"),
+        });
+        Ok(Task::Ingest { ingest, routes: self.routes.clone() })
+    }
 }
 
 impl Task {
@@ -344,6 +374,7 @@ impl Task {
             Task::Worker(w) => w.host.health.clone(),
             Task::Retry(s) => s.host.health.clone(),
             Task::Source { health, .. } => health.clone(),
+            Task::Ingest { ingest, .. } => ingest.health.clone(),
         }
     }
 
@@ -365,6 +396,10 @@ impl Task {
                     async move { sim.run(producer, counter, h, token).await }
                 })
             }
+            Task::Ingest { ingest, routes } => supervisor.spawn(name.to_string(), health, move |token| {
+                let (ingest, routes) = (ingest.clone(), routes.clone());
+                async move { ingest.run(&routes, token).await }
+            }),
         }
     }
 }

@@ -23,4 +23,8 @@ pub enum RuntimeError {
     Config(#[from] ConfigError),
     #[error("the pipeline is shutting down; the reload was not applied")]
     ShuttingDown,
+    #[error(
+        "transport {transport:?} lives in the running daemon, but service.http.listen has port 0, so its address is unknown; give the daemon a fixed port"
+    )]
+    NoDaemonAddress { transport: String },
 }

@@ -136,6 +136,15 @@ impl Pipeline {
                 let s = shared.clone();
                 move || s.migrations.read().unwrap().clone()
             }),
+            entities: Arc::new({
+                let s = shared.clone();
+                move |name: &str| s.snapshot().access(name)
+            }),
+            token: Arc::new({
+                let s = shared.clone();
+                move || s.snapshot().config.as_ref().and_then(|c| c.service.http.token.clone())
+            }),
+            routes: shared.routes.clone(),
         };
         let admin_task = tokio::spawn(admin::serve(listener, state, admin_stop.clone()));
         tracing::info!(listen = %http_addr, "HTTP endpoints up: /healthz /readyz /metrics");

@@ -10,7 +10,7 @@
 //! worker's name, input and dead-letter entity (it routes retries of workers
 //! a reload changed).
 
-use crate::config::{Config, SourceConfig, TransportConfig, fingerprint_json};
+use crate::config::{Config, TransportConfig, fingerprint_json};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a task is.
@@ -140,8 +140,7 @@ pub fn plan(cfg: &Config) -> BTreeMap<String, TaskPlan> {
         }
     }
     for (name, s) in &cfg.sources {
-        let SourceConfig::Simulator { entity, .. } = s;
-        let ents = BTreeSet::from([entity.clone()]);
+        let ents = BTreeSet::from([s.entity().to_string()]);
         let fp = combine(&fingerprint_json(s), cfg, &ents);
         out.insert(name.clone(), TaskPlan { kind: TaskKind::Source, fingerprint: fp, input: None, entities: ents });
     }

@@ -278,6 +278,7 @@ impl Topology {
             health: &shared.health,
             opts: &shared.opts,
             grace: shared.grace,
+            routes: &shared.routes,
         };
         for (n, p) in new_plan {
             if tasks.contains_key(n) {
@@ -316,6 +317,7 @@ impl Topology {
             health: &shared.health,
             opts: &shared.opts,
             grace: shared.grace,
+            routes: &shared.routes,
         };
         for (n, p) in plan::plan(old) {
             if tasks.contains_key(&n) {

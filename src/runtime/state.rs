@@ -33,6 +33,18 @@ impl Snapshot {
     pub fn transport(&self, name: &str) -> Option<Arc<dyn Transport>> {
         self.transports.get(name).map(|t| t.transport.clone())
     }
+
+    /// Where entity `key` is read and written now: where its producers
+    /// write (its new side once a migration cut over).
+    pub fn access(&self, key: &str) -> Option<crate::admin::entities::EntityAccess> {
+        let side = self.config.as_ref()?.entities.get(key)?.write_side(key);
+        let live = self.transports.get(&side.transport)?;
+        Some(crate::admin::entities::EntityAccess {
+            transport: live.transport.clone(),
+            producer: live.producer.clone(),
+            physical: side.physical,
+        })
+    }
 }
 
 /// What every part of a pipeline shares.
@@ -49,6 +61,8 @@ pub struct Shared {
     published: tokio::sync::watch::Sender<u64>,
     /// The last migration status read (`/readyz`).
     pub migrations: RwLock<Vec<crate::migration::status::EntityStatus>>,
+    /// Ingest routes of the admin listener.
+    pub routes: Arc<crate::sources::Routes>,
 }
 
 impl Shared {
@@ -62,6 +76,7 @@ impl Shared {
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             published: tokio::sync::watch::Sender::new(0),
             migrations: RwLock::new(Vec::new()),
+            routes: crate::sources::Routes::new(),
         }
     }
 

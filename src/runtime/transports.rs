@@ -155,6 +155,41 @@ impl Transports {
         Ok(Transports { all })
     }
 
+    /// Opens every transport of `cfg` for a tool (`tail`, `produce`, `dlq`):
+    /// an embedded transport that the daemon holds (a durable store in use,
+    /// or any memory-only one, which lives in the daemon) is reached through
+    /// the daemon's entity API at `service.http.listen`.
+    pub async fn open_for_tool(cfg: &Config) -> Result<Transports, RuntimeError> {
+        let mut all = BTreeMap::new();
+        for (name, tc) in &cfg.transports {
+            let direct = match tc {
+                TransportConfig::Embedded { path: None, .. } => None,
+                _ => match open(cfg, name, &Membership::Dynamic).await {
+                    Err(RuntimeError::Transport { source, .. })
+                        if matches!(*source, crate::transport::TransportError::InUse { .. }) =>
+                    {
+                        None
+                    }
+                    other => Some(other?),
+                },
+            };
+            let live = match direct {
+                Some(live) => live,
+                None => {
+                    let remote: Arc<dyn Transport> = Arc::new(daemon_api(cfg, name)?);
+                    tracing::info!(transport = %name, "reaching the transport through the running daemon's entity API");
+                    LiveTransport {
+                        fingerprint: plan::transport_fp(cfg, name),
+                        producer: remote.producer(),
+                        transport: remote,
+                    }
+                }
+            };
+            all.insert(name.clone(), live);
+        }
+        Ok(Transports { all })
+    }
+
     /// The transport and name where entity `key` is written now (its new
     /// side once a migration's producers switched).
     pub fn entity(&self, cfg: &Config, key: &str) -> Option<(Arc<dyn Transport>, String)> {
@@ -168,4 +203,22 @@ impl Transports {
             t.transport.close(within).await;
         }
     }
+}
+
+/// The entity API of the daemon that runs `cfg`, for transport `tname`.
+fn daemon_api(cfg: &Config, tname: &str) -> Result<crate::transport::remote::Remote, RuntimeError> {
+    let mut addr = cfg.service.http.listen;
+    if addr.port() == 0 {
+        return Err(RuntimeError::NoDaemonAddress { transport: tname.to_string() });
+    }
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let names = cfg
+        .entities
+        .iter()
+        .filter(|(_, e)| e.transport == tname)
+        .map(|(k, e)| (e.physical_name(k).to_string(), k.clone()))
+        .collect();
+    Ok(crate::transport::remote::Remote::new(format!("http://{addr}"), cfg.service.http.token.clone(), names))
 }

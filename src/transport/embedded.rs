@@ -50,7 +50,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use store::{Op, Store, StoreError, Write, WriterHandle};
+use store::{Op, OpenError, Store, StoreError, Write, WriterHandle};
 use tokio::sync::{Notify, oneshot};
 
 /// A stored message.
@@ -166,10 +166,15 @@ impl Embedded {
     ) -> Result<Embedded, TransportError> {
         let durable = match &opts.path {
             Some(p) => {
-                let (store, writer) = Store::open(p).map_err(|e| TransportError::Open {
-                    transport: opts.name.clone(),
-                    path: p.display().to_string(),
-                    message: e.to_string(),
+                let (store, writer) = Store::open(p).map_err(|e| match e {
+                    OpenError::InUse => {
+                        TransportError::InUse { transport: opts.name.clone(), path: p.display().to_string() }
+                    }
+                    OpenError::Failed(e) => TransportError::Open {
+                        transport: opts.name.clone(),
+                        path: p.display().to_string(),
+                        message: e.to_string(),
+                    },
                 })?;
                 let stored_offsets = store.offsets().map_err(|e| storage(&opts.name, e))?;
                 Some(Durable { store, writer, stored_offsets: Mutex::new(stored_offsets) })

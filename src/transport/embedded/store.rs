@@ -76,6 +76,19 @@ impl StoreError {
     }
 }
 
+/// Why a store could not be opened.
+pub(crate) enum OpenError {
+    /// Another process holds the data directory (a running daemon).
+    InUse,
+    Failed(StoreError),
+}
+
+impl From<StoreError> for OpenError {
+    fn from(e: StoreError) -> Self {
+        OpenError::Failed(e)
+    }
+}
+
 /// What a partition looked like on disk at open.
 pub(super) struct Recovered {
     pub earliest: i64,
@@ -109,16 +122,12 @@ impl Drop for WriterHandle {
 }
 
 impl Store {
-    pub fn open(dir: &Path) -> Result<(Store, WriterHandle), StoreError> {
+    pub fn open(dir: &Path) -> Result<(Store, WriterHandle), OpenError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("cannot create directory: {e}")))?;
-        let db = Database::builder()
-            .set_cache_size(8 << 20)
-            .create(dir.join("conveyor.redb"))
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => StoreError(
-                    "the data directory is in use by another process (is conveyor running on it? the embedded store admits one process at a time)".to_string(),
-                ),
-                e => StoreError::of(e),
+        let db =
+            Database::builder().set_cache_size(8 << 20).create(dir.join("conveyor.redb")).map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => OpenError::InUse,
+                e => OpenError::Failed(StoreError::of(e)),
             })?;
         let db = Arc::new(db);
         {
