@@ -75,6 +75,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/-/reload", post(reload))
         .route("/v1/entities/{entity}/partitions", get(entities::partitions))
         .route("/v1/entities/{entity}/messages", get(entities::read).post(entities::write))
+        .route("/v1/entities/{entity}/redrive", post(entities::redrive))
         .fallback(ingest)
         .with_state(state)
 }

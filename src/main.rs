@@ -285,15 +285,15 @@ fn dlq(cmd: DlqCommand) -> ExitCode {
             rt.block_on(tools::inspect(cfg, &entity, limit, json)).map(|_| ())
         }
         DlqCommand::Redrive { from, to, filter, rate, dry_run, group, .. } => {
-            let filter = match Filter::parse(&filter) {
+            let parsed = match Filter::parse(&filter) {
                 Ok(f) => f,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            let o = RedriveOptions { from, to, filter, rate, dry_run, group, progress: true };
-            rt.block_on(tools::redrive(cfg, &o)).map(|r| {
+            let o = RedriveOptions { from, to, filter: parsed, rate, dry_run, group, progress: true };
+            rt.block_on(tools::redrive(cfg, &o, &filter)).map(|r| {
                 let verb = if dry_run { "would redrive" } else { "redrove" };
                 println!(
                     "{verb} {} of {} envelope(s) ({} not matching, {} unreadable, {} trimmed without payload)",

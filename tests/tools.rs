@@ -194,6 +194,17 @@ workers:
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("line 2"), "{err}");
 
+    // a redrive while the daemon holds the store: the daemon runs it
+    let redrive = ["dlq", "redrive", "-c", c.to_str().unwrap(), "--from", "dead", "--to", "scratch"];
+    let (code, out, err) = tool(&redrive, b"");
+    assert_eq!(code, 0, "{err}");
+    assert!(String::from_utf8_lossy(&out).contains("redrove 1 of 1"), "{}", String::from_utf8_lossy(&out));
+    let (code, out, err) = tool(&redrive, b"");
+    assert_eq!(code, 0, "{err}");
+    assert!(String::from_utf8_lossy(&out).contains("redrove 0 of 0"), "its position was committed");
+    let (_, out, _) = tool(&["tail", "-c", c.to_str().unwrap(), "--entity", "scratch", "--format", "raw"], b"");
+    assert!(String::from_utf8_lossy(&out).lines().any(|l| l == "{\"noid\":1}"), "{}", String::from_utf8_lossy(&out));
+
     // the daemon stops: the store is read directly
     d.signal("-TERM");
     assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0));

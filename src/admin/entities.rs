@@ -16,6 +16,11 @@
 //!   acknowledged all of them, else `503` (transient) or `400` (refused),
 //!   with nothing of the batch assumed written.
 //!
+//! - `POST /v1/entities/{dlq}/redrive` with a JSON
+//!   [`crate::dlq::redrive::Request`]: runs `dlq redrive` of that
+//!   dead-letter entity with the daemon's transports and answers its report
+//!   (what `conveyor dlq redrive` does while the daemon holds the store).
+//!
 //! An entity is read and written where its producers write now (the new
 //! side of a migration once it cut over). With `service.http.token` set,
 //! every request needs `Authorization: Bearer <token>`; without it, only
@@ -208,6 +213,40 @@ pub async fn write(
             axum::Json(serde_json::json!({ "positions": positions })).into_response()
         }
         Err(e) => transport_error(&entity, e),
+    }
+}
+
+pub async fn redrive(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(entity): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    use crate::dlq::redrive::{self, RedriveError, Request};
+    if let Err(r) = admit(&s, peer, &headers, &entity) {
+        return *r;
+    }
+    let req = match serde_json::from_slice::<Request>(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a redrive request: {e}")),
+    };
+    let o = match req.options(&entity) {
+        Ok(o) => o,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    tracing::info!(entity = %entity, to = ?o.to, group = %o.group, dry_run = o.dry_run, "redrive asked over the entity API");
+    let locate = |name: &str| (s.entities)(name).map(|a| (a.transport, a.physical));
+    // the redrive's future is not `Send` (its async closures), so it runs
+    // on this worker thread, which the runtime gives up for the while
+    let handle = tokio::runtime::Handle::current();
+    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "a redrive needs the daemon's multi-threaded runtime");
+    }
+    match tokio::task::block_in_place(|| handle.block_on(redrive::run(&locate, &o))) {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e @ (RedriveError::UnknownEntity(_) | RedriveError::BadFilter(_))) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 

@@ -71,9 +71,20 @@ pub fn render(entity: &str, m: &PipelineMessage, format: Format, out: &mut Vec<u
     }
 }
 
+/// A message timestamp (Unix ms, any value a broker hands out) as RFC 3339,
+/// or as the number when it is before 1970 or after 9999.
+fn when(ms: i64) -> String {
+    const YEAR_10000_MS: i64 = 253_402_300_800_000;
+    match u64::try_from(ms) {
+        Ok(v) if ms < YEAR_10000_MS => {
+            humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(v)).to_string()
+        }
+        _ => format!("{ms}ms"),
+    }
+}
+
 fn text(entity: &str, m: &PipelineMessage) -> String {
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(m.timestamp_ms.max(0) as u64);
-    let mut s = format!("{entity}/{}@{}  {}", m.partition, m.position, humantime::format_rfc3339_millis(at));
+    let mut s = format!("{entity}/{}@{}  {}", m.partition, m.position, when(m.timestamp_ms));
     if let Some(k) = &m.key {
         s += &format!("  key={}", String::from_utf8_lossy(k));
     }
@@ -213,6 +224,21 @@ mod tests {
     }
 
     #[test]
+    fn any_timestamp_prints_without_a_panic() {
+        let table = [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (1_765_000_000_123, "2025-12-06T05:46:40.123Z"),
+            (-1, "-1ms"),
+            (i64::MAX, "9223372036854775807ms"),
+            (i64::MIN, "-9223372036854775808ms"),
+            (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
+        ];
+        for (ms, want) in table {
+            assert_eq!(when(ms), want);
+        }
+    }
+
+    #[test]
     fn text_shows_the_message_and_decodes_dead_letters() {
         let m = PipelineMessage {
             entity: "e".into(),
@@ -230,5 +256,20 @@ mod tests {
         let mut raw = Vec::new();
         render("events", &m, Format::Raw, &mut raw);
         assert_eq!(raw, b"{\"a\":1}\n");
+        let envelope = r#"{"envelope_version":1,"payload":"eyJhIjoxfQ==","key":"azE=","headers":[],
+            "origin":{"entity":"events","transport":"embedded","partition":2,"position":7,"consumer_group":"g",
+                      "worker":"w","timestamp_ms":0},
+            "error":{"category":"permanent","type":"invalid_json","message":"bad\nthing","first_failure":"t0",
+                     "last_failure":"t1","attempts":3},
+            "trace_id":"x","conveyor_version":"0","dead_lettered_at":"2026-12-07T00:00:00Z"}"#;
+        let dead = PipelineMessage { payload: Bytes::from(envelope), ..m };
+        let mut out = Vec::new();
+        render("dlq", &dead, Format::Text, &mut out);
+        let s = String::from_utf8(out).unwrap();
+        assert!(
+            s.contains("dead letter of events/2@7 by worker \"w\" at 2026-12-07T00:00:00Z: permanent invalid_json after 3 attempt(s): bad thing"),
+            "{s}"
+        );
+        assert!(s.contains("original key: k1\n  original payload: {\"a\":1}\n"), "{s}");
     }
 }

@@ -143,6 +143,8 @@ pub async fn ensure(cfg: &Config, tname: &str, open: &LiveTransport) -> Result<(
 /// The transports of a config, opened (for tools such as `conveyor dlq`).
 pub struct Transports {
     pub all: BTreeMap<String, LiveTransport>,
+    /// The transports reached through the running daemon, by name.
+    daemon: BTreeMap<String, Arc<crate::transport::remote::Remote>>,
 }
 
 impl Transports {
@@ -152,7 +154,7 @@ impl Transports {
         for name in cfg.transports.keys() {
             all.insert(name.clone(), open(cfg, name, &Membership::Dynamic).await?);
         }
-        Ok(Transports { all })
+        Ok(Transports { all, daemon: BTreeMap::new() })
     }
 
     /// Opens every transport of `cfg` for a tool (`tail`, `produce`, `dlq`):
@@ -160,7 +162,7 @@ impl Transports {
     /// or any memory-only one, which lives in the daemon) is reached through
     /// the daemon's entity API at `service.http.listen`.
     pub async fn open_for_tool(cfg: &Config) -> Result<Transports, RuntimeError> {
-        let mut all = BTreeMap::new();
+        let (mut all, mut daemon) = (BTreeMap::new(), BTreeMap::new());
         for (name, tc) in &cfg.transports {
             let direct = match tc {
                 TransportConfig::Embedded { path: None, .. } => None,
@@ -176,8 +178,9 @@ impl Transports {
             let live = match direct {
                 Some(live) => live,
                 None => {
-                    let remote: Arc<dyn Transport> = Arc::new(daemon_api(cfg, name)?);
+                    let remote = Arc::new(daemon_api(cfg, name)?);
                     tracing::info!(transport = %name, "reaching the transport through the running daemon's entity API");
+                    daemon.insert(name.clone(), remote.clone());
                     LiveTransport {
                         fingerprint: plan::transport_fp(cfg, name),
                         producer: remote.producer(),
@@ -187,7 +190,7 @@ impl Transports {
             };
             all.insert(name.clone(), live);
         }
-        Ok(Transports { all })
+        Ok(Transports { all, daemon })
     }
 
     /// The transport and name where entity `key` is written now (its new
@@ -195,6 +198,13 @@ impl Transports {
     pub fn entity(&self, cfg: &Config, key: &str) -> Option<(Arc<dyn Transport>, String)> {
         let side = cfg.entities.get(key)?.write_side(key);
         Some((self.all.get(&side.transport)?.transport.clone(), side.physical))
+    }
+
+    /// The running daemon, when it holds the transport entity `key` is
+    /// written to now.
+    pub fn daemon_for(&self, cfg: &Config, key: &str) -> Option<Arc<crate::transport::remote::Remote>> {
+        let side = cfg.entities.get(key)?.write_side(key);
+        self.daemon.get(&side.transport).cloned()
     }
 
     /// Flushes and closes every transport, within `within` each.

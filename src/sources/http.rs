@@ -312,7 +312,7 @@ impl Ingest {
             let tail = rest.split_off(rest.len().min(CHUNK));
             let chunk = std::mem::replace(&mut rest, tail);
             let sent = tokio::time::timeout_at(deadline, self.producer.send(&self.physical, chunk)).await;
-            let through_line = acked.len().checked_sub(1).map_or(0, |i| lines[i]);
+            let through_line = acked.len().checked_sub(1).and_then(|i| lines.get(i).copied()).unwrap_or(0);
             match sent {
                 Ok(Ok(results)) => acked.extend(results),
                 Ok(Err(e)) => return Err(Some(self.failed(&e, acked.len(), through_line))),

@@ -4,9 +4,9 @@
 //! store (one process at a time) or keeps it in memory.
 //!
 //! It reads partitions and produces; it joins no consumer group
-//! (`subscribe` and `group_positions` fail, naming what to do instead), so
-//! `dlq redrive` and `migrate verify` still need the daemon stopped for an
-//! embedded durable store. Entities are addressed by their config name:
+//! (`subscribe` and `group_positions` fail, naming what to do instead):
+//! `dlq redrive` asks the daemon to run it ([`Remote::redrive`]), and
+//! `migrate verify` still needs the daemon stopped for an embedded store. Entities are addressed by their config name:
 //! the transport maps the physical names tools pass back to them.
 //!
 //! Errors: a daemon that does not answer, or answers `5xx`, is `Transient`;
@@ -28,6 +28,8 @@ use std::time::Duration;
 const POLL: Duration = Duration::from_secs(5);
 /// Longest request to the daemon (a poll and its answer, or a produce).
 const REQUEST: Duration = Duration::from_secs(120);
+/// Longest redrive the daemon runs for a tool.
+const REDRIVE: Duration = Duration::from_secs(3600);
 /// Longest wait for a starting daemon to apply its first config.
 const STARTING: Duration = Duration::from_secs(30);
 
@@ -80,7 +82,7 @@ impl Client {
             Some(t) => req.bearer_auth(t.expose()),
             None => req,
         };
-        let resp = req.timeout(REQUEST).send().await.map_err(|e| {
+        let resp = req.send().await.map_err(|e| {
             err(ErrorCategory::Transient, format!("the daemon's entity API at {} does not answer: {e}", self.base))
         })?;
         let status = resp.status();
@@ -113,6 +115,22 @@ impl Remote {
     }
 }
 
+impl Remote {
+    /// Has the daemon redrive dead-letter entity `entity` (config name)
+    /// with its own transports; what it did.
+    pub async fn redrive(
+        &self,
+        entity: &str,
+        req: &crate::dlq::redrive::Request,
+    ) -> Result<crate::dlq::redrive::RedriveReport, TransportError> {
+        let c = &self.client;
+        let url = format!("{}/v1/entities/{entity}/redrive", c.base);
+        let body = c.call(c.http.post(url).json(req).timeout(REDRIVE)).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| err(ErrorCategory::Transient, format!("unreadable redrive answer: {e}")))
+    }
+}
+
 fn refuse(what: &str) -> TransportError {
     err(
         ErrorCategory::Permanent,
@@ -141,7 +159,7 @@ impl Transport for Remote {
 
     async fn partitions(&self, entity: &str) -> Result<Vec<PartitionInfo>, TransportError> {
         let c = &self.client;
-        let body = c.call(c.http.get(c.url(entity, "partitions"))).await?;
+        let body = c.call(c.http.get(c.url(entity, "partitions")).timeout(REQUEST)).await?;
         let v: Vec<serde_json::Value> = serde_json::from_slice(&body)
             .map_err(|e| err(ErrorCategory::Transient, format!("unreadable partitions answer: {e}")))?;
         let name: Arc<str> = Arc::from(entity);
@@ -196,7 +214,7 @@ impl Producer for RemoteProducer {
             body.push_str(&serde_json::to_string(&Outbound::of(m)).unwrap_or_default());
             body.push('\n');
         }
-        let answer = c.call(c.http.post(c.url(entity, "messages")).body(body)).await?;
+        let answer = c.call(c.http.post(c.url(entity, "messages")).body(body).timeout(REQUEST)).await?;
         #[derive(serde::Deserialize)]
         struct Answer {
             positions: Vec<Position>,
@@ -245,7 +263,7 @@ impl PartitionReader for RemoteReader {
             if let Some(n) = self.next {
                 url.push_str(&format!("&from={n}"));
             }
-            let body = c.call(c.http.get(url)).await?;
+            let body = c.call(c.http.get(url).timeout(REQUEST)).await?;
             let mut got = Vec::new();
             for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 let m = serde_json::from_slice::<Record>(line)
