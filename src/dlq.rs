@@ -30,8 +30,6 @@
 //! too large to keep are dropped (`"headers_dropped": N`). `dlq redrive`
 //! leaves trimmed envelopes alone (their payload is gone) and counts them.
 
-pub mod redrive;
-
 use crate::classify::ErrorCategory;
 use crate::transport::{Headers, OutboundMessage, PipelineMessage};
 use base64::Engine;

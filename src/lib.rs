@@ -60,6 +60,7 @@ pub mod health;
 pub mod instance;
 pub mod metrics;
 pub mod migration;
+pub mod redrive;
 pub mod retry;
 pub mod runtime;
 pub mod simulation;

@@ -17,7 +17,7 @@
 //!   with nothing of the batch assumed written.
 //!
 //! - `POST /v1/entities/{dlq}/redrive` with a JSON
-//!   [`crate::dlq::redrive::Request`]: runs `dlq redrive` of that
+//!   [`crate::redrive::Request`]: runs `dlq redrive` of that
 //!   dead-letter entity with the daemon's transports and answers its report
 //!   (what `conveyor dlq redrive` does while the daemon holds the store).
 //!
@@ -223,7 +223,7 @@ pub async fn redrive(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    use crate::dlq::redrive::{self, RedriveError, Request};
+    use crate::redrive::{self, RedriveError, Request};
     if let Err(r) = admit(&s, peer, &headers, &entity) {
         return *r;
     }

@@ -12,17 +12,19 @@
 //! not answer is an error, not "0 examined").
 //!
 //! `inspect` reads as no consumer group (`Transport::open_reader`): it
-//! changes nothing anywhere. What `redrive` does is in `dlq::redrive`.
+//! changes nothing anywhere. What `redrive` does is in `crate::redrive`.
 
 pub use super::error::ToolError;
 use crate::config::Config;
 use crate::dlq::Envelope;
-use crate::dlq::redrive::{self, Request};
-pub use crate::dlq::redrive::{Filter, RedriveOptions, RedriveReport};
+use crate::redrive::{self, Request};
+pub use crate::redrive::{Filter, RedriveOptions, RedriveReport};
 use crate::runtime::Transports;
 use crate::transport::PipelineMessage;
 use crate::transport::scan::{Next, browse};
 use std::time::Duration;
+/// Longest redrive the daemon runs for the tool.
+const REDRIVE_WITHIN: Duration = Duration::from_secs(3600);
 /// Longest flush of the transports when a tool is done.
 const CLOSE_WITHIN: Duration = Duration::from_secs(10);
 
@@ -115,7 +117,7 @@ pub async fn redrive(cfg: &Config, o: &RedriveOptions, filter: &[String]) -> Res
             };
             eprintln!("the daemon holds {:?}: it runs the redrive", o.from);
             daemon
-                .redrive(&o.from, &req)
+                .post_json(&format!("entities/{}/redrive", o.from), &req, REDRIVE_WITHIN)
                 .await
                 .map_err(|source| ToolError::Transport { entity: o.from.clone(), source })
         }

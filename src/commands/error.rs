@@ -15,7 +15,7 @@ pub enum ToolError {
     #[error(transparent)]
     Scan(#[from] ScanError),
     #[error(transparent)]
-    Redrive(#[from] crate::dlq::redrive::RedriveError),
+    Redrive(#[from] crate::redrive::RedriveError),
     #[error("{entity:?} has no partition {partition} (it has {partitions})")]
     NoPartition { entity: String, partition: u32, partitions: usize },
     #[error("input: {0}")]

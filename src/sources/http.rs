@@ -209,6 +209,8 @@ pub fn parse(body: Bytes, ndjson: bool, key: Option<Bytes>, headers: &Headers) -
     }
     let mut messages = Vec::new();
     let mut lines = Vec::new();
+    // a UTF-8 byte order mark (some Windows tools write one) is not data
+    let body = if body.starts_with(b"\xef\xbb\xbf") { body.slice(3..) } else { body };
     let mut start = 0usize;
     for (i, raw) in body.split(|b| *b == b'\n').enumerate() {
         let end = start + raw.len();
@@ -567,6 +569,8 @@ mod tests {
         assert_eq!(lines.lines, [1, 4, 5]);
         let trailing = ok("1\n2\n", true);
         assert_eq!(payloads(&trailing), ["1", "2"]);
+        let bom = ok("\u{feff}{\"a\":1}\n2", true);
+        assert_eq!(payloads(&bom), ["{\"a\":1}", "2"]);
 
         let bad = |body: &str, nd: bool| parse(Bytes::from(body.to_string()), nd, None, &h).unwrap_err();
         assert_eq!(bad("", false), Rejection::Empty);

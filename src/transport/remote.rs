@@ -5,7 +5,7 @@
 //!
 //! It reads partitions and produces; it joins no consumer group
 //! (`subscribe` and `group_positions` fail, naming what to do instead):
-//! `dlq redrive` asks the daemon to run it ([`Remote::redrive`]), and
+//! `dlq redrive` asks the daemon to run it ([`Remote::post_json`]), and
 //! `migrate verify` still needs the daemon stopped for an embedded store. Entities are addressed by their config name:
 //! the transport maps the physical names tools pass back to them.
 //!
@@ -28,8 +28,6 @@ use std::time::Duration;
 const POLL: Duration = Duration::from_secs(5);
 /// Longest request to the daemon (a poll and its answer, or a produce).
 const REQUEST: Duration = Duration::from_secs(120);
-/// Longest redrive the daemon runs for a tool.
-const REDRIVE: Duration = Duration::from_secs(3600);
 /// Longest wait for a starting daemon to apply its first config.
 const STARTING: Duration = Duration::from_secs(30);
 
@@ -116,18 +114,20 @@ impl Remote {
 }
 
 impl Remote {
-    /// Has the daemon redrive dead-letter entity `entity` (config name)
-    /// with its own transports; what it did.
-    pub async fn redrive(
+    /// `POST`s `body` as JSON to `/v1/{path}` of the daemon's API and reads
+    /// the JSON answer, waiting up to `timeout` (a long job the daemon runs
+    /// for a tool, such as a redrive).
+    pub async fn post_json<B: serde::Serialize, R: serde::de::DeserializeOwned>(
         &self,
-        entity: &str,
-        req: &crate::dlq::redrive::Request,
-    ) -> Result<crate::dlq::redrive::RedriveReport, TransportError> {
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<R, TransportError> {
         let c = &self.client;
-        let url = format!("{}/v1/entities/{entity}/redrive", c.base);
-        let body = c.call(c.http.post(url).json(req).timeout(REDRIVE)).await?;
-        serde_json::from_slice(&body)
-            .map_err(|e| err(ErrorCategory::Transient, format!("unreadable redrive answer: {e}")))
+        let url = format!("{}/v1/{path}", c.base);
+        let answer = c.call(c.http.post(url).json(body).timeout(timeout)).await?;
+        serde_json::from_slice(&answer)
+            .map_err(|e| err(ErrorCategory::Transient, format!("unreadable answer of /v1/{path}: {e}")))
     }
 }
 

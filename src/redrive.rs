@@ -16,8 +16,8 @@
 //! reading less) when its group is not given a partition within
 //! [`ASSIGN_WAIT`] or a partition stalls.
 
-use super::Envelope;
 use crate::config::StartPosition;
+use crate::dlq::Envelope;
 use crate::retry;
 use crate::transport::scan::{Next, ScanError, read_until};
 use crate::transport::{
