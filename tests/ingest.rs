@@ -15,10 +15,7 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
-/// NDJSON lines `{"id":"<prefix>-<i>"}` for `range`.
-fn lines(prefix: &str, range: std::ops::Range<usize>) -> String {
-    range.map(|i| format!("{{\"id\":\"{prefix}-{i}\"}}\n")).collect()
-}
+use support::ndjson_ids as lines;
 
 async fn post(
     url: &str,

@@ -57,7 +57,7 @@ fn payload_ids(recs: &[serde_json::Value]) -> BTreeSet<String> {
 }
 
 fn ndjson(prefix: &str, n: usize) -> Vec<u8> {
-    (0..n).map(|i| format!("{{\"id\":\"{prefix}-{i}\"}}\n")).collect::<String>().into_bytes()
+    ndjson_ids(prefix, 0..n).into_bytes()
 }
 
 #[test]

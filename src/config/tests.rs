@@ -225,7 +225,13 @@ fn http_sources_are_checked_where_they_are_written() {
             "sources.web.headers.0",
             "not a valid HTTP header",
         ),
-        ("  web: { type: http, entity: orders.in, max_in_flight: 0 }\n", "sources.web.max_in_flight", "at least 1"),
+        ("  web: { type: http, entity: orders.in, max_in_flight: 0 }\n", "sources.web.max_in_flight", "between 1 and"),
+        (
+            "  web: { type: http, entity: orders.in, max_in_flight: 18446744073709551615 }\n",
+            "sources.web.max_in_flight",
+            "between 1 and",
+        ),
+        ("  web: { type: http, entity: orders.in, timeout: 5000h }\n", "sources.web.timeout", "at most 1h"),
         ("  web: { type: http, entity: orders.inn }\n", "sources.web.entity", "unknown entity"),
         ("  web: { type: http, entity: orders.in, lisen: \"127.0.0.1:1\" }\n", "sources.web", "lisen"),
     ];

@@ -227,6 +227,11 @@ impl BlobLocation {
     }
 }
 
+/// Most messages an ingest source may have in flight.
+const MAX_IN_FLIGHT: usize = 10_000_000;
+/// Longest wait of an ingest source for acknowledgements.
+const MAX_INGEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Routes of the admin listener an ingest `path` may not take.
 const ADMIN_ROUTES: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/-/", "/v1/"];
 
@@ -291,16 +296,16 @@ fn sources(c: &Config, v: &mut Issues<'_>) {
                 if h.max_body_bytes == 0 {
                     v.error(&["sources", name, "max_body_bytes"], "must be at least 1");
                 }
-                if h.max_in_flight == 0 {
-                    v.error(&["sources", name, "max_in_flight"], "must be at least 1");
+                if !(1..=MAX_IN_FLIGHT).contains(&h.max_in_flight) {
+                    v.error(&["sources", name, "max_in_flight"], format!("must be between 1 and {MAX_IN_FLIGHT}"));
                 }
                 for (i, hd) in h.headers.iter().enumerate() {
                     if axum::http::HeaderName::from_bytes(hd.as_bytes()).is_err() {
                         v.error(&["sources", name, "headers", &i.to_string()], "is not a valid HTTP header name");
                     }
                 }
-                if h.timeout.get().is_zero() {
-                    v.error(&["sources", name, "timeout"], "must be longer than 0s");
+                if h.timeout.get().is_zero() || h.timeout.get() > MAX_INGEST_TIMEOUT {
+                    v.error(&["sources", name, "timeout"], "must be longer than 0s and at most 1h");
                 }
             }
         }

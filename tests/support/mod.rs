@@ -163,6 +163,11 @@ pub async fn read_everything(t: std::sync::Arc<dyn Transport>, entity: &str) -> 
     out
 }
 
+/// NDJSON lines `{"id":"<prefix>-<i>"}` for `range`.
+pub fn ndjson_ids(prefix: &str, range: std::ops::Range<usize>) -> String {
+    range.map(|i| format!("{{\"id\":\"{prefix}-{i}\"}}\n")).collect()
+}
+
 /// The `id` field of each JSON payload.
 pub fn ids(msgs: &[PipelineMessage]) -> Vec<String> {
     msgs.iter()
