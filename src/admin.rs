@@ -88,9 +88,20 @@ async fn ingest(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    match s.routes.get(uri.path()) {
-        Some(i) if method == axum::http::Method::POST => i.answer(&headers, body).await,
-        Some(_) => (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST")]).into_response(),
+    use crate::sources::http::Route;
+    match s.routes.lookup(uri.path()) {
+        Some(_) if method != axum::http::Method::POST => {
+            (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST")]).into_response()
+        }
+        Some(Route::Live(i)) => i.answer(&headers, body).await,
+        Some(Route::Stopped) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            axum::Json(serde_json::json!({
+                "error": "the ingest source of this path is not running (starting, restarting or draining); retry"
+            })),
+        )
+            .into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }

@@ -292,6 +292,13 @@ fn dlq(cmd: DlqCommand) -> ExitCode {
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
+            let rate = match conveyor::redrive::check_rate(rate) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
             let o = RedriveOptions { from, to, filter: parsed, rate, dry_run, group, progress: true };
             rt.block_on(tools::redrive(cfg, &o, &filter)).map(|r| {
                 let verb = if dry_run { "would redrive" } else { "redrove" };

@@ -29,6 +29,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Slowest redrive rate, in messages per second (one every ~17 minutes).
+pub const MIN_RATE: f64 = 0.001;
+
+/// `rate` when it is a usable messages-per-second figure.
+pub fn check_rate(rate: Option<f64>) -> Result<Option<f64>, RedriveError> {
+    match rate {
+        Some(r) if !(MIN_RATE..=1e9).contains(&r) => Err(RedriveError::BadRate(r)),
+        other => Ok(other),
+    }
+}
+
 /// Longest wait for a consumer group to be given every partition.
 pub const ASSIGN_WAIT: Duration = Duration::from_secs(60);
 
@@ -45,6 +56,8 @@ pub enum RedriveError {
     Transport { entity: String, source: TransportError },
     #[error("bad --filter {0:?}: write key=value with key one of category, worker, origin, type")]
     BadFilter(String),
+    #[error("bad --rate {0}: give messages per second between {MIN_RATE} and 1e9")]
+    BadRate(f64),
     #[error(transparent)]
     Scan(#[from] ScanError),
     #[error(
@@ -130,7 +143,7 @@ impl Request {
             from: from.to_string(),
             to: self.to.clone(),
             filter: Filter::parse(&self.filter)?,
-            rate: self.rate,
+            rate: check_rate(self.rate)?,
             dry_run: self.dry_run,
             group: self.group.clone(),
             progress: false,
@@ -269,8 +282,11 @@ pub async fn run(locate: &Locate<'_>, o: &RedriveOptions) -> Result<RedriveRepor
             let n = msgs.len() as u64;
             // rate limit: never ahead of `rate` messages per second on average
             if let Some(rate) = o.rate.filter(|r| *r > 0.0) {
-                let due = started + Duration::from_secs_f64((report.redriven + n) as f64 / rate);
-                tokio::time::sleep_until(due).await;
+                // a rate that `check_rate` let through keeps this finite
+                let after = Duration::try_from_secs_f64((report.redriven + n) as f64 / rate).unwrap_or(Duration::MAX);
+                if let Some(due) = started.checked_add(after) {
+                    tokio::time::sleep_until(due).await;
+                }
             }
             if !o.dry_run {
                 let (tt, tphys) = locate(&target).ok_or_else(|| RedriveError::UnknownEntity(target.clone()))?;
@@ -309,4 +325,27 @@ fn rebuild(env: &Envelope) -> Result<OutboundMessage, base64::DecodeError> {
         partition: None,
         timestamp_ms: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_outside_what_a_clock_can_wait_for_are_refused() {
+        let table = [
+            (None, true),
+            (Some(1.0), true),
+            (Some(MIN_RATE), true),
+            (Some(1e9), true),
+            (Some(0.0), false),
+            (Some(1e-300), false),
+            (Some(-5.0), false),
+            (Some(f64::NAN), false),
+            (Some(f64::INFINITY), false),
+        ];
+        for (rate, ok) in table {
+            assert_eq!(check_rate(rate).is_ok(), ok, "{rate:?}");
+        }
+    }
 }

@@ -188,6 +188,15 @@ workers:
     let (_, out, _) = tool(&["tail", "-c", c.to_str().unwrap(), "--entity", "scratch", "--format", "json"], b"");
     assert_eq!(records(&out)[0]["payload"], serde_json::json!({"base64": "/wBB"}));
 
+    // a batch larger than one request body of the entity API is split
+    let big: String = (0..1000).map(|i| format!("{{\"id\":{i},\"pad\":\"{}\"}}\n", "p".repeat(20_000))).collect();
+    let (code, out, err) =
+        tool(&["produce", "-c", c.to_str().unwrap(), "--entity", "scratch", "--ndjson"], big.as_bytes());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(String::from_utf8_lossy(&out).lines().count(), 1000);
+    let (code, _, err) = tool(&["dlq", "redrive", "-c", c.to_str().unwrap(), "--from", "dead", "--rate", "0"], b"");
+    assert_eq!(code, 64, "a rate of 0 is refused: {err}");
+
     // a bad NDJSON line: named, nothing written
     let (code, _, err) =
         tool(&["produce", "-c", c.to_str().unwrap(), "--entity", "scratch", "--ndjson"], b"1\n{oops\n");
@@ -387,4 +396,33 @@ workers: {{ copy: {{ input: a, outputs: {{ default: b }}, dead_letter: dead }} }
     // not a terminal: JSON (the Daemon helper parses its address from it)
     let d = Daemon::start(&write("piped.yaml", ""));
     drop(d);
+}
+
+#[test]
+fn a_daemon_without_a_fixed_port_stops_only_the_tools_that_need_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+service: {{ http: {{ listen: "127.0.0.1:0" }} }}
+transports:
+  disk: {{ type: embedded, path: "{}" }}
+  mem: {{ type: embedded }}
+entities: {{ d: {{ transport: disk }}, m: {{ transport: mem }} }}
+"#,
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    // the memory-only transport is opened too, but never used: no error
+    let (code, out, err) = tool(&["produce", "-c", c, "--entity", "d"], b"x");
+    assert_eq!((code, String::from_utf8_lossy(&out).trim()), (0, "d/0@0"), "{err}");
+    let (code, out, _) = tool(&["tail", "-c", c, "--entity", "d", "--format", "raw"], b"");
+    assert_eq!((code, out), (0, b"x\n".to_vec()));
+    let (code, _, err) = tool(&["tail", "-c", c, "--entity", "m"], b"");
+    assert_eq!(code, 1);
+    assert!(err.contains("port 0") && err.contains("\"mem\""), "{err}");
 }

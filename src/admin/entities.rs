@@ -236,16 +236,31 @@ pub async fn redrive(
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     tracing::info!(entity = %entity, to = ?o.to, group = %o.group, dry_run = o.dry_run, "redrive asked over the entity API");
-    let locate = |name: &str| (s.entities)(name).map(|a| (a.transport, a.physical));
-    // the redrive's future is not `Send` (its async closures), so it runs
-    // on this worker thread, which the runtime gives up for the while
+    // the redrive's future is not `Send` (its async closures): it runs on
+    // a blocking thread, driven by this runtime, and stops when this
+    // request goes away (the client left, or a drain cut it off)
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop_when_dropped = stop.clone().drop_guard();
     let handle = tokio::runtime::Handle::current();
-    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "a redrive needs the daemon's multi-threaded runtime");
-    }
-    match tokio::task::block_in_place(|| handle.block_on(redrive::run(&locate, &o))) {
+    let entities = s.entities.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        let locate = |name: &str| entities(name).map(|a| (a.transport, a.physical));
+        handle.block_on(async {
+            tokio::select! {
+                r = redrive::run(&locate, &o) => Some(r),
+                _ = stop.cancelled() => None,
+            }
+        })
+    });
+    let done = match job.await {
+        Ok(Some(r)) => r,
+        Ok(None) | Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "the redrive was stopped"),
+    };
+    match done {
         Ok(report) => axum::Json(report).into_response(),
-        Err(e @ (RedriveError::UnknownEntity(_) | RedriveError::BadFilter(_))) => error(StatusCode::BAD_REQUEST, e),
+        Err(e @ (RedriveError::UnknownEntity(_) | RedriveError::BadFilter(_) | RedriveError::BadRate(_))) => {
+            error(StatusCode::BAD_REQUEST, e)
+        }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }

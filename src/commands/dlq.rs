@@ -117,7 +117,11 @@ pub async fn redrive(cfg: &Config, o: &RedriveOptions, filter: &[String]) -> Res
             };
             eprintln!("the daemon holds {:?}: it runs the redrive", o.from);
             daemon
-                .post_json(&format!("entities/{}/redrive", o.from), &req, REDRIVE_WITHIN)
+                .post_json(
+                    &format!("entities/{}/redrive", crate::transport::remote::segment(&o.from)),
+                    &req,
+                    REDRIVE_WITHIN,
+                )
                 .await
                 .map_err(|source| ToolError::Transport { entity: o.from.clone(), source })
         }

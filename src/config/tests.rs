@@ -210,6 +210,8 @@ fn http_sources_are_checked_where_they_are_written() {
             "belongs to the admin endpoints",
         ),
         ("  web: { type: http, entity: orders.in, path: ingest }\n", "sources.web.path", "must be a route"),
+        ("  web: { type: http, entity: orders.in, path: \"/:x\" }\n", "sources.web.path", "must be a route"),
+        ("  web: { type: http, entity: orders.in, path: \"/a//b\" }\n", "sources.web.path", "must be a route"),
         (
             "  a: { type: http, entity: orders.in }\n  b: { type: http, entity: orders.in }\n",
             "sources.b.path",

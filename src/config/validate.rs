@@ -252,7 +252,8 @@ fn sources(c: &Config, v: &mut Issues<'_>) {
             SourceConfig::Http(h) => {
                 let path_ok = h.path.starts_with('/')
                     && h.path.len() > 1
-                    && h.path.chars().all(|ch| ch.is_ascii_graphic() && !"?#{}*".contains(ch));
+                    && h.path.chars().all(|ch| ch.is_ascii_alphanumeric() || "/-_.".contains(ch))
+                    && !h.path.contains("//");
                 if !path_ok {
                     v.error(
                         &["sources", name, "path"],

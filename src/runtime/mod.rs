@@ -13,7 +13,8 @@
 //!
 //! [`Pipeline::shutdown`] drains: readiness turns `503`, systemd is told
 //! `STOPPING=1`, tasks finish and commit what they hold, transports flush —
-//! all within the shutdown grace — and the admin server stops last. A drain
+//! all within the shutdown grace — and the admin server stops last (its
+//! requests still in flight when the grace ends are cut off). A drain
 //! that does not finish in time is abandoned (nothing it had not finished is
 //! committed) and reported as [`RuntimeError::GraceExceeded`].
 //!
@@ -284,8 +285,14 @@ impl Pipeline {
         drop(quiet);
         self.admin_stop.cancel();
         let admin = self.admin_task.lock().unwrap().take();
-        if let Some(task) = admin {
-            let _ = task.await;
+        if let Some(mut task) = admin {
+            // requests in flight (an ingest, a long-poll read, a redrive run
+            // for a tool) finish within what is left of the grace, or are cut
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(100));
+            if tokio::time::timeout(left, &mut task).await.is_err() {
+                task.abort();
+                tracing::warn!("admin requests still in flight at the end of the grace were cut off");
+            }
         }
         if drained {
             tracing::info!("drained; exiting");

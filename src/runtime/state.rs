@@ -87,6 +87,15 @@ impl Shared {
 
     /// Replaces the applied state (the reload path only).
     pub(super) fn publish(&self, s: Snapshot) {
+        let paths = s.config.iter().flat_map(|c| c.sources.values());
+        self.routes.configure(
+            paths
+                .filter_map(|src| match src {
+                    crate::config::SourceConfig::Http(h) if h.listen.is_none() => Some(h.path.clone()),
+                    _ => None,
+                })
+                .collect(),
+        );
         *self.snapshot.write().unwrap() = Arc::new(s);
         self.published.send_modify(|n| *n += 1);
     }

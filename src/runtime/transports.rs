@@ -178,7 +178,7 @@ impl Transports {
             let live = match direct {
                 Some(live) => live,
                 None => {
-                    let remote = Arc::new(daemon_api(cfg, name)?);
+                    let remote = Arc::new(daemon_api(cfg, name));
                     tracing::info!(transport = %name, "reaching the transport through the running daemon's entity API");
                     daemon.insert(name.clone(), remote.clone());
                     LiveTransport {
@@ -216,19 +216,26 @@ impl Transports {
 }
 
 /// The entity API of the daemon that runs `cfg`, for transport `tname`.
-fn daemon_api(cfg: &Config, tname: &str) -> Result<crate::transport::remote::Remote, RuntimeError> {
+/// A tool that never touches such a transport is not stopped by it: an
+/// unknown address fails the first call, not the opening.
+fn daemon_api(cfg: &Config, tname: &str) -> crate::transport::remote::Remote {
     let mut addr = cfg.service.http.listen;
     if addr.port() == 0 {
-        return Err(RuntimeError::NoDaemonAddress { transport: tname.to_string() });
+        let why = RuntimeError::NoDaemonAddress { transport: tname.to_string() };
+        return crate::transport::remote::Remote::unreachable(why.to_string());
     }
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let names = cfg
-        .entities
-        .iter()
-        .filter(|(_, e)| e.transport == tname)
-        .map(|(k, e)| (e.physical_name(k).to_string(), k.clone()))
-        .collect();
-    Ok(crate::transport::remote::Remote::new(format!("http://{addr}"), cfg.service.http.token.clone(), names))
+    // every name an entity has on this transport (either side of a
+    // migration) leads back to its config key
+    let mut names = std::collections::HashMap::new();
+    for (k, e) in &cfg.entities {
+        for side in [Some(e.old_side(k)), e.new_side(k)].into_iter().flatten() {
+            if side.transport == tname {
+                names.insert(side.physical, k.clone());
+            }
+        }
+    }
+    crate::transport::remote::Remote::new(format!("http://{addr}"), cfg.service.http.token.clone(), names)
 }

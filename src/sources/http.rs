@@ -11,7 +11,10 @@
 //! - `200 {"accepted":N,"first":{..},"last":{..}}` only after the transport
 //!   acknowledged every message (durably, as each transport defines it).
 //! - `400` with `{"error","line"}` for a line that is not JSON (nothing is
-//!   written), or an empty body.
+//!   written), or an empty body; `400` with `{"error","acknowledged",
+//!   "acknowledged_through_line"}` when the transport refuses a message for
+//!   good (a header Event Hubs cannot carry, say).
+//! - `408` when the body does not arrive within `timeout`.
 //! - `401` without the bearer token (when `token` is set).
 //! - `413` for a body over `max_body_bytes`, a batch over `max_in_flight`
 //!   messages, or a message the transport refuses as too large.
@@ -26,9 +29,12 @@
 //!
 //! **Where it listens.** With `listen`, on a listener of its own (HTTPS with
 //! `tls`); otherwise as a route of the admin listener ([`Routes`]). A drain
-//! stops taking new connections and lets requests in flight finish.
+//! stops taking new connections and lets requests in flight finish; on the
+//! admin listener, a configured source that is not running (starting,
+//! restarting, draining) answers `503` with `Retry-After`, never `404`.
 //!
-//! Nothing here logs a header value, a body or the token.
+//! Nothing here logs a body or the token; a transport's refusal (logged and
+//! answered) may quote the key it refused.
 
 use crate::bearer::authorized;
 use crate::classify::ErrorCategory;
@@ -91,6 +97,10 @@ pub enum Rejection {
         limit: usize,
     },
     Empty,
+    /// The body did not arrive within `timeout`.
+    SlowBody {
+        waited: Duration,
+    },
     BadLine {
         line: usize,
         error: String,
@@ -119,6 +129,7 @@ impl Rejection {
             Rejection::BodyTooLarge { .. } | Rejection::TooManyMessages { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::Refused { too_large: true, .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::Empty | Rejection::BadLine { .. } | Rejection::Refused { .. } => StatusCode::BAD_REQUEST,
+            Rejection::SlowBody { .. } => StatusCode::REQUEST_TIMEOUT,
             Rejection::Busy => StatusCode::TOO_MANY_REQUESTS,
             Rejection::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -129,7 +140,7 @@ impl Rejection {
         match self {
             Rejection::Unauthorized => "unauthorized",
             Rejection::BodyTooLarge { .. } | Rejection::TooManyMessages { .. } => "too_large",
-            Rejection::Empty | Rejection::BadLine { .. } => "bad_request",
+            Rejection::Empty | Rejection::BadLine { .. } | Rejection::SlowBody { .. } => "bad_request",
             Rejection::Busy => "busy",
             Rejection::Unavailable { .. } => "unavailable",
             Rejection::Refused { .. } => "refused",
@@ -147,6 +158,7 @@ impl Rejection {
             }),
             Rejection::Empty => json!({"error": "the body holds no message"}),
             Rejection::BadLine { line, error } => json!({"error": format!("line {line}: {error}"), "line": line}),
+            Rejection::SlowBody { waited } => json!({"error": format!("the body did not arrive within {waited:?}")}),
             Rejection::Busy => json!({"error": "too many messages in flight; retry later"}),
             Rejection::Unavailable { error, acknowledged, through_line } => json!({
                 "error": error, "acknowledged": acknowledged, "acknowledged_through_line": through_line
@@ -289,7 +301,11 @@ impl Ingest {
         if declared.is_some_and(|n| n > self.max_body_bytes) {
             return Err(Some(Rejection::BodyTooLarge { limit: self.max_body_bytes }));
         }
-        let body = read_body(body, self.max_body_bytes).await?;
+        // a client that stalls mid-body is not waited for longer than an ack
+        let body = match tokio::time::timeout(self.timeout, read_body(body, self.max_body_bytes)).await {
+            Ok(b) => b?,
+            Err(_) => return Err(Some(Rejection::SlowBody { waited: self.timeout })),
+        };
         let ndjson = is_ndjson(headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()));
         let key = headers.get(KEY_HEADER).map(|v| Bytes::copy_from_slice(v.as_bytes()));
         let mut carried = Headers::default();
@@ -417,6 +433,18 @@ async fn route(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Body
 #[derive(Default)]
 pub struct Routes {
     by_path: RwLock<HashMap<String, Arc<Ingest>>>,
+    /// The paths the applied config gives sources on the admin listener,
+    /// running or not.
+    configured: RwLock<std::collections::HashSet<String>>,
+}
+
+/// What a path of the admin listener is to ingest.
+pub enum Route {
+    /// A running source takes it.
+    Live(Arc<Ingest>),
+    /// The config has a source there, but it is not running (starting,
+    /// restarting after a reload or a failure, or draining): `503`, retry.
+    Stopped,
 }
 
 /// Removes a registered route when dropped (the source stopped).
@@ -445,9 +473,19 @@ impl Routes {
         Registered { routes: self.clone(), ingest }
     }
 
-    /// The source that takes `path`, if any.
-    pub fn get(&self, path: &str) -> Option<Arc<Ingest>> {
-        self.by_path.read().unwrap_or_else(|p| p.into_inner()).get(path).cloned()
+    /// What takes `path`: a running source, a configured one that is not
+    /// running, or nothing (`None`: `404`).
+    pub fn lookup(&self, path: &str) -> Option<Route> {
+        if let Some(i) = self.by_path.read().unwrap_or_else(|p| p.into_inner()).get(path) {
+            return Some(Route::Live(i.clone()));
+        }
+        let configured = self.configured.read().unwrap_or_else(|p| p.into_inner());
+        configured.contains(path).then_some(Route::Stopped)
+    }
+
+    /// The paths of the applied config's sources on the admin listener.
+    pub fn configure(&self, paths: std::collections::HashSet<String>) {
+        *self.configured.write().unwrap_or_else(|p| p.into_inner()) = paths;
     }
 }
 
@@ -604,6 +642,7 @@ mod tests {
             (Rejection::TooManyMessages { count: 2, limit: 1 }, 413, "too_large"),
             (Rejection::Empty, 400, "bad_request"),
             (Rejection::BadLine { line: 1, error: "x".into() }, 400, "bad_request"),
+            (Rejection::SlowBody { waited: Duration::from_secs(1) }, 408, "bad_request"),
             (Rejection::Busy, 429, "busy"),
             (Rejection::Unavailable { error: "x".into(), acknowledged: 0, through_line: 0 }, 503, "unavailable"),
             (
@@ -621,6 +660,51 @@ mod tests {
             assert_eq!(r.status().as_u16(), status, "{r:?}");
             assert_eq!(r.reason(), reason, "{r:?}");
         }
+    }
+
+    fn ingest(path: &str) -> Arc<Ingest> {
+        use crate::transport::Transport;
+        let t = crate::transport::embedded::Embedded::open(Default::default(), &[], &[]).unwrap();
+        Arc::new(Ingest {
+            name: "web".into(),
+            entity: "e".into(),
+            physical: "e".into(),
+            producer: t.producer(),
+            listen: None,
+            path: path.into(),
+            token: None,
+            tls: None,
+            max_body_bytes: 1,
+            max_in_flight: 1,
+            headers: Vec::new(),
+            timeout: Duration::from_secs(1),
+            in_flight: Arc::new(Semaphore::new(1)),
+            metrics: Metrics::new(),
+            health: crate::health::Health::new().task("web", "source"),
+        })
+    }
+
+    #[test]
+    fn a_configured_path_whose_source_is_not_running_is_stopped_not_missing() {
+        let routes = Routes::new();
+        let is = |r: Option<Route>| match r {
+            Some(Route::Live(_)) => "live",
+            Some(Route::Stopped) => "stopped",
+            None => "none",
+        };
+        routes.configure(["/in".to_string()].into());
+        assert_eq!(is(routes.lookup("/in")), "stopped", "configured, not started yet");
+        let first = routes.register(ingest("/in"));
+        assert_eq!(is(routes.lookup("/in")), "live");
+        // a reload starts the new source before the old one's guard is gone
+        let second = routes.register(ingest("/in"));
+        drop(first);
+        assert_eq!(is(routes.lookup("/in")), "live", "the old guard leaves the new route alone");
+        drop(second);
+        assert_eq!(is(routes.lookup("/in")), "stopped", "draining or restarting: retry");
+        routes.configure(Default::default());
+        assert_eq!(is(routes.lookup("/in")), "none", "removed from the config");
+        assert_eq!(is(routes.lookup("/other")), "none");
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! Bytes (key, header values, payload) are a JSON string when they are
 //! UTF-8, else `{"base64": "..."}` (standard alphabet, padded): nothing is
 //! lost either way, and text stays readable. Headers are a list of pairs, so
-//! their order and repeated names survive. To produce, the same object is
-//! read with every field but `payload` optional (`partition` picks one).
+//! their order and repeated names survive. To produce, an object of
+//! `payload` and, optionally, `key`, `headers` and `partition` ([`Outbound`];
+//! other fields are refused).
 
 use super::{Headers, OutboundMessage, PipelineMessage};
 use base64::Engine;

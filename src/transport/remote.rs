@@ -9,8 +9,8 @@
 //! `migrate verify` still needs the daemon stopped for an embedded store. Entities are addressed by their config name:
 //! the transport maps the physical names tools pass back to them.
 //!
-//! Errors: a daemon that does not answer, or answers `5xx`, is `Transient`;
-//! `401`/`403` is `Auth`; any other refusal is `Permanent`.
+//! Errors: a daemon that does not answer, or answers `5xx` or `429`, is
+//! `Transient`; `401`/`403` is `Auth`; any other refusal is `Permanent`.
 
 use super::json::{DAEMON_STARTING, Outbound, Position, Record};
 use super::{
@@ -28,11 +28,17 @@ use std::time::Duration;
 const POLL: Duration = Duration::from_secs(5);
 /// Longest request to the daemon (a poll and its answer, or a produce).
 const REQUEST: Duration = Duration::from_secs(120);
+/// Largest body of one produce request (the daemon takes up to
+/// `admin::entities::MAX_PRODUCE_BYTES`); a batch is split to fit.
+const PRODUCE_BYTES: usize = 16 << 20;
 /// Longest wait for a starting daemon to apply its first config.
 const STARTING: Duration = Duration::from_secs(30);
 
 struct Client {
     base: String,
+    /// Why no daemon can be reached (its address is unknown): every call
+    /// fails with this.
+    unusable: Option<String>,
     token: Option<Secret>,
     http: reqwest::Client,
     /// physical name → config name
@@ -42,6 +48,20 @@ struct Client {
 /// The entity API of the daemon at `base` (`http://127.0.0.1:9464`).
 pub struct Remote {
     client: Arc<Client>,
+}
+
+/// `name` as one URL path segment (percent-encoded but for unreserved
+/// characters).
+pub fn segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn err(category: ErrorCategory, message: String) -> TransportError {
@@ -54,12 +74,15 @@ impl Client {
     }
 
     fn url(&self, physical: &str, tail: &str) -> String {
-        format!("{}/v1/entities/{}/{tail}", self.base, self.entity(physical))
+        format!("{}/v1/entities/{}/{tail}", self.base, segment(self.entity(physical)))
     }
 
     /// Sends `req` (waiting out a daemon that is still starting); the body
     /// of a `2xx` answer.
     async fn call(&self, req: reqwest::RequestBuilder) -> Result<bytes::Bytes, TransportError> {
+        if let Some(why) = &self.unusable {
+            return Err(err(ErrorCategory::Permanent, why.clone()));
+        }
         let until = tokio::time::Instant::now() + STARTING;
         loop {
             let attempt =
@@ -109,7 +132,20 @@ impl Remote {
     /// by `names`.
     pub fn new(base: String, token: Option<Secret>, names: HashMap<String, String>) -> Remote {
         let http = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
-        Remote { client: Arc::new(Client { base, token, http, names }) }
+        Remote { client: Arc::new(Client { base, unusable: None, token, http, names }) }
+    }
+
+    /// A daemon that cannot be reached, for `why`: every call fails with
+    /// it (a `Permanent` error), and nothing fails before a call.
+    pub fn unreachable(why: String) -> Remote {
+        let client = Client {
+            base: String::new(),
+            unusable: Some(why),
+            token: None,
+            http: reqwest::Client::new(),
+            names: HashMap::new(),
+        };
+        Remote { client: Arc::new(client) }
     }
 }
 
@@ -208,12 +244,32 @@ struct RemoteProducer {
 #[async_trait]
 impl Producer for RemoteProducer {
     async fn send(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, TransportError> {
-        let c = &self.client;
+        let name: Arc<str> = Arc::from(entity);
+        let mut done = Vec::with_capacity(batch.len());
         let mut body = String::new();
-        for m in &batch {
-            body.push_str(&serde_json::to_string(&Outbound::of(m)).unwrap_or_default());
+        let mut lines = 0usize;
+        for (i, m) in batch.iter().enumerate() {
+            // an outbound message always serializes (string keys)
+            let line = serde_json::to_string(&Outbound::of(m)).unwrap_or_default();
+            if !body.is_empty() && body.len() + line.len() + 1 > PRODUCE_BYTES {
+                done.extend(self.post(&name, std::mem::take(&mut body), lines).await?);
+                lines = 0;
+            }
+            body.push_str(&line);
             body.push('\n');
+            lines += 1;
+            if i + 1 == batch.len() {
+                done.extend(self.post(&name, std::mem::take(&mut body), lines).await?);
+            }
         }
+        Ok(done)
+    }
+}
+
+impl RemoteProducer {
+    /// One `POST` of `lines` messages; their positions.
+    async fn post(&self, entity: &Arc<str>, body: String, lines: usize) -> Result<Vec<ProduceResult>, TransportError> {
+        let c = &self.client;
         let answer = c.call(c.http.post(c.url(entity, "messages")).body(body).timeout(REQUEST)).await?;
         #[derive(serde::Deserialize)]
         struct Answer {
@@ -221,16 +277,15 @@ impl Producer for RemoteProducer {
         }
         let a: Answer = serde_json::from_slice(&answer)
             .map_err(|e| err(ErrorCategory::Transient, format!("unreadable produce answer: {e}")))?;
-        if a.positions.len() != batch.len() {
+        if a.positions.len() != lines {
             return Err(err(
                 ErrorCategory::Transient,
-                format!("the daemon acknowledged {} of {} messages", a.positions.len(), batch.len()),
+                format!("the daemon acknowledged {} of {lines} messages", a.positions.len()),
             ));
         }
-        let name: Arc<str> = Arc::from(entity);
         Ok(a.positions
             .into_iter()
-            .map(|p| ProduceResult { entity: name.clone(), partition: p.partition, position: p.position })
+            .map(|p| ProduceResult { entity: entity.clone(), partition: p.partition, position: p.position })
             .collect())
     }
 }
@@ -273,7 +328,10 @@ impl PartitionReader for RemoteReader {
                 got.push(m);
             }
             if let Some(last) = got.last() {
-                self.next = Some(last.position + 1);
+                let next = last.position.checked_add(1).ok_or_else(|| {
+                    err(ErrorCategory::Transient, format!("the daemon answered position {}", last.position))
+                })?;
+                self.next = Some(next);
                 out.extend(got);
                 return Ok(());
             }
@@ -282,5 +340,22 @@ impl PartitionReader for RemoteReader {
 
     async fn commit(&mut self, _last: &PipelineMessage) -> Result<(), TransportError> {
         Err(TransportError::ReadOnly)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entity_names_are_one_path_segment() {
+        let table = [
+            ("xact.downloads.results", "xact.downloads.results"),
+            ("a b/c?d#e", "a%20b%2Fc%3Fd%23e"),
+            ("caf\u{e9}", "caf%C3%A9"),
+        ];
+        for (name, want) in table {
+            assert_eq!(segment(name), want);
+        }
     }
 }
