@@ -534,3 +534,64 @@ workers:
     assert_eq!(metric_sum(&m, "conveyor_worker_restarts_total", "") + 0.0, 0.0, "no restart");
     rt.shutdown().await.unwrap();
 }
+
+/// Throttles every message whose key starts with `t`.
+struct ThrottlesT;
+#[async_trait]
+impl Stage for ThrottlesT {
+    async fn process(&self, m: &PipelineMessage, out: &mut Vec<Emit>) -> Result<(), StageError> {
+        if key_str(m).starts_with('t') {
+            return Err(StageError::other(ErrorCategory::Throttling, "throttled", "slow down".to_string()));
+        }
+        out.push(Emit { output: 0, message: OutboundMessage::from_message(m) });
+        Ok(())
+    }
+}
+
+/// A lane that waits out throttling before its next fetch shows the
+/// messages that arrive meanwhile as lag (before: the gauge moved only on
+/// commits, so a throttled worker looked idle with work waiting — and a
+/// drain check that trusts it stopped the daemon early).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_lane_shows_the_backlog_that_waits_for_it() {
+    let cfg = config(
+        r#"
+service: { http: { listen: "127.0.0.1:0" } }
+transports: { local: { type: embedded } }
+entities:
+  in: { transport: local, partitions: 1 }
+  out: { transport: local, partitions: 1 }
+  retry: { transport: local, partitions: 1 }
+  dlq: { transport: local }
+workers:
+  w:
+    input: in
+    outputs: { default: out }
+    dead_letter: dlq
+    batch_size: 1
+    retry: { via: retry, schedule: [1h], max_attempts: 2 }
+"#,
+    );
+    let opts = Options {
+        stages: HashMap::from([("w".to_string(), Arc::new(ThrottlesT) as Arc<dyn Stage>)]),
+        ..Default::default()
+    };
+    let rt = Pipeline::start(&cfg, 0, opts).await.unwrap();
+    let t = rt.transport("local").clone();
+    let scheduled = || metric_sum(&rt.metrics.encode(), "conveyor_retries_scheduled_total", "worker=\"w\"");
+    // four throttled batches in a row: the lane now waits 0.5 + 1 + 2 + 4 s
+    for k in 1..=4 {
+        produce_ids(&*t, "in", [format!("t{k}")]).await;
+        assert!(eventually(Duration::from_secs(20), async || scheduled() >= k as f64).await, "throttled {k}");
+    }
+    produce_ids(&*t, "in", ["m1".to_string()]).await;
+    let lag = || metric_sum(&rt.metrics.encode(), "conveyor_consumer_lag_messages", "worker=\"w\"");
+    assert!(
+        eventually(Duration::from_millis(1500), async || lag() >= 1.0).await,
+        "the waiting message shows as lag while the lane waits out the throttling"
+    );
+    assert!(read_all(&*t, "out").await.is_empty(), "still waiting: the lag was seen during the wait");
+    assert!(eventually(Duration::from_secs(10), async || read_all(&*t, "out").await.len() == 1).await);
+    assert!(eventually(Duration::from_secs(3), async || lag() == 0.0).await, "and back to 0 once done");
+    rt.shutdown().await.unwrap();
+}

@@ -57,6 +57,9 @@ impl Drop for IdleOnDrop<'_> {
     }
 }
 
+/// How often a lane that waits out throttling refreshes its lag gauge.
+const LAG_REFRESH: Duration = Duration::from_secs(1);
+
 pub(super) async fn run(
     spec: Arc<WorkerSpec>,
     mut reader: Box<dyn PartitionReader>,
@@ -78,11 +81,22 @@ pub(super) async fn run(
         lag.set(l as i64);
     }
     loop {
-        // throttling: slow down before the next fetch
+        // throttling: slow down before the next fetch, showing the backlog
+        // that builds up meanwhile (the gauge otherwise moves on commits)
         if throttled {
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(throttle.fail()) => {}
+            let until = tokio::time::Instant::now() + throttle.fail();
+            loop {
+                if let Some(l) = reader.lag() {
+                    lag.set(l as i64);
+                }
+                let now = tokio::time::Instant::now();
+                if now >= until {
+                    break;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep_until(until.min(now + LAG_REFRESH)) => {}
+                }
             }
         } else {
             throttle.reset();
