@@ -874,7 +874,6 @@ fn c1_the_seed_pipeline_killed_repeatedly_loses_nothing() {
         }
     }
     wait_for("the pipeline to drain", Duration::from_secs(300), || drained(&d));
-    let at_drain = get_blocking(d.addr, "/metrics").map(|r| r.1).unwrap_or_default();
     let drained_at_ms = conveyor::transport::now_ms();
     let rss = finish(d, &mut seen);
     let mut lost = 0;
