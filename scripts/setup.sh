@@ -50,12 +50,13 @@ fi
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Azurite (npm) for blob checkpoints, in .cache/node
 bash "$root/scripts/azurite.sh" >&2
-# The official Python Event Hubs SDK + blob checkpoint store: the independent
-# client the Event Hubs tests cross-check against (venv in .cache/pyenv)
-if ! "$root/.cache/pyenv/bin/python" -c 'import azure.eventhub, azure.eventhub.extensions.checkpointstoreblobaio' 2>/dev/null; then
+# The official Python SDKs the tests cross-check against (venv in
+# .cache/pyenv, pinned in tests/py/requirements.txt): Event Hubs + blob
+# checkpoint store, confluent-kafka's schema registry client and Avro serde,
+# Azure Schema Registry + its Avro encoder (also the registry stand-in's `avro`)
+if ! "$root/.cache/pyenv/bin/python" -c 'import azure.eventhub, azure.eventhub.extensions.checkpointstoreblobaio, confluent_kafka.schema_registry.avro, azure.schemaregistry.encoder.avroencoder, avro.compatibility' 2>/dev/null; then
     python3 -m venv "$root/.cache/pyenv"
-    "$root/.cache/pyenv/bin/pip" install -q --disable-pip-version-check \
-        azure-eventhub==5.15.1 azure-eventhub-checkpointstoreblob-aio==1.2.0 aiohttp >&2
+    "$root/.cache/pyenv/bin/pip" install -q --disable-pip-version-check -r "$root/tests/py/requirements.txt" >&2
 fi
 # Apache Kafka broker jars from Maven Central (cached in .cache/kafka and ~/.m2)
 "$(dirname "${BASH_SOURCE[0]}")/kafka/fetch.sh" >&2

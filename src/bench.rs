@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+pub mod avro;
 pub mod ingest;
 #[cfg(feature = "kafka")]
 pub mod kafka_naive;
@@ -65,6 +66,8 @@ pub enum BenchError {
     Mode(String),
     #[error("the hop stopped before every message was committed")]
     Stopped,
+    #[error("{0}")]
+    Setup(String),
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -78,6 +81,9 @@ pub enum BenchCommand {
     /// HTTP ingest (NDJSON batches and single requests) against the embedded
     /// transport's own produce rate.
     Ingest(ingest::IngestArgs),
+    /// Decoding and encoding Confluent-framed Avro (the `decode` and
+    /// `encode` stages) against a pass-through of the same bytes.
+    Avro(avro::AvroArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -185,6 +191,7 @@ pub fn main(args: BenchArgs) -> Result<(), BenchError> {
         Some(BenchCommand::KafkaNaive(a)) => return rt.block_on(kafka_naive::run(a)),
         Some(BenchCommand::Http(a)) => return rt.block_on(http_ceiling(a)),
         Some(BenchCommand::Ingest(a)) => return rt.block_on(ingest::run(a)),
+        Some(BenchCommand::Avro(a)) => return rt.block_on(avro::run(a)),
         None => {}
     }
     let modes: Vec<bool> = match args.mode.as_str() {
@@ -293,6 +300,7 @@ async fn run_once(args: &BenchArgs, dir: Option<std::path::PathBuf>, conveyor: b
             opts: &opts,
             grace: Duration::from_secs(30),
             routes: &crate::sources::Routes::new(),
+            registries: Default::default(),
         };
         let spec = parts.worker("bench")?;
         let c = cancel.clone();

@@ -17,6 +17,7 @@ mod issues;
 mod locate;
 mod migrate;
 mod model;
+mod schema;
 mod secret;
 mod stage;
 mod transition;
@@ -26,6 +27,7 @@ pub use azure::{BlobLocation, EntraCredential};
 pub use duration::Dur;
 pub use migrate::{MigrateConfig, Phase};
 pub use model::*;
+pub use schema::*;
 pub use secret::{Secret, fingerprint_json};
 pub use stage::*;
 
@@ -186,6 +188,7 @@ fn load(
     let mut entities = BTreeMap::new();
     let mut sources = BTreeMap::new();
     let mut workers = BTreeMap::new();
+    let mut schema_registries = BTreeMap::new();
     let mut simulation = None;
     let mut seen = BTreeSet::new();
     for (n, (k, value)) in root.into_iter().enumerate() {
@@ -211,9 +214,13 @@ fn load(
             "entities" => v.section(&key, value, &mut entities),
             "sources" => v.section(&key, value, &mut sources),
             "workers" => v.section(&key, value, &mut workers),
+            "schema_registries" => v.section(&key, value, &mut schema_registries),
             "simulation" => simulation = v.de::<SimulationConfig>(std::slice::from_ref(&key), value),
             other => {
-                let hint = suggest(other, ["service", "transports", "entities", "sources", "workers", "simulation"]);
+                let hint = suggest(
+                    other,
+                    ["service", "transports", "entities", "sources", "workers", "schema_registries", "simulation"],
+                );
                 v.error(&[other], format!("unknown section{hint}"));
             }
         }
@@ -223,7 +230,7 @@ fn load(
             v.error(&[], format!("missing section `{required}`"));
         }
     }
-    let config = Config { service, transports, entities, sources, workers, simulation };
+    let config = Config { service, transports, entities, sources, schema_registries, workers, simulation };
     validate::validate(&config, &mut v);
     if let Some(previous) = previous
         && v.errors.is_empty()

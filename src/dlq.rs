@@ -99,6 +99,9 @@ pub struct ErrorInfo {
     pub first_failure: String,
     pub last_failure: String,
     pub attempts: u32,
+    /// The schema id of a `schema_*` failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_id: Option<String>,
 }
 
 /// What the worker knows about the failure.
@@ -109,6 +112,8 @@ pub struct Failure<'a> {
     pub first_failure: SystemTime,
     pub last_failure: SystemTime,
     pub attempts: u32,
+    /// The schema id of a `schema_*` failure.
+    pub schema_id: Option<&'a str>,
 }
 
 /// Where the message was consumed.
@@ -163,6 +168,7 @@ impl Envelope {
                 first_failure: rfc3339(f.first_failure),
                 last_failure: rfc3339(f.last_failure),
                 attempts: f.attempts,
+                schema_id: f.schema_id.map(str::to_string),
             },
             trace_id: trace_id(&msg.headers),
             conveyor_version: env!("CARGO_PKG_VERSION").into(),
@@ -249,6 +255,7 @@ mod tests {
             first_failure: t,
             last_failure: t,
             attempts: 1,
+            schema_id: None,
         };
         let cx = Context { transport: "embedded", consumer_group: "g", worker: "w" };
         let env = Envelope::new(&msg, &f, &cx);
@@ -286,6 +293,7 @@ mod tests {
             first_failure: now,
             last_failure: now,
             attempts: 1,
+            schema_id: None,
         };
         let cx = Context { transport: "embedded", consumer_group: "g", worker: "w" };
         let mut env = Envelope::new(&msg, &f, &cx);
@@ -325,6 +333,7 @@ mod tests {
             first_failure: far,
             last_failure: before,
             attempts: 1,
+            schema_id: None,
         };
         let cx = Context { transport: "embedded", consumer_group: "g", worker: "w" };
         let env = Envelope::new(&msg, &f, &cx);
@@ -377,6 +386,7 @@ mod tests {
             );
             let error = (category(), text(), text(), text(), text(), any::<u32>()).prop_map(
                 |(category, kind, message, first_failure, last_failure, attempts)| ErrorInfo {
+                    schema_id: None,
                     category,
                     kind,
                     message,
@@ -475,7 +485,7 @@ mod tests {
                     payload: payload.clone(),
                     timestamp_ms,
                 };
-                let f = Failure { category, kind: &kind, message: &message, first_failure, last_failure, attempts };
+                let f = Failure { category, kind: &kind, message: &message, first_failure, last_failure, attempts, schema_id: None };
                 let cx = Context { transport: &transport, consumer_group: &consumer_group, worker: &worker };
                 let mut env = Envelope::new(&msg, &f, &cx);
                 let out = env.to_message(key.clone());

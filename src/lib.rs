@@ -13,6 +13,8 @@
 //! - [`worker`]: consume → stage → deliver → commit, with the failure policy
 //!   as a pure function ([`worker::policy`]).
 //! - [`stages`]: what a worker does with a message.
+//! - [`schema`]: schema registries (Confluent, Azure), Avro ↔ JSON, and the
+//!   decode / encode / transcode of framed messages.
 //! - [`classify`]: every failure is `Transient`, `Auth`, `Permanent` or
 //!   `Throttling`; the category decides retry, dead-letter or pause.
 //! - [`dlq`]: the dead-letter envelope; [`retry`]: delayed retries through
@@ -63,6 +65,7 @@ pub mod migration;
 pub mod redrive;
 pub mod retry;
 pub mod runtime;
+pub mod schema;
 pub mod simulation;
 pub mod sources;
 pub mod stages;

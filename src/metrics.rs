@@ -18,6 +18,7 @@
 //! | `conveyor_ingest_requests_total` | counter | source, code (HTTP status of the answer) |
 //! | `conveyor_ingest_messages_total` | counter | source, entity (acknowledged by the transport) |
 //! | `conveyor_ingest_rejections_total` | counter | source, reason (`unauthorized`, `too_large`, `bad_request`, `busy`, `unavailable`, `refused`) |
+//! | `conveyor_schema_registry_requests_total` | counter | registry, outcome (`ok`, `not_found`, `refused`, `auth`, `throttled`, `unavailable`) |
 //! | `conveyor_retries_scheduled_total` | counter | worker, entity (the retry entity) |
 //! | `conveyor_retry_redelivered_total` | counter | entity (the retry entity) |
 //! | `conveyor_retry_invalid_total` | counter | entity (retries nothing takes: dead-lettered) |
@@ -85,6 +86,12 @@ pub struct SourceLabel {
 pub struct SourceCode {
     pub source: String,
     pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryOutcome {
+    pub registry: String,
+    pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -245,6 +252,7 @@ pub struct Metrics {
     pub ingest_requests: Family<SourceCode, Counter>,
     pub ingest_messages: Family<SourceLabel, Counter>,
     pub ingest_rejections: Family<SourceReason, Counter>,
+    pub schema_registry_requests: Family<RegistryOutcome, Counter>,
     pub retries_scheduled: Family<WorkerEntity, Counter>,
     pub retry_redelivered: Family<EntityLabel, Counter>,
     pub retry_invalid: Family<EntityLabel, Counter>,
@@ -271,6 +279,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// One request to schema registry `registry` ended with `outcome`.
+    pub fn schema_registry_request(&self, registry: &str, outcome: &str) {
+        self.schema_registry_requests
+            .get_or_create(&RegistryOutcome { registry: registry.into(), outcome: outcome.into() })
+            .inc();
+    }
+
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("conveyor");
         let m = Metrics {
@@ -287,6 +302,7 @@ impl Metrics {
             ingest_requests: Family::default(),
             ingest_messages: Family::default(),
             ingest_rejections: Family::default(),
+            schema_registry_requests: Family::default(),
             retries_scheduled: Family::default(),
             retry_redelivered: Family::default(),
             retry_invalid: Family::default(),
@@ -322,6 +338,11 @@ impl Metrics {
         registry.register("consumer_lag_messages", "High watermark minus committed position", m.lag.clone());
         registry.register("source_events", "Events emitted by built-in sources", m.source_events.clone());
         registry.register("ingest_requests", "HTTP ingest requests answered, by status", m.ingest_requests.clone());
+        registry.register(
+            "schema_registry_requests",
+            "Requests to schema registries, by outcome",
+            m.schema_registry_requests.clone(),
+        );
         registry.register(
             "ingest_messages",
             "Messages taken in over HTTP and acknowledged by the transport",

@@ -12,6 +12,7 @@ mod http;
 pub mod json;
 mod map;
 mod passthrough;
+pub mod schema;
 mod sink;
 
 pub use chaos::{Chaos, fate as chaos_fate};
@@ -19,6 +20,7 @@ pub use files::{Download, Upload};
 pub use http::HttpStage;
 pub use map::MapStage;
 pub use passthrough::Passthrough;
+pub use schema::{Decode, Encode, SCHEMA_ID_HEADER, Transcode};
 pub use sink::Sink;
 
 use crate::classify::ErrorCategory;
@@ -85,6 +87,12 @@ pub enum BuildError {
     HttpClient(String),
     #[error(transparent)]
     Azure(#[from] crate::azure::AzureError),
+    #[error("unknown schema registry {0:?}")]
+    UnknownRegistry(String),
+    #[error("schema registry {name:?} is of type {kind}; this needs {want}")]
+    RegistryKind { name: String, kind: &'static str, want: &'static str },
+    #[error("{0}")]
+    Avro(String),
 }
 
 /// A stage failure.
@@ -100,6 +108,8 @@ pub enum StageError {
     Io(String),
     #[error("{message}")]
     Other { category: ErrorCategory, kind: String, message: String },
+    #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaError),
 }
 
 impl StageError {
@@ -108,6 +118,22 @@ impl StageError {
             StageError::InvalidJson(_) | StageError::MissingField(_) | StageError::Panic(_) => ErrorCategory::Permanent,
             StageError::Io(_) => ErrorCategory::Transient,
             StageError::Other { category, .. } => *category,
+            StageError::Schema(e) => e.category(),
+        }
+    }
+
+    /// Whether a dependency every message needs is out (a schema registry
+    /// that does not answer): the message waits and is never dead-lettered
+    /// for it (`worker::policy::decide_outage`).
+    pub fn is_outage(&self) -> bool {
+        matches!(self, StageError::Schema(e) if e.is_outage())
+    }
+
+    /// The schema id the failure concerns (dead-letter envelopes carry it).
+    pub fn schema_id(&self) -> Option<&str> {
+        match self {
+            StageError::Schema(e) => e.schema_id(),
+            _ => None,
         }
     }
 
@@ -119,6 +145,7 @@ impl StageError {
             StageError::Panic(_) => "panic",
             StageError::Io(_) => "io",
             StageError::Other { kind, .. } => kind,
+            StageError::Schema(e) => e.kind(),
         }
     }
 
@@ -141,12 +168,84 @@ pub(crate) fn test_message(payload: &[u8]) -> PipelineMessage {
     }
 }
 
+/// What stages are built with besides their config.
+#[derive(Default)]
+pub struct Context {
+    /// The configured schema registries.
+    pub registries: crate::schema::Registries,
+    /// Each output's entity name on its transport (its Kafka topic),
+    /// indexed like the `Outputs`.
+    pub topics: Vec<String>,
+}
+
+impl Context {
+    fn registry(
+        &self,
+        name: &str,
+        want: Option<crate::schema::registry::Kind>,
+    ) -> Result<Arc<crate::schema::Registry>, BuildError> {
+        let r = self.registries.get(name).ok_or_else(|| BuildError::UnknownRegistry(name.into()))?;
+        match want {
+            Some(k) if r.kind() != k => {
+                Err(BuildError::RegistryKind { name: name.into(), kind: r.kind().as_str(), want: k.as_str() })
+            }
+            _ => Ok(r),
+        }
+    }
+
+    /// A decoder over the registries `names`, resolving to `reader`.
+    pub fn decoder(
+        &self,
+        names: &crate::config::Names,
+        reader: Option<&crate::config::SchemaSource>,
+    ) -> Result<crate::schema::codec::Decoder, BuildError> {
+        let registries = names.list().into_iter().map(|n| self.registry(n, None)).collect::<Result<_, _>>()?;
+        let reader = match reader {
+            Some(r) => {
+                Some(r.text().and_then(|t| crate::schema::avro::AvroSchema::parse(&t)).map_err(BuildError::Avro)?)
+            }
+            None => None,
+        };
+        Ok(crate::schema::codec::Decoder { registries, reader })
+    }
+
+    /// A Confluent → Azure transcoder.
+    pub fn transcoder(&self, cfg: &crate::config::TranscodeConfig) -> Result<crate::schema::Transcoder, BuildError> {
+        use crate::schema::registry::Kind;
+        Ok(crate::schema::Transcoder::new(
+            self.registry(&cfg.from, Some(Kind::Confluent))?,
+            self.registry(&cfg.to, Some(Kind::Azure))?,
+        ))
+    }
+}
+
 /// Builds the stage a config asks for.
-pub fn build(cfg: &StageConfig, outputs: &Outputs) -> Result<Arc<dyn Stage>, BuildError> {
+pub fn build(cfg: &StageConfig, outputs: &Outputs, cx: &Context) -> Result<Arc<dyn Stage>, BuildError> {
     let default = || outputs.index("default").ok_or(BuildError::NoDefaultOutput);
     Ok(match cfg {
         StageConfig::Passthrough => Arc::new(Passthrough { output: default()? }),
-        StageConfig::Map(m) => Arc::new(MapStage::new(m, outputs)?),
+        StageConfig::Map(m) => Arc::new(MapStage::new(m, outputs, cx)?),
+        StageConfig::Decode(d) => {
+            Arc::new(Decode { decoder: cx.decoder(&d.registry, d.reader_schema.as_ref())?, output: default()? })
+        }
+        StageConfig::Encode(e) => {
+            let output = default()?;
+            let registry = cx.registry(&e.registry, None)?;
+            let schema =
+                e.schema.text().and_then(|t| crate::schema::avro::AvroSchema::parse(&t)).map_err(BuildError::Avro)?;
+            let subject = match &e.subject {
+                Some(s) => s.clone(),
+                None => {
+                    let topic = cx.topics.get(output).map(String::as_str).unwrap_or("default");
+                    registry.subject(topic, &schema).map_err(|e| BuildError::Avro(e.to_string()))?
+                }
+            };
+            Arc::new(Encode {
+                encoder: crate::schema::Encoder { registry, schema, subject, register: e.register },
+                output,
+            })
+        }
+        StageConfig::Transcode(t) => Arc::new(Transcode { transcoder: cx.transcoder(t)?, output: default()? }),
         StageConfig::Sink(c) => Arc::new(Sink::new(c.clone())),
         StageConfig::Http(c) => Arc::new(HttpStage::new(c, outputs)?),
         StageConfig::Download(c) => Arc::new(Download::new(c.clone(), default()?)?),

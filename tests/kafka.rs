@@ -361,6 +361,7 @@ async fn dlq_tools_on_kafka_read_every_envelope_and_redrive_commits() {
                 first_failure: now,
                 last_failure: now,
                 attempts: 1,
+                schema_id: None,
             };
             let cx = Context { transport: "kafka", consumer_group: "copy", worker: "copy" };
             Envelope::new(&m, &f, &cx).to_message(m.key.clone())

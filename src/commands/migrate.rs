@@ -12,7 +12,7 @@
 use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
 use crate::config::{Config, Side};
 use crate::migration::status::{self, EntityStatus};
-use crate::migration::verify::{self, Rec, Report};
+use crate::migration::verify::{self, Compare, Rec, Report};
 use crate::runtime::{LiveTransport, RuntimeError, transports};
 use crate::transport::scan::{self, Next, ScanError};
 use crate::transport::{PartitionInfo, PartitionReader, PipelineMessage, Transport};
@@ -126,13 +126,14 @@ async fn read_side(
     entity: &str,
     physical: &str,
     old_side: (&str, &str),
+    how: Compare,
     bar: &ProgressBar,
 ) -> Result<(Vec<Rec>, Vec<PartitionInfo>), ScanError> {
     let mut out = Vec::new();
     let extents =
         scan::browse(t, entity, physical, async |_r: &mut Box<dyn PartitionReader>, batch: Vec<PipelineMessage>| {
             bar.inc(batch.len() as u64);
-            out.extend(batch.iter().map(|m| Rec::of(m, old_side)));
+            out.extend(batch.iter().map(|m| Rec::of(m, old_side, how)));
             Ok::<_, ScanError>(Next::More)
         })
         .await?;
@@ -184,7 +185,9 @@ pub async fn verify(cfg: &Config, entity: &str, progress: bool) -> Result<Verifi
     let old_t = open(cfg, &old.transport, "old", &old_at).await?;
     let new_t =
         if new.transport == old.transport { old_t.clone() } else { open(cfg, &new.transport, "new", &new_at).await? };
-    let result = verify_with(entity, (&old, &old_t.transport), (&new, &new_t.transport), progress).await;
+    let transcoded = cfg.entities[entity].migrate.as_ref().is_some_and(|m| m.transcode.is_some());
+    let how = if transcoded { Compare::Records } else { Compare::Bytes };
+    let result = verify_with(entity, (&old, &old_t.transport), (&new, &new_t.transport), how, progress).await;
     for t in [&old_t, &new_t] {
         t.transport.close(Duration::from_secs(10)).await;
     }
@@ -197,6 +200,7 @@ pub async fn verify_with(
     entity: &str,
     (old, old_t): (&Side, &Arc<dyn Transport>),
     (new, new_t): (&Side, &Arc<dyn Transport>),
+    how: Compare,
     progress: bool,
 ) -> Result<Verified, MigrateError> {
     let old_at = format!("{}/{}", old.transport, old.physical);
@@ -213,11 +217,11 @@ pub async fn verify_with(
         };
         let old_side = (old.transport.as_str(), old.physical.as_str());
         let (old_recs, extents) =
-            read_side(old_t, entity, &old.physical, old_side, &bar).await.map_err(unreachable("old", &old_at))?;
+            read_side(old_t, entity, &old.physical, old_side, how, &bar).await.map_err(unreachable("old", &old_at))?;
         mirror_caught_up(old_t, &old.physical, &extents).await;
         bar.set_message(new_at.clone());
         let (new_recs, _) =
-            read_side(new_t, entity, &new.physical, old_side, &bar).await.map_err(unreachable("new", &new_at))?;
+            read_side(new_t, entity, &new.physical, old_side, how, &bar).await.map_err(unreachable("new", &new_at))?;
         let extents: BTreeMap<u32, (i64, i64)> = extents.iter().map(|e| (e.partition, (e.earliest, e.next))).collect();
         let report = verify::compare(&old_recs, &extents, &new_recs);
         Ok(Verified { entity: entity.to_string(), from: old_at.clone(), to: new_at.clone(), report })

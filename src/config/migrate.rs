@@ -29,6 +29,13 @@ pub struct MigrateConfig {
     /// refused.
     #[serde(default)]
     pub rollback: bool,
+    /// `{ from, to }`: Confluent-framed Avro on the old side becomes
+    /// Azure-framed Avro on the new side — in the mirror's copies and in
+    /// what producers write during `cutover` and `done` (see
+    /// `docs/schemas.md`). Consumers of the new side then read what a
+    /// native Azure producer would write.
+    #[serde(default)]
+    pub transcode: Option<super::schema::TranscodeConfig>,
 }
 
 /// A migration phase, in the order phases move forward.

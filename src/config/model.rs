@@ -26,6 +26,10 @@ pub struct Config {
     /// Built-in sources that write into entities (e.g. the simulator).
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
+    /// Named schema registries (`type: confluent` or `type: azure`) the
+    /// schema stages and migrations refer to.
+    #[serde(default)]
+    pub schema_registries: BTreeMap<String, super::schema::SchemaRegistryConfig>,
     /// Workers: each consumes one input entity, runs a stage per message and
     /// produces to named outputs.
     #[serde(default)]

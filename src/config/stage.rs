@@ -35,6 +35,15 @@ pub enum StageConfig {
     /// Appends each message (a JSON object) as one line to rotated JSON Lines
     /// files; positions are committed only after the file is fsync'd.
     Sink(SinkConfig),
+    /// Reads schema-framed records (Confluent or Azure Avro) into JSON for
+    /// the next stages, to `default` (see `docs/schemas.md`).
+    Decode(super::schema::DecodeConfig),
+    /// Writes JSON payloads as Avro records with a registered schema, framed
+    /// for the registry (Confluent bytes, or Azure content type), to `default`.
+    Encode(super::schema::EncodeConfig),
+    /// Turns Confluent-framed Avro into Azure-framed Avro (the schema is
+    /// registered in the Azure group; record bytes kept), to `default`.
+    Transcode(super::schema::TranscodeConfig),
     /// Fault injection for drills and tests: fails a fixed share of messages,
     /// chosen by a hash of the payload (so a message fails the same way every
     /// time), and forwards the rest unchanged to `default`.
@@ -51,6 +60,9 @@ impl StageConfig {
             StageConfig::Download(_) => "download",
             StageConfig::Upload(_) => "upload",
             StageConfig::Chaos(_) => "chaos",
+            StageConfig::Decode(_) => "decode",
+            StageConfig::Encode(_) => "encode",
+            StageConfig::Transcode(_) => "transcode",
         }
     }
 }
@@ -81,9 +93,11 @@ pub struct MapConfig {
     #[serde(default)]
     pub require: Vec<String>,
     /// A JSON Schema (inline, any draft the `jsonschema` crate supports) the
-    /// payload must satisfy.
+    /// payload must satisfy; or `{ registry, format: avro }`: the payload
+    /// is a schema-framed record, decoded into JSON (as `type: decode`
+    /// does) before the other steps.
     #[serde(default)]
-    pub schema: Option<serde_json::Value>,
+    pub schema: Option<MapSchema>,
     /// Renames: old path → new path.
     #[serde(default)]
     pub rename: BTreeMap<String, String>,
@@ -101,6 +115,25 @@ pub struct MapConfig {
     /// (or fail as `Permanent` when there is no `default` output).
     #[serde(default)]
     pub route: Vec<RouteRule>,
+}
+
+/// `schema:` of a map stage.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum MapSchema {
+    /// `{ registry, format }`: decode through a schema registry.
+    Registry(MapRegistrySchema),
+    /// An inline JSON Schema.
+    Json(serde_json::Value),
+}
+
+/// `schema: { registry, format: avro }`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MapRegistrySchema {
+    /// The registry (or registries) of the messages, as for `type: decode`.
+    pub registry: super::schema::Names,
+    pub format: super::schema::SchemaFormat,
 }
 
 /// `id: { into, from }`
@@ -304,10 +337,46 @@ pub enum UploadTarget {
 impl StageConfig {
     /// Checks this stage's settings; `at` is the path of the `stage:` key and
     /// `outputs` the worker's outputs. Errors and warnings go to `issues`.
-    pub(super) fn validate(&self, issues: &mut Issues<'_>, at: &[&str], outputs: &BTreeMap<String, String>) {
+    pub(super) fn validate(
+        &self,
+        issues: &mut Issues<'_>,
+        at: &[&str],
+        outputs: &BTreeMap<String, String>,
+        registries: &BTreeMap<String, super::schema::SchemaRegistryConfig>,
+    ) {
+        use super::schema::registry_ref;
         match self {
             StageConfig::Passthrough | StageConfig::Sink(_) | StageConfig::Download(_) => {}
-            StageConfig::Map(m) => m.validate(issues, at, outputs),
+            StageConfig::Map(m) => {
+                m.validate(issues, at, outputs);
+                if let Some(MapSchema::Registry(r)) = &m.schema {
+                    for name in r.registry.list() {
+                        registry_ref(
+                            issues,
+                            &join(at, &["schema", "registry"]),
+                            name,
+                            &["confluent", "azure"],
+                            registries,
+                        );
+                    }
+                }
+            }
+            StageConfig::Decode(d) => {
+                for name in d.registry.list() {
+                    registry_ref(issues, &join(at, &["registry"]), name, &["confluent", "azure"], registries);
+                }
+                if let Some(r) = &d.reader_schema {
+                    check_avro(issues, &join(at, &["reader_schema"]), r);
+                }
+            }
+            StageConfig::Encode(e) => {
+                registry_ref(issues, &join(at, &["registry"]), &e.registry, &["confluent", "azure"], registries);
+                check_avro(issues, &join(at, &["schema"]), &e.schema);
+            }
+            StageConfig::Transcode(t) => {
+                registry_ref(issues, &join(at, &["from"]), &t.from, &["confluent"], registries);
+                registry_ref(issues, &join(at, &["to"]), &t.to, &["azure"], registries);
+            }
             StageConfig::Http(h) => h.validate(issues, at, outputs),
             StageConfig::Upload(u) => {
                 if let UploadTarget::Blob(loc) = &u.target {
@@ -329,6 +398,13 @@ impl StageConfig {
     }
 }
 
+/// An error at `at` when `source` is not a readable Avro schema.
+fn check_avro(issues: &mut Issues<'_>, at: &[&str], source: &super::schema::SchemaSource) {
+    if let Err(e) = source.text().and_then(|t| crate::schema::avro::AvroSchema::parse(&t)) {
+        issues.error(at, e);
+    }
+}
+
 /// An error at `at.field` when `output` is not one of the worker's outputs.
 fn check_output(issues: &mut Issues<'_>, at: &[&str], output: &str, outputs: &BTreeMap<String, String>) {
     if !outputs.contains_key(output) {
@@ -343,7 +419,7 @@ impl MapConfig {
             let i = i.to_string();
             check_output(issues, &join(at, &["route", &i, "output"]), &r.output, outputs);
         }
-        if let Some(schema) = &self.schema
+        if let Some(MapSchema::Json(schema)) = &self.schema
             && let Err(e) = jsonschema::validator_for(schema)
         {
             issues.error(&join(at, &["schema"]), format!("not a valid JSON Schema: {e}"));

@@ -244,3 +244,80 @@ fn http_sources_are_checked_where_they_are_written() {
         assert!(s.contains("c.yaml:"), "names the file and line: {s}");
     }
 }
+
+#[test]
+fn schema_registries_and_their_references_are_checked_where_they_are_written() {
+    let registries = "schema_registries:\n  conf: { type: confluent, url: \"http://r:8081\" }\n  az: { type: azure, namespace: ns.servicebus.windows.net, group: g, credential: { type: managed_identity } }\n";
+    let with_stage = |stage: &str| {
+        GOOD.replace("stage: { type: passthrough }", &format!("stage: {stage}")).replacen(
+            "transports:",
+            &format!("{registries}transports:"),
+            1,
+        )
+    };
+    let ok = load(&with_stage("{ type: decode, registry: [conf, az] }")).unwrap();
+    assert!(matches!(&ok.config.workers["orders-forward"].stage, StageConfig::Decode(_)));
+    let ok = load(&with_stage("{ type: map, schema: { registry: conf, format: avro }, require: [id] }")).unwrap();
+    let StageConfig::Map(m) = &ok.config.workers["orders-forward"].stage else { panic!("a map") };
+    assert!(matches!(m.schema, Some(MapSchema::Registry(_))));
+    let ok = load(&with_stage("{ type: map, schema: { type: object, required: [id] } }")).unwrap();
+    let StageConfig::Map(m) = &ok.config.workers["orders-forward"].stage else { panic!("a map") };
+    assert!(matches!(m.schema, Some(MapSchema::Json(_))), "an inline JSON Schema stays one");
+    let table = [
+        ("{ type: decode, registry: confluent }", "stage.registry", "unknown schema registry \"confluent\""),
+        ("{ type: transcode, from: az, to: conf }", "stage.from", "is of type azure; this needs confluent"),
+        ("{ type: transcode, from: conf, to: conf }", "stage.to", "is of type confluent; this needs azure"),
+        ("{ type: encode, registry: conf, schema: { type: record } }", "stage.schema", "not a valid Avro schema"),
+        ("{ type: encode, registry: conf, schema: { file: /nonexistent.avsc } }", "stage.schema", "cannot read"),
+        ("{ type: decode, registry: conf, format: protobuf }", "stage", "protobuf"),
+        ("{ type: map, schema: { registry: nope, format: avro } }", "stage.schema.registry", "unknown schema registry"),
+    ];
+    for (stage, at, says) in table {
+        let e = load(&with_stage(stage)).expect_err(stage);
+        let s = e.to_string();
+        assert!(s.contains(at) && s.contains(says), "{stage}: want {at} / {says}, got {s}");
+        assert!(s.contains("c.yaml:"), "names the file and line: {s}");
+    }
+    let bad_registries = [
+        ("  r: { type: confluent, url: \"ftp://x\" }\n", "schema_registries.r.url", "http:// or https://"),
+        (
+            "  r: { type: confluent, url: \"http://x\", tls: { ca: /nonexistent.pem } }\n",
+            "schema_registries.r.tls.ca",
+            "no file",
+        ),
+        (
+            "  r: { type: azure, namespace: \"http://x\", group: g, credential: { type: developer } }\n",
+            "schema_registries.r.namespace",
+            "https://",
+        ),
+        (
+            "  r: { type: azure, namespace: ns, group: \"a/b\", credential: { type: developer } }\n",
+            "schema_registries.r.group",
+            "schema group",
+        ),
+        ("  r: { type: karapace, url: \"http://x\" }\n", "schema_registries.r", "karapace"),
+        ("  r: { type: confluent, url: \"http://x\", subject_strategy: topic }\n", "schema_registries.r", "topic"),
+    ];
+    for (entry, at, says) in bad_registries {
+        let e = load(&format!("{GOOD}schema_registries:\n{entry}")).expect_err(entry);
+        let s = e.to_string();
+        assert!(s.contains(at) && s.contains(says), "{entry}: want {at} / {says}, got {s}");
+        assert!(s.contains("c.yaml:"), "names the file and line: {s}");
+    }
+    // a migration's transcode names a Confluent and an Azure registry
+    let migrating = |transcode: &str| {
+        format!(
+            "{}schema_registries:\n  conf: {{ type: confluent, url: \"http://r\" }}\n",
+            GOOD.replace("local: { type: embedded }", "local: { type: embedded }\n  other: { type: embedded }").replace(
+                "orders.in:  { transport: local, partitions: 4 }",
+                &format!("orders.in:  {{ transport: local, partitions: 4, migrate: {{ to: other, phase: mirror, transcode: {transcode} }} }}")
+            )
+        )
+    };
+    let e = load(&migrating("{ from: conf, to: azr }")).unwrap_err().to_string();
+    assert!(
+        e.contains("entities.orders.in.migrate.transcode.to") && e.contains("unknown schema registry \"azr\""),
+        "{e}"
+    );
+    assert!(e.contains("c.yaml:"), "{e}");
+}

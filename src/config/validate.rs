@@ -13,6 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Every check, errors and warnings into `v`.
 pub(super) fn validate(c: &Config, v: &mut Issues<'_>) {
     entities(c, v);
+    for (name, r) in &c.schema_registries {
+        r.validate(v, name);
+    }
     for (name, t) in &c.transports {
         transport(v, name, t);
     }
@@ -93,6 +96,11 @@ fn migrate(c: &Config, v: &mut Issues<'_>, name: &str, e: &EntityConfig, m: &Mig
     }
     if m.partitions.is_some_and(|p| p == 0 || p > 1024) {
         v.error(&["entities", name, "migrate", "partitions"], "must be between 1 and 1024");
+    }
+    if let Some(t) = &m.transcode {
+        let at = ["entities", name, "migrate", "transcode"];
+        super::schema::registry_ref(v, &join(&at, &["from"]), &t.from, &["confluent"], &c.schema_registries);
+        super::schema::registry_ref(v, &join(&at, &["to"]), &t.to, &["azure"], &c.schema_registries);
     }
     if m.phase == Phase::Done {
         let new = e.new_side(name).map(|s| s.transport).unwrap_or_default();
@@ -336,7 +344,7 @@ fn worker<'c>(
             v.error(&["workers", name, "dead_letter"], "the dead-letter entity cannot be the worker's input");
         }
     }
-    w.stage.validate(v, &["workers", name, "stage"], &w.outputs);
+    w.stage.validate(v, &["workers", name, "stage"], &w.outputs, &c.schema_registries);
     for (i, t) in w.tee.iter().enumerate() {
         if !w.outputs.contains_key(t) {
             let i = i.to_string();

@@ -21,6 +21,10 @@ pub struct Mirror {
     pub to: (String, String),
     /// Keep the partition index (the partition counts match).
     pub keep_partition: bool,
+    /// `migrate.transcode`: copies leave Azure-framed. A message that
+    /// cannot be transcoded is not dropped: the mirror has no dead-letter
+    /// entity, so it is tried again in place and the mirror shows the error.
+    pub transcode: Option<std::sync::Arc<crate::schema::Transcoder>>,
 }
 
 #[async_trait]
@@ -31,16 +35,17 @@ impl Stage for Mirror {
         }
         let mut headers = msg.headers.clone();
         headers.set(origin::HEADER, Origin::render(&self.from.0, &self.from.1, msg.partition, msg.position));
-        out.push(Emit {
-            output: 0,
-            message: OutboundMessage {
-                key: msg.key.clone(),
-                headers,
-                payload: msg.payload.clone(),
-                partition: self.keep_partition.then_some(msg.partition),
-                timestamp_ms: Some(msg.timestamp_ms),
-            },
-        });
+        let mut copy = OutboundMessage {
+            key: msg.key.clone(),
+            headers,
+            payload: msg.payload.clone(),
+            partition: self.keep_partition.then_some(msg.partition),
+            timestamp_ms: Some(msg.timestamp_ms),
+        };
+        if let Some(t) = &self.transcode {
+            copy = t.transcode(copy).await?;
+        }
+        out.push(Emit { output: 0, message: copy });
         Ok(())
     }
 }
@@ -52,7 +57,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_copy_keeps_everything_and_names_its_original() {
-        let m = Mirror { from: ("kafka".into(), "t".into()), to: ("hubs".into(), "h".into()), keep_partition: true };
+        let m = Mirror {
+            from: ("kafka".into(), "t".into()),
+            to: ("hubs".into(), "h".into()),
+            keep_partition: true,
+            transcode: None,
+        };
         let mut h = Headers::default();
         h.set("traceparent", "00-1-2-01");
         h.0.push(("traceparent".into(), "second".into()));

@@ -43,4 +43,5 @@ pub mod origin;
 pub mod plan;
 pub mod status;
 pub mod switch;
+pub mod transcode;
 pub mod verify;

@@ -77,6 +77,7 @@ mod tests {
                 partitions: Some(2),
                 phase,
                 rollback,
+                transcode: None,
             }),
         }
     }

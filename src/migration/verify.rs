@@ -11,6 +11,11 @@
 //! - **the first missing, extra, changed and out-of-order example**, with
 //!   positions.
 //!
+//! A transcoding migration (`migrate.transcode`) changes the framing on
+//! purpose, so there ([`Compare::Records`]) the hash covers the Avro record
+//! without its framing (the Confluent header, the Azure content type): the
+//! same record under another schema id is equal, another record is not.
+//!
 //! A copy written twice (the mirror delivers at least once) is counted as a
 //! duplicate and compared once; it is not a difference. Messages produced on
 //! the new side itself (after a cut-over) carry no origin and are counted as
@@ -46,9 +51,37 @@ pub enum Copied {
     Other,
 }
 
+/// What is compared of a message's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    /// Key, payload and headers, byte for byte.
+    Bytes,
+    /// Key, the Avro record without its framing, and the headers but the
+    /// content type (a transcoding migration).
+    Records,
+}
+
+/// The payload and headers a [`Compare`] hashes.
+fn content<'a>(m: &'a crate::transport::PipelineMessage, how: Compare) -> (&'a [u8], Headers) {
+    use crate::schema::wire;
+    match how {
+        Compare::Bytes => (&m.payload, m.headers.clone()),
+        Compare::Records => {
+            let azure = m.headers.get_str(wire::CONTENT_TYPE).is_some_and(|ct| wire::azure_schema_id(ct).is_ok());
+            let record = match wire::confluent_split(&m.payload) {
+                Ok((_, body)) if !azure => body,
+                _ => &m.payload,
+            };
+            let mut h = m.headers.clone();
+            h.0.retain(|(n, _)| n != wire::CONTENT_TYPE);
+            (record, h)
+        }
+    }
+}
+
 impl Rec {
     /// `m` as read; `old_side` is the old side's (transport, name).
-    pub fn of(m: &crate::transport::PipelineMessage, old_side: (&str, &str)) -> Rec {
+    pub fn of(m: &crate::transport::PipelineMessage, old_side: (&str, &str), how: Compare) -> Rec {
         let copy = match Origin::of(&m.headers) {
             None => Copied::No,
             Some(o) if o.is_from(old_side.0, old_side.1) => {
@@ -60,7 +93,10 @@ impl Rec {
             partition: m.partition,
             position: m.position,
             key: m.key.clone(),
-            digest: digest(m.key.as_deref(), &m.payload, &m.headers),
+            digest: {
+                let (payload, headers) = content(m, how);
+                digest(m.key.as_deref(), payload, &headers)
+            },
             copy,
         }
     }
@@ -376,5 +412,28 @@ mod tests {
         assert_ne!(digest(Some(b"k"), b"p", &h1), digest(None, b"p", &h1));
         assert_ne!(digest(Some(b"k"), b"p", &h1), digest(Some(b"k"), b"q", &h1));
         assert_ne!(digest(Some(b"ab"), b"c", &Headers::default()), digest(Some(b"a"), b"bc", &Headers::default()));
+    }
+
+    #[test]
+    fn a_transcoding_migration_compares_records_not_framing() {
+        use crate::schema::wire;
+        let msg = |payload: Vec<u8>, ct: Option<&str>| {
+            let mut m = crate::stages::test_message(&payload);
+            m.key = Some("k".into());
+            if let Some(ct) = ct {
+                m.headers.set(wire::CONTENT_TYPE, ct.to_string());
+            }
+            m
+        };
+        let side = ("kafka", "t");
+        let old = msg(wire::confluent_frame(7, b"record"), None);
+        let copy = msg(b"record".to_vec(), Some("avro/binary+0123456789abcdef0123456789abcdef"));
+        let other = msg(b"record2".to_vec(), Some("avro/binary+0123456789abcdef0123456789abcdef"));
+        let d = |m, how| Rec::of(m, side, how).digest;
+        assert_eq!(d(&old, Compare::Records), d(&copy, Compare::Records), "same record, other framing: equal");
+        assert_ne!(d(&old, Compare::Records), d(&other, Compare::Records), "another record: changed");
+        assert_ne!(d(&old, Compare::Bytes), d(&copy, Compare::Bytes), "byte for byte they differ");
+        // a copy left Confluent-framed (not transcoded) is equal as a record too
+        assert_eq!(d(&old, Compare::Records), d(&msg(wire::confluent_frame(9, b"record"), None), Compare::Records));
     }
 }

@@ -346,6 +346,7 @@ impl Scheduler {
                 .unwrap_or(now),
             last_failure: now,
             attempts: state.attempts,
+            schema_id: None,
         };
         let cx = Context { transport: self.host.transport.kind(), consumer_group: GROUP, worker: dlq_worker };
         let clean = PipelineMessage { headers: super::strip(&m.headers), ..m.clone() };

@@ -56,6 +56,8 @@ pub struct Parts<'a> {
     pub grace: Duration,
     /// Ingest routes of the admin listener (`type: http` without `listen`).
     pub routes: &'a Arc<Routes>,
+    /// The config's schema registries.
+    pub registries: crate::schema::Registries,
 }
 
 /// A built task, ready to spawn.
@@ -116,7 +118,25 @@ impl Parts<'_> {
 
     fn output(&self, entity: &str, produced: Counter) -> Result<OutputTarget, RuntimeError> {
         let (live, physical) = self.locate(entity)?;
-        Ok(OutputTarget { entity: entity.to_string(), physical, producer: live.producer.clone(), produced })
+        let e = self.entity(entity)?;
+        let mut producer = live.producer.clone();
+        // cut-over producers write the new side: Azure-framed when the
+        // migration transcodes
+        if e.new_side(entity).is_some_and(|new| e.write_side(entity) == new)
+            && let Some(transcoder) = self.transcoder(e)?
+        {
+            producer = Arc::new(migration::transcode::Transcoding { inner: producer, transcoder });
+        }
+        Ok(OutputTarget { entity: entity.to_string(), physical, producer, produced })
+    }
+
+    /// The transcoder of a migration that transcodes.
+    fn transcoder(&self, e: &EntityConfig) -> Result<Option<Arc<crate::schema::Transcoder>>, RuntimeError> {
+        let Some(t) = e.migrate.as_ref().and_then(|m| m.transcode.as_ref()) else { return Ok(None) };
+        let cx = stages::Context { registries: self.registries.clone(), topics: vec![] };
+        cx.transcoder(t)
+            .map(|t| Some(Arc::new(t)))
+            .map_err(|source| RuntimeError::Stage { worker: "(migration transcode)".into(), source: Box::new(source) })
     }
 
     fn retry_target(&self, entity: &str) -> Result<retry::scheduler::Target, RuntimeError> {
@@ -168,6 +188,7 @@ impl Parts<'_> {
             from: (from.transport.clone(), from.physical.clone()),
             to: (to.transport.clone(), to.physical.clone()),
             keep_partition: from.partitions == to.partitions,
+            transcode: self.transcoder(e)?,
         });
         Ok(Arc::new(WorkerSpec {
             name: name.to_string(),
@@ -206,6 +227,16 @@ impl Parts<'_> {
         }))
     }
 
+    /// What the stage of `worker` is built with.
+    fn stage_context(&self, worker: &crate::config::WorkerConfig) -> stages::Context {
+        let topics = Outputs::new(worker.outputs.keys().cloned())
+            .names()
+            .iter()
+            .map(|o| self.locate(&worker.outputs[o]).map(|(_, physical)| physical).unwrap_or_else(|_| o.clone()))
+            .collect();
+        stages::Context { registries: self.registries.clone(), topics }
+    }
+
     /// Worker `name` of the config.
     pub fn worker(&self, name: &str) -> Result<Arc<WorkerSpec>, RuntimeError> {
         let worker = &self.cfg.workers[name];
@@ -214,7 +245,7 @@ impl Parts<'_> {
         let outputs = Outputs::new(worker.outputs.keys().cloned());
         let stage = match self.opts.stages.get(name) {
             Some(s) => s.clone(),
-            None => stages::build(&worker.stage, &outputs)
+            None => stages::build(&worker.stage, &outputs, &self.stage_context(worker))
                 .map_err(|source| RuntimeError::Stage { worker: name.to_string(), source: Box::new(source) })?,
         };
         let tee = {

@@ -21,6 +21,8 @@ pub enum RuntimeError {
     GraceExceeded(Dur),
     #[error("{0}")]
     Config(#[from] ConfigError),
+    #[error("{0}")]
+    Registry(Box<crate::schema::registry::SetupError>),
     #[error("the pipeline is shutting down; the reload was not applied")]
     ShuttingDown,
     #[error(

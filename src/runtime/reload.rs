@@ -279,6 +279,8 @@ impl Topology {
             opts: &shared.opts,
             grace: shared.grace,
             routes: &shared.routes,
+            registries: crate::schema::Registries::build(&cfg.schema_registries, Some(shared.metrics.clone()))
+                .map_err(|e| RuntimeError::Registry(Box::new(e)))?,
         };
         for (n, p) in new_plan {
             if tasks.contains_key(n) {
@@ -310,6 +312,11 @@ impl Topology {
                 }
             }
         }
+        let registries = crate::schema::Registries::build(&old.schema_registries, Some(shared.metrics.clone()))
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot rebuild the previous schema registries");
+                Default::default()
+            });
         let parts = Parts {
             cfg: old,
             transports: live,
@@ -318,6 +325,7 @@ impl Topology {
             opts: &shared.opts,
             grace: shared.grace,
             routes: &shared.routes,
+            registries,
         };
         for (n, p) in plan::plan(old) {
             if tasks.contains_key(&n) {

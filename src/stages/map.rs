@@ -9,7 +9,7 @@
 use super::json::{get, set, take};
 use super::{BuildError, Emit, Outputs, Stage, StageError};
 use crate::classify::ErrorCategory;
-use crate::config::{Condition, IdConfig, MapConfig};
+use crate::config::{Condition, IdConfig, MapConfig, MapSchema};
 use crate::transport::{OutboundMessage, PipelineMessage};
 use async_trait::async_trait;
 use serde_json::Value;
@@ -17,6 +17,8 @@ use serde_json::Value;
 pub struct MapStage {
     require: Vec<String>,
     schema: Option<jsonschema::Validator>,
+    /// `schema: { registry }`: payloads are framed records, decoded first.
+    decoder: Option<crate::schema::codec::Decoder>,
     rename: Vec<(String, String)>,
     drop: Vec<String>,
     set: Vec<(String, Value)>,
@@ -26,10 +28,13 @@ pub struct MapStage {
 }
 
 impl MapStage {
-    pub fn new(cfg: &MapConfig, outputs: &Outputs) -> Result<Self, BuildError> {
-        let schema = match &cfg.schema {
-            Some(s) => Some(jsonschema::validator_for(s).map_err(|e| BuildError::Schema(e.to_string()))?),
-            None => None,
+    pub fn new(cfg: &MapConfig, outputs: &Outputs, cx: &super::Context) -> Result<Self, BuildError> {
+        let (schema, decoder) = match &cfg.schema {
+            Some(MapSchema::Json(s)) => {
+                (Some(jsonschema::validator_for(s).map_err(|e| BuildError::Schema(e.to_string()))?), None)
+            }
+            Some(MapSchema::Registry(r)) => (None, Some(cx.decoder(&r.registry, None)?)),
+            None => (None, None),
         };
         let route = cfg
             .route
@@ -45,6 +50,7 @@ impl MapStage {
         Ok(MapStage {
             require: cfg.require.clone(),
             schema,
+            decoder,
             rename: cfg.rename.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
             drop: cfg.drop.clone(),
             set: cfg.set.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
@@ -59,6 +65,7 @@ impl MapStage {
         MapStage {
             require,
             schema: None,
+            decoder: None,
             rename: vec![],
             drop: vec![],
             set: vec![],
@@ -69,7 +76,8 @@ impl MapStage {
     }
 
     fn reshapes(&self) -> bool {
-        !(self.rename.is_empty() && self.drop.is_empty() && self.set.is_empty() && self.id.is_none())
+        self.decoder.is_some()
+            || !(self.rename.is_empty() && self.drop.is_empty() && self.set.is_empty() && self.id.is_none())
     }
 }
 
@@ -123,7 +131,10 @@ fn sha256_hex(parts: &[&Value]) -> String {
 #[async_trait]
 impl Stage for MapStage {
     async fn process(&self, msg: &PipelineMessage, out: &mut Vec<Emit>) -> Result<(), StageError> {
-        let mut v: Value = serde_json::from_slice(&msg.payload).map_err(|e| StageError::InvalidJson(e.to_string()))?;
+        let mut v: Value = match &self.decoder {
+            Some(d) => d.decode(&msg.payload, &msg.headers).await?.json,
+            None => serde_json::from_slice(&msg.payload).map_err(|e| StageError::InvalidJson(e.to_string()))?,
+        };
         if !v.is_object() {
             return Err(StageError::InvalidJson("expected a JSON object".into()));
         }
@@ -176,6 +187,9 @@ impl Stage for MapStage {
         };
         let mut m = OutboundMessage::from_message(msg);
         m.payload = payload;
+        if self.decoder.is_some() {
+            m.headers.0.retain(|(n, _)| n != crate::schema::wire::CONTENT_TYPE);
+        }
         out.push(Emit { output, message: m });
         Ok(())
     }
@@ -191,7 +205,7 @@ mod tests {
 
     fn stage(yaml: &str, outputs: &[&str]) -> MapStage {
         let cfg: MapConfig = serde_yaml::from_str(yaml).unwrap();
-        MapStage::new(&cfg, &Outputs::new(outputs.iter().map(|s| s.to_string()))).unwrap()
+        MapStage::new(&cfg, &Outputs::new(outputs.iter().map(|s| s.to_string())), &Default::default()).unwrap()
     }
 
     async fn run(s: &MapStage, p: &str) -> Result<(usize, Value), StageError> {

@@ -215,6 +215,7 @@ pub(super) async fn run(
                 first_failure: now,
                 last_failure: now,
                 attempts: 1,
+                schema_id: None,
             };
             Some(Dead { envelope: envelope(&spec, msg, &f), key: msg.key.clone(), category: f.category })
         };
@@ -365,6 +366,7 @@ async fn process(
                     first_failure: state.first_failure_ms.map(ms_to_time).unwrap_or(now),
                     last_failure: now,
                     attempts: state.attempts,
+                    schema_id: None,
                 };
                 log_dead(spec, &clean, &f);
                 return Outcome::Dead(Box::new(envelope(spec, &clean, &f)), ErrorCategory::Permanent);
@@ -407,7 +409,12 @@ async fn process(
             Some(b) => b.lock().unwrap().state(tokio::time::Instant::now()),
             None => BreakerState::Closed,
         };
-        let wait = match policy::decide(Some(category), attempts, &spec.policy, breaker) {
+        let decision = if err.is_outage() {
+            policy::decide_outage(category, attempts, &spec.policy)
+        } else {
+            policy::decide(Some(category), attempts, &spec.policy, breaker)
+        };
+        let wait = match decision {
             Decision::Emit => unreachable!("a failure never emits"),
             Decision::ViaRetry(delay) => {
                 log_failure(spec, msg, &err, attempts, "message failed; scheduled for a delayed retry", Some(delay));
@@ -431,6 +438,7 @@ async fn process(
                     first_failure: first,
                     last_failure: now,
                     attempts,
+                    schema_id: err.schema_id(),
                 };
                 log_dead(spec, msg, &f);
                 return Outcome::Dead(Box::new(envelope(spec, msg, &f)), category);

@@ -102,6 +102,20 @@ pub fn decide(failure: Option<ErrorCategory>, attempts: u32, policy: &RetryPolic
     }
 }
 
+/// The decision after attempt `attempts` failed because a dependency every
+/// message needs is out (a schema registry that does not answer): nothing
+/// is wrong with the message, so it is neither dead-lettered nor sent
+/// through the retry entity — it waits in place (throttling: twice the
+/// delay) however long the outage lasts. `Auth` pauses as in [`decide`].
+pub fn decide_outage(category: ErrorCategory, attempts: u32, policy: &RetryPolicy) -> Decision {
+    let d = policy.in_place.delay(attempts);
+    match category {
+        ErrorCategory::Auth => Decision::Pause(d),
+        ErrorCategory::Throttling => Decision::InPlace(d.saturating_mul(2).min(policy.in_place.max)),
+        ErrorCategory::Transient | ErrorCategory::Permanent => Decision::InPlace(d),
+    }
+}
+
 /// Whose a message with retry headers is, for one worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryOwner {
@@ -192,6 +206,27 @@ mod tests {
         ];
         for (i, (failure, attempts, policy, breaker, want)) in table.into_iter().enumerate() {
             assert_eq!(decide(failure, attempts, policy, breaker), want, "row {i}: {failure:?} attempt {attempts}");
+        }
+    }
+
+    #[test]
+    fn an_outage_waits_in_place_however_many_attempts() {
+        let full = RetryPolicy { via: Some((vec![s(1)], 3)), in_place: Backoff::new(ms(10), s(1)), dead_letter: true };
+        let table = [
+            (Transient, 1, InPlace(ms(10))),
+            (Transient, 3, InPlace(ms(40))),
+            (Transient, 1000, InPlace(s(1))),
+            (Throttling, 1, InPlace(ms(20))),
+            (Throttling, 1000, InPlace(s(1))),
+            (Auth, 2, Pause(ms(20))),
+        ];
+        for (category, attempts, want) in table {
+            assert_eq!(decide_outage(category, attempts, &full), want, "{category:?} attempt {attempts}");
+            // where `decide` would dead-letter or use the retry entity
+            assert!(matches!(
+                decide(Some(category), attempts, &full, BreakerState::Closed),
+                DeadLetter | ViaRetry(_) | Pause(_)
+            ));
         }
     }
 

@@ -27,6 +27,7 @@ import sys
 
 from azure.eventhub import EventData
 from azure.eventhub.aio import EventHubConsumerClient, EventHubProducerClient
+from eh_receive import receive_until
 
 
 def _jsonable(v):
@@ -108,30 +109,11 @@ async def consume(args):
         if len(seen) >= args.expect:
             done.set()
 
-    async def on_error(ctx, err):
-        pid = ctx.partition_id if ctx is not None else None
-        print(f"consumer error on partition {pid}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-
     start = "-1" if args.start == "earliest" else "@latest"
 
     async def run():
         async with client:
-            task = asyncio.create_task(
-                client.receive(on_event=on_event, on_error=on_error, starting_position=start)
-            )
-            try:
-                if args.expect > 0:
-                    await asyncio.wait_for(done.wait(), timeout=args.timeout)
-                else:
-                    await asyncio.sleep(args.timeout)
-            except asyncio.TimeoutError:
-                pass
-            finally:
-                task.cancel()
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):  # pylint: disable=broad-except
-                    pass
+            await receive_until(client, on_event, done, args.expect, args.timeout, start)
 
     if store is not None:
         async with store:

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "eventhubs")]
 pub mod azure;
+pub mod registry;
 
 use conveyor::config::{self, Config, StartPosition};
 use conveyor::transport::embedded::{Embedded, EmbeddedOptions};

@@ -672,6 +672,9 @@ fn to_message(ev: &ReceivedEventData, label: &Arc<str>, partition: u32, seq: i64
             }
         }
     }
+    if let Some(ct) = data.content_type() {
+        headers.push((super::CONTENT_TYPE_HEADER.to_string(), Bytes::copy_from_slice(ct.as_bytes())));
+    }
     PipelineMessage {
         entity: label.clone(),
         partition,
