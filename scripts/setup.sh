@@ -60,4 +60,7 @@ if ! "$root/.cache/pyenv/bin/python" -c 'import azure.eventhub, azure.eventhub.e
 fi
 # Apache Kafka broker jars from Maven Central (cached in .cache/kafka and ~/.m2)
 "$(dirname "${BASH_SOURCE[0]}")/kafka/fetch.sh" >&2
+# A real schema registry with the Confluent API (Apicurio Registry, built from
+# Maven Central into .cache/apicurio)
+"$(dirname "${BASH_SOURCE[0]}")/apicurio/fetch.sh" >&2
 echo "setup: kcat $(kcat -V 2>&1 | head -1 | awk '{print $2}'), java $(java -version 2>&1 | head -1 | awk -F'"' '{print $2}'), systemd-analyze $(systemd-analyze --version | head -1 | cut -d' ' -f2), $(promtool --version 2>&1 | head -1)"

@@ -22,19 +22,6 @@ use support::*;
 const USER: &str = "reg-user";
 const PASSWORD: &str = "reg-Pa55word-do-not-log";
 
-async fn register(sr: &Standin, subject: &str, schema: &str) -> u32 {
-    let url = format!("{}/subjects/{subject}/versions", sr.confluent_url());
-    let r = reqwest::Client::new()
-        .post(url)
-        .basic_auth(USER, Some(PASSWORD))
-        .json(&json!({ "schema": schema }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "register: {}", r.status());
-    r.json::<Value>().await.unwrap()["id"].as_u64().unwrap() as u32
-}
-
 fn framed(id: u32, schema: &str, record: &Value) -> OutboundMessage {
     let body = AvroSchema::parse(schema).unwrap().encode(record).unwrap();
     OutboundMessage {
@@ -53,20 +40,35 @@ fn metric(rt: &Pipeline, name: &str, needle: &str) -> f64 {
 }
 
 /// Every failure class of part 4, on an in-process pipeline (embedded
-/// entities) and the Confluent stand-in with basic auth.
+/// entities) and the Confluent stand-in with basic auth (which can also
+/// fail on purpose: outage, throttling, 401).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_failures_are_classified_dead_lettered_with_their_id_or_waited_out() {
     let sr = Standin::start(&[("STANDIN_BASIC_AUTH", &format!("{USER}:{PASSWORD}"))]);
-    let v1 = register(&sr, "claims-value", CLAIM_V1).await;
-    let bad_schema = sr.file("bad.avsc", CLAIM_BAD);
+    failure_classes(&sr.confluent(Some((USER, PASSWORD))), Some(&sr)).await;
+}
+
+/// The permanent failure classes against a real registry (Apicurio's
+/// Confluent API): unknown id, undecodable payload, incompatible schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_failures_against_a_real_registry() {
+    let apicurio = Apicurio::start().await;
+    failure_classes(&apicurio.confluent(), None).await;
+}
+
+async fn failure_classes(reg: &Confluent, faults: Option<&Standin>) {
+    let subject = format!("claims-{:08x}-value", fastrand::u32(..));
+    let v1 = reg.register(&subject, CLAIM_V1).await;
+    let files = tempfile::tempdir().unwrap();
+    let bad_schema = files.path().join("bad.avsc");
+    std::fs::write(&bad_schema, CLAIM_BAD).unwrap();
+    let v2_schema = files.path().join("v2.avsc");
+    std::fs::write(&v2_schema, CLAIM_V2).unwrap();
     let cfg = config(&format!(
         r#"
 service: {{ http: {{ listen: "127.0.0.1:0" }} }}
 schema_registries:
-  conf:
-    type: confluent
-    url: {url}
-    basic_auth: {{ username: {USER}, password: "{PASSWORD}" }}
+  conf: {registry}
 transports: {{ local: {{ type: embedded }} }}
 entities:
   in: {{ transport: local, partitions: 2 }}
@@ -90,12 +92,23 @@ workers:
     dead_letter: dlq
   enc:
     input: json_in
-    stage: {{ type: encode, registry: conf, schema: {{ file: {bad} }}, register: true, subject: claims-value }}
+    stage: {{ type: encode, registry: conf, schema: {{ file: {bad} }}, register: true, subject: {subject} }}
+    outputs: {{ default: encoded }}
+    dead_letter: dlq
+  enc_unregistered_bad:
+    input: json_in
+    stage: {{ type: encode, registry: conf, schema: {{ file: {bad} }}, subject: {subject} }}
+    outputs: {{ default: encoded }}
+    dead_letter: dlq
+  enc_unregistered_new:
+    input: json_in
+    stage: {{ type: encode, registry: conf, schema: {{ file: {v2} }}, subject: {subject} }}
     outputs: {{ default: encoded }}
     dead_letter: dlq
 "#,
-        url = sr.confluent_url(),
+        registry = reg.yaml(),
         bad = bad_schema.display(),
+        v2 = v2_schema.display(),
     ));
     let rt = Pipeline::start(&cfg, 0, Options::default()).await.unwrap();
     let p = rt.transport("local").producer();
@@ -114,13 +127,13 @@ workers:
     p.send("in", batch).await.unwrap();
     p.send(
         "json_in",
-        vec![OutboundMessage { payload: json!({"id": "x", "n": "1"}).to_string().into(), ..Default::default() }],
+        vec![OutboundMessage { payload: json!({"id": "x", "n": 1}).to_string().into(), ..Default::default() }],
     )
     .await
     .unwrap();
 
     assert!(
-        eventually(Duration::from_secs(20), async || count(&rt, "out").await == 5 && count(&rt, "dlq").await == 7)
+        eventually(Duration::from_secs(20), async || count(&rt, "out").await == 5 && count(&rt, "dlq").await == 9)
             .await
     );
     let out: Vec<Value> = read_all(&*rt.transport("local"), "out")
@@ -157,13 +170,27 @@ workers:
             e.error.message
         );
     }
-    let inc = dead.iter().find(|e| e.origin.worker == "enc").expect("the encode worker's dead letter");
-    assert_eq!((inc.error.category, inc.error.kind.as_str()), (ErrorCategory::Permanent, "schema_incompatible"));
-    assert!(inc.error.message.contains("claims-value"), "{}", inc.error.message);
+    // encode: registering an incompatible schema is refused (409); without
+    // registering, the compatibility check tells an incompatible schema
+    // from one only not registered yet
+    let encode_table = [
+        ("enc", "schema_incompatible", "refuses the schema"),
+        ("enc_unregistered_bad", "schema_incompatible", "incompatible with its latest version (versions: [1])"),
+        ("enc_unregistered_new", "schema_unknown", "not registered there (versions: [1])"),
+    ];
+    for (worker, kind, says) in encode_table {
+        let e = dead.iter().find(|e| e.origin.worker == worker).unwrap_or_else(|| panic!("{worker}'s dead letter"));
+        assert_eq!((e.error.category, e.error.kind.as_str()), (ErrorCategory::Permanent, kind), "{worker}");
+        assert!(e.error.message.contains(says) && e.error.message.contains(&subject), "{worker}: {}", e.error.message);
+    }
 
+    let Some(sr) = faults else {
+        rt.shutdown().await.unwrap();
+        return;
+    };
     // the registry is down, then throttles: messages with a schema the
     // cache does not hold wait, however many attempts; nothing is dead-lettered
-    let v2 = register(&sr, "claims-value", CLAIM_V2).await;
+    let v2 = reg.register(&subject, CLAIM_V2).await;
     sr.fault("confluent", 503, -1).await;
     let later = claims("later", 3, 1);
     p.send("in", later.iter().map(|r| framed(v2, CLAIM_V2, r)).collect()).await.unwrap();
@@ -181,17 +208,17 @@ workers:
         .await
     );
     assert_eq!(count(&rt, "out").await, 5, "nothing got through while the registry was out");
-    assert_eq!(count(&rt, "dlq").await, 7, "and nothing was dead-lettered for it");
+    assert_eq!(count(&rt, "dlq").await, 9, "and nothing was dead-lettered for it");
     assert!(
         metric(&rt, "conveyor_messages_failed_total", "worker=\"dec\",entity=\"in\",category=\"transient\"") >= 3.0
     );
     sr.clear().await;
     assert!(eventually(Duration::from_secs(30), async || count(&rt, "out").await == 8).await);
-    assert_eq!(count(&rt, "dlq").await, 7, "the outage dead-lettered nothing");
+    assert_eq!(count(&rt, "dlq").await, 9, "the outage dead-lettered nothing");
     assert_eq!(count(&rt, "retry").await, 0, "nor sent anything through the retry entity");
 
     // 401: the workers pause (not ready) until the credentials work again
-    let v3 = register(&sr, "other-value", CLAIM_V1.replace("\"Claim\"", "\"Other\"").as_str()).await;
+    let v3 = reg.register("other-value", CLAIM_V1.replace("\"Claim\"", "\"Other\"").as_str()).await;
     sr.fault("confluent", 401, -1).await;
     p.send("in", vec![framed(v3, &CLAIM_V1.replace("\"Claim\"", "\"Other\""), &json!({"id": "after-auth", "n": 9}))])
         .await
@@ -211,7 +238,7 @@ workers:
         eventually(Duration::from_secs(10), async || metric(&rt, "conveyor_worker_ready", "worker=\"dec\"") == 1.0)
             .await
     );
-    assert_eq!(count(&rt, "dlq").await, 7);
+    assert_eq!(count(&rt, "dlq").await, 9);
     // the password went out as basic auth, and into no metric
     assert!(!rt.metrics.encode().contains(PASSWORD));
     rt.shutdown().await.unwrap();
@@ -269,22 +296,34 @@ fn by_id(rows: &[Value]) -> std::collections::BTreeMap<String, Value> {
 /// encodes them again with v2 for Python's `AvroDeserializer` to read, with
 /// the writer's schema and with v1 as reader schema (evolution both ways);
 /// Conveyor's own decode with a v1 reader schema reads v2 records.
+/// Against the stand-in, with basic auth (the password read from the
+/// environment, and shown nowhere).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confluent_avro_round_trips_with_the_python_serializers() {
-    let kafka = KafkaBroker::get(false);
     let sr = Standin::start(&[("STANDIN_BASIC_AUTH", &format!("{USER}:{PASSWORD}"))]);
+    confluent_round_trip(&sr.confluent(Some((USER, PASSWORD)))).await;
+    assert!(sr.stats().await["confluent_requests"].as_u64().unwrap() > 0);
+}
+
+/// Against a real registry: Apicurio's Confluent API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confluent_avro_round_trips_through_a_real_registry() {
+    let apicurio = Apicurio::start().await;
+    confluent_round_trip(&apicurio.confluent()).await;
+}
+
+async fn confluent_round_trip(reg: &Confluent) {
+    let kafka = KafkaBroker::get(false);
     let dir = tempfile::tempdir().unwrap();
     let (t_in, t_dec, t_out) = (topic("sr-in"), topic("sr-dec"), topic("sr-out"));
-    let v1 = sr.file("v1.avsc", CLAIM_V1);
-    let v2 = sr.file("v2.avsc", CLAIM_V2);
+    let (v1, v2) = (dir.path().join("v1.avsc"), dir.path().join("v2.avsc"));
+    std::fs::write(&v1, CLAIM_V1).unwrap();
+    std::fs::write(&v2, CLAIM_V2).unwrap();
     let yaml = format!(
         r#"
 service: {{ name: sr-test, http: {{ listen: "127.0.0.1:0" }}, shutdown_grace: 10s, log: {{ format: json, level: info }} }}
 schema_registries:
-  conf:
-    type: confluent
-    url: {url}
-    basic_auth: {{ username: {USER}, password: "${{SR_PASSWORD}}" }}
+  conf: {registry}
 transports:
   kafka: {{ type: kafka, bootstrap_servers: "{bootstrap}", create_topics: true,
            properties: {{ "session.timeout.ms": "6000", "heartbeat.interval.ms": "500" }} }}
@@ -317,7 +356,7 @@ workers:
     stage: {{ type: encode, registry: conf, schema: {{ file: {v2} }}, register: true }}
     outputs: {{ default: out }}
 "#,
-        url = sr.confluent_url(),
+        registry = reg.yaml().replace(PASSWORD, "${SR_PASSWORD}"),
         bootstrap = kafka.bootstrap,
         rows = dir.path().join("rows").display(),
         old_rows = dir.path().join("old").display(),
@@ -333,7 +372,6 @@ workers:
             .await
     );
 
-    let auth = format!("{USER}:{PASSWORD}");
     let first = claims("c", 20, 4);
     let produce = |schema: &std::path::Path, records: &[Value]| {
         let args = vec![
@@ -342,15 +380,12 @@ workers:
             kafka.bootstrap.clone(),
             s("--topic"),
             t_in.clone(),
-            s("--registry"),
-            sr.confluent_url(),
             s("--schema"),
             schema.display().to_string(),
-            s("--basic-auth"),
-            auth.clone(),
             s("--key-field"),
             s("id"),
         ];
+        let args = [args, reg.tool_args()].concat();
         schema_tool(args, Some(ndjson(records)))
     };
     let second = v2_claims("d", 5);
@@ -380,10 +415,6 @@ workers:
             kafka.bootstrap.clone(),
             s("--topic"),
             t_out.clone(),
-            s("--registry"),
-            sr.confluent_url(),
-            s("--basic-auth"),
-            auth.clone(),
             s("--expect"),
             s("25"),
             s("--timeout"),
@@ -392,6 +423,7 @@ workers:
         if let Some(r) = reader {
             args.extend([s("--reader-schema"), r.display().to_string()]);
         }
+        args.extend(reg.tool_args());
         schema_tool(args, None)
     };
     let (code, lines, text) = consume(None).await;
@@ -419,8 +451,8 @@ workers:
     assert!(logs.iter().all(|l| !l.contains(PASSWORD)));
     assert!(!get(daemon.addr, "/metrics").await.unwrap().1.contains(PASSWORD));
     assert!(!get(daemon.addr, "/readyz").await.unwrap().1.contains(PASSWORD));
-    let stats = sr.stats().await;
-    assert!(stats["confluent_requests"].as_u64().unwrap() > 0);
+    let m = get(daemon.addr, "/metrics").await.unwrap().1;
+    assert!(metric_sum(&m, "conveyor_schema_registry_requests_total", "registry=\"conf\",outcome=\"ok\"") >= 2.0);
 }
 
 fn azure_registry_yaml(sr: &Standin) -> String {

@@ -158,38 +158,44 @@ impl Registry {
         Ok(id)
     }
 
-    /// Why `schema` cannot be used under `subject` without registering it.
+    /// Why `schema` cannot be used under `subject` without registering it:
+    /// incompatible with the subject's latest version (Confluent's check), or
+    /// only not registered yet.
     async fn not_registered(&self, subject: &str, schema: &AvroSchema) -> SchemaError {
-        let compatible = match &self.client {
+        let passes = |e: &SchemaError| e.is_outage() || matches!(e, SchemaError::Auth { .. });
+        let (compatible, versions) = match &self.client {
             Client::Confluent(c) => {
                 let r = c.compatible(subject, schema.text()).await;
                 self.count(&r, true);
-                match r {
+                let compatible = match r {
                     Ok(ok) => Some(ok),
-                    Err(e) if e.is_outage() || matches!(e, SchemaError::Auth { .. }) => return e,
+                    Err(e) if passes(&e) => return e,
                     Err(_) => None,
-                }
+                };
+                (compatible, self.versions(subject).await.unwrap_or_default())
             }
             #[cfg(feature = "eventhubs")]
-            Client::Azure(_) => None,
+            Client::Azure(_) => (None, vec![]),
         };
         match compatible {
             Some(false) => SchemaError::Incompatible {
                 id: None,
                 reason: format!(
-                    "the schema is not registered under {subject:?} and is incompatible with its latest version"
+                    "the schema is not registered under {subject:?} and is incompatible with its latest version (versions: {versions:?})"
                 ),
             },
             _ => SchemaError::Unknown {
                 registry: self.name.clone(),
                 id: format!("{subject:?}"),
-                hint: Some("the schema is not registered there; register it, or set `register: true`".into()),
+                hint: Some(format!(
+                    "the schema is not registered there (versions: {versions:?}); register it, or set `register: true`"
+                )),
             },
         }
     }
 
     /// The versions of Confluent `subject` (empty for an Azure registry).
-    pub async fn versions(&self, subject: &str) -> Result<Vec<u32>, SchemaError> {
+    async fn versions(&self, subject: &str) -> Result<Vec<u32>, SchemaError> {
         match &self.client {
             Client::Confluent(c) => {
                 let r = c.versions(subject).await;

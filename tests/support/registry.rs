@@ -188,3 +188,102 @@ pub fn claims(prefix: &str, count: usize, keys: usize) -> Vec<serde_json::Value>
 pub fn ndjson(records: &[serde_json::Value]) -> String {
     records.iter().map(|r| format!("{r}\n")).collect()
 }
+
+/// A registry with the Confluent API that a test runs against.
+#[derive(Clone)]
+pub struct Confluent {
+    pub url: String,
+    pub auth: Option<(String, String)>,
+}
+
+impl Confluent {
+    /// Registers `schema` under `subject` (as a schema's owner would).
+    pub async fn register(&self, subject: &str, schema: &str) -> u32 {
+        let url = format!("{}/subjects/{subject}/versions", self.url);
+        let mut req = reqwest::Client::new().post(url).json(&serde_json::json!({ "schema": schema }));
+        if let Some((u, p)) = &self.auth {
+            req = req.basic_auth(u, Some(p));
+        }
+        let r = req.send().await.unwrap();
+        assert!(r.status().is_success(), "register: {}", r.status());
+        r.json::<serde_json::Value>().await.unwrap()["id"].as_u64().unwrap() as u32
+    }
+
+    /// The registry's entry under `schema_registries:` (a flow mapping).
+    pub fn yaml(&self) -> String {
+        let auth = match &self.auth {
+            Some((u, p)) => format!(", basic_auth: {{ username: {u}, password: \"{p}\" }}"),
+            None => String::new(),
+        };
+        format!("{{ type: confluent, url: \"{}\"{auth} }}", self.url)
+    }
+
+    /// `schema_tool.py` arguments that reach it.
+    pub fn tool_args(&self) -> Vec<String> {
+        let mut v = vec!["--registry".to_string(), self.url.clone()];
+        if let Some((u, p)) = &self.auth {
+            v.extend(["--basic-auth".to_string(), format!("{u}:{p}")]);
+        }
+        v
+    }
+}
+
+impl Standin {
+    /// Its Confluent API, with the basic auth it was started with.
+    pub fn confluent(&self, auth: Option<(&str, &str)>) -> Confluent {
+        Confluent { url: self.confluent_url(), auth: auth.map(|(u, p)| (u.to_string(), p.to_string())) }
+    }
+}
+
+/// A real Apicurio Registry 2.4 (in-memory storage), built by
+/// `scripts/apicurio/fetch.sh` (run by `scripts/setup.sh`): its Confluent
+/// API under `/apis/ccompat/v7`, with BACKWARD compatibility set (its
+/// default is NONE). Killed on drop.
+pub struct Apicurio {
+    child: Child,
+    pub port: u16,
+}
+
+impl Apicurio {
+    pub async fn start() -> Apicurio {
+        let jar = root().join(".cache/apicurio/target/quarkus-app/quarkus-run.jar");
+        assert!(jar.exists(), "{} missing: run scripts/setup.sh (scripts/apicurio/fetch.sh)", jar.display());
+        let port = super::free_port();
+        let child = Command::new("java")
+            .arg(format!("-Dquarkus.http.port={port}"))
+            .arg("-Dquarkus.http.host=127.0.0.1")
+            .arg("-Xmx256m")
+            .arg("-jar")
+            .arg(&jar)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start Apicurio (java)");
+        let a = Apicurio { child, port };
+        let url = format!("{}/subjects", a.confluent().url);
+        let up = super::eventually(std::time::Duration::from_secs(90), async || {
+            reqwest::get(&url).await.is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        assert!(up, "Apicurio did not answer on port {port}");
+        let r = reqwest::Client::new()
+            .put(format!("{}/config", a.confluent().url))
+            .json(&serde_json::json!({"compatibility": "BACKWARD"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "Apicurio config: {}", r.status());
+        a
+    }
+
+    pub fn confluent(&self) -> Confluent {
+        Confluent { url: format!("http://127.0.0.1:{}/apis/ccompat/v7", self.port), auth: None }
+    }
+}
+
+impl Drop for Apicurio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
