@@ -13,7 +13,7 @@
 //! - [`worker`]: consume → stage → deliver → commit, with the failure policy
 //!   as a pure function ([`worker::policy`]).
 //! - [`stages`]: what a worker does with a message.
-//! - [`schema`]: schema registries (Confluent, Azure), Avro ↔ JSON, and the
+//! - [`avro`]: Avro records ↔ JSON; [`schema`]: schema registries (Confluent, Azure), Avro ↔ JSON, and the
 //!   decode / encode / transcode of framed messages.
 //! - [`classify`]: every failure is `Transient`, `Auth`, `Permanent` or
 //!   `Throttling`; the category decides retry, dead-letter or pause.
@@ -46,6 +46,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod avro;
 pub mod azure;
 pub mod backoff;
 pub mod bearer;

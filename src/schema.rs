@@ -3,7 +3,8 @@
 //! - [`wire`]: the two framings, Confluent (`0`, a 4-byte schema id, the
 //!   record) and Azure (the record, with `avro/binary+<id>` as content
 //!   type), as pure functions.
-//! - [`avro`]: Avro binary ↔ JSON through the `apache-avro` crate.
+//! - `crate::avro`: Avro binary ↔ JSON (a module of its own: the config
+//!   checks schemas with it too).
 //! - [`subject`]: Confluent subject name strategies.
 //! - [`registry`]: one registry client per `schema_registries:` entry
 //!   (Confluent REST API, Azure Schema Registry REST API), with caches:
@@ -21,7 +22,6 @@
 //! tried again in place and never dead-lettered for it. 401/403 is `Auth`:
 //! the worker pauses.
 
-pub mod avro;
 #[cfg(feature = "eventhubs")]
 mod azure;
 pub mod codec;
@@ -60,7 +60,13 @@ pub enum SchemaError {
     /// The registry refused the credentials (401/403).
     #[error("schema registry {registry:?} refused the credentials ({status}): {reason}")]
     Auth { registry: String, status: u16, reason: String },
-    /// The registry answered something this client cannot use.
+    /// The schema is not registered under the subject (or name), and the
+    /// stage may not register it.
+    #[error("the schema is not registered under {subject} in schema registry {registry:?} ({hint})")]
+    Unregistered { registry: String, subject: String, hint: String },
+    /// The registry answered something this client cannot use (not its API:
+    /// a proxy's page, a wrong path, a missing header): a fault of the
+    /// registry or its URL, not of the message.
     #[error("schema registry {registry:?} answered {status}: {reason}")]
     Refused { registry: String, status: u16, reason: String },
 }
@@ -69,10 +75,10 @@ impl SchemaError {
     pub fn category(&self) -> ErrorCategory {
         match self {
             SchemaError::Unknown { .. }
+            | SchemaError::Unregistered { .. }
             | SchemaError::Decode { .. }
-            | SchemaError::Incompatible { .. }
-            | SchemaError::Refused { .. } => ErrorCategory::Permanent,
-            SchemaError::Unavailable { .. } => ErrorCategory::Transient,
+            | SchemaError::Incompatible { .. } => ErrorCategory::Permanent,
+            SchemaError::Unavailable { .. } | SchemaError::Refused { .. } => ErrorCategory::Transient,
             SchemaError::Throttled { .. } => ErrorCategory::Throttling,
             SchemaError::Auth { .. } => ErrorCategory::Auth,
         }
@@ -81,7 +87,7 @@ impl SchemaError {
     /// The error type in dead-letter envelopes and logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            SchemaError::Unknown { .. } => "schema_unknown",
+            SchemaError::Unknown { .. } | SchemaError::Unregistered { .. } => "schema_unknown",
             SchemaError::Decode { .. } => "schema_decode",
             SchemaError::Incompatible { .. } => "schema_incompatible",
             SchemaError::Unavailable { .. } => "schema_registry_unavailable",
@@ -94,7 +100,7 @@ impl SchemaError {
     /// Whether the registry, not the message, is at fault and the message
     /// must wait rather than be dead-lettered.
     pub fn is_outage(&self) -> bool {
-        matches!(self, SchemaError::Unavailable { .. } | SchemaError::Throttled { .. })
+        matches!(self, SchemaError::Unavailable { .. } | SchemaError::Throttled { .. } | SchemaError::Refused { .. })
     }
 
     /// The schema id the failure concerns, when known.
@@ -165,9 +171,16 @@ mod tests {
                 None,
             ),
             (
-                SchemaError::Refused { registry: r(), status: 400, reason: "x".into() },
-                ErrorCategory::Permanent,
+                SchemaError::Refused { registry: r(), status: 404, reason: "x".into() },
+                ErrorCategory::Transient,
                 "schema_registry_refused",
+                true,
+                None,
+            ),
+            (
+                SchemaError::Unregistered { registry: r(), subject: "s".into(), hint: "h".into() },
+                ErrorCategory::Permanent,
+                "schema_unknown",
                 false,
                 None,
             ),

@@ -201,9 +201,7 @@ impl Context {
     ) -> Result<crate::schema::codec::Decoder, BuildError> {
         let registries = names.list().into_iter().map(|n| self.registry(n, None)).collect::<Result<_, _>>()?;
         let reader = match reader {
-            Some(r) => {
-                Some(r.text().and_then(|t| crate::schema::avro::AvroSchema::parse(&t)).map_err(BuildError::Avro)?)
-            }
+            Some(r) => Some(r.text().and_then(|t| crate::avro::AvroSchema::parse(&t)).map_err(BuildError::Avro)?),
             None => None,
         };
         Ok(crate::schema::codec::Decoder { registries, reader })
@@ -231,8 +229,7 @@ pub fn build(cfg: &StageConfig, outputs: &Outputs, cx: &Context) -> Result<Arc<d
         StageConfig::Encode(e) => {
             let output = default()?;
             let registry = cx.registry(&e.registry, None)?;
-            let schema =
-                e.schema.text().and_then(|t| crate::schema::avro::AvroSchema::parse(&t)).map_err(BuildError::Avro)?;
+            let schema = e.schema.text().and_then(|t| crate::avro::AvroSchema::parse(&t)).map_err(BuildError::Avro)?;
             let subject = match &e.subject {
                 Some(s) => s.clone(),
                 None => {

@@ -61,6 +61,11 @@ pub const BINARY_HEADER_PREFIX: &str = "conveyor-binary-name.";
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers(pub Vec<(String, Bytes)>);
 
+/// The header that carries a message's content type; on Event Hubs it is
+/// the event's AMQP `content-type` property (both ways), not an
+/// application property.
+pub const CONTENT_TYPE_HEADER: &str = "content-type";
+
 impl Headers {
     pub fn get(&self, name: &str) -> Option<&Bytes> {
         self.0.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v)

@@ -8,10 +8,10 @@
 
 mod support;
 
+use conveyor::avro::AvroSchema;
 use conveyor::classify::ErrorCategory;
 use conveyor::dlq::Envelope;
 use conveyor::runtime::{Options, Pipeline};
-use conveyor::schema::avro::AvroSchema;
 use conveyor::schema::wire;
 use conveyor::transport::OutboundMessage;
 use serde_json::{Value, json};
@@ -69,6 +69,7 @@ async fn failure_classes(reg: &Confluent, faults: Option<&Standin>) {
 service: {{ http: {{ listen: "127.0.0.1:0" }} }}
 schema_registries:
   conf: {registry}
+  wrong_path: {wrong}
 transports: {{ local: {{ type: embedded }} }}
 entities:
   in: {{ transport: local, partitions: 2 }}
@@ -85,6 +86,11 @@ workers:
     outputs: {{ default: out }}
     dead_letter: dlq
     retry: {{ via: retry, schedule: [20ms], max_attempts: 2 }}
+  wrong_path:
+    input: in
+    stage: {{ type: decode, registry: wrong_path }}
+    outputs: {{ default: out }}
+    dead_letter: dlq
   mapper:
     input: in
     stage: {{ type: map, schema: {{ registry: conf, format: avro }}, require: [id], set: {{ mapped: true }} }}
@@ -107,6 +113,7 @@ workers:
     dead_letter: dlq
 "#,
         registry = reg.yaml(),
+        wrong = Confluent { url: format!("{}/typo", reg.url), auth: reg.auth.clone() }.yaml(),
         bad = bad_schema.display(),
         v2 = v2_schema.display(),
     ));
@@ -144,6 +151,15 @@ workers:
     for r in &good {
         assert!(out.contains(r), "{r} decoded as it was written; got {out:?}");
     }
+    // a registry URL that answers what is not the registry's API (a 404 of
+    // a wrong path) is the registry's fault: nothing dead-lettered, the
+    // worker waits, with the reason shown
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            metric(&rt, "conveyor_schema_registry_requests_total", "registry=\"wrong_path\",outcome=\"refused\"") >= 2.0
+        })
+        .await
+    );
     let mapped = read_all(&*rt.transport("local"), "mapped").await;
     assert_eq!(mapped.len(), 5, "map with `schema: {{ registry }}` decodes too");
     assert!(mapped.iter().all(|m| serde_json::from_slice::<Value>(&m.payload).unwrap()["mapped"] == true));
@@ -173,6 +189,7 @@ workers:
     // encode: registering an incompatible schema is refused (409); without
     // registering, the compatibility check tells an incompatible schema
     // from one only not registered yet
+    assert!(dead.iter().all(|e| e.origin.worker != "wrong_path"), "nothing dead-lettered for a wrong registry URL");
     let encode_table = [
         ("enc", "schema_incompatible", "refuses the schema"),
         ("enc_unregistered_bad", "schema_incompatible", "incompatible with its latest version (versions: [1])"),

@@ -212,6 +212,32 @@ pub struct TranscodeConfig {
     pub to: String,
 }
 
+/// Checks a `registry:` list: each a known registry, at most one of each
+/// type (a message is read by the one of its framing's type), not empty.
+pub(super) fn registry_list(
+    issues: &mut Issues<'_>,
+    at: &[&str],
+    names: &Names,
+    registries: &std::collections::BTreeMap<String, SchemaRegistryConfig>,
+) {
+    let list = names.list();
+    if list.is_empty() {
+        issues.error(at, "names no schema registry");
+    }
+    let mut seen: std::collections::BTreeMap<&str, &str> = Default::default();
+    for name in list {
+        registry_ref(issues, at, name, &["confluent", "azure"], registries);
+        if let Some(r) = registries.get(name)
+            && let Some(first) = seen.insert(r.kind(), name)
+        {
+            issues.error(
+                at,
+                format!("{first:?} and {name:?} are both {} registries: a message is read by the one of its framing's type, so name one", r.kind()),
+            );
+        }
+    }
+}
+
 /// Checks that `name` is a registry of one of `kinds`.
 pub(super) fn registry_ref(
     issues: &mut Issues<'_>,
@@ -236,19 +262,41 @@ pub(super) fn registry_ref(
     }
 }
 
+impl AzureRegistryConfig {
+    /// The registry's base URL: `https://<namespace>`, or the namespace
+    /// itself when it is a URL.
+    pub fn endpoint(&self) -> String {
+        if self.namespace.contains("://") { self.namespace.clone() } else { format!("https://{}", self.namespace) }
+    }
+}
+
+/// An error at `at` unless `ca` is a readable PEM file with a certificate.
+fn check_ca(issues: &mut Issues<'_>, at: &[&str], ca: &std::path::Path) {
+    match std::fs::read(ca) {
+        Err(e) => issues.error(at, format!("cannot read {}: {e}", ca.display())),
+        Ok(pem) => match reqwest::Certificate::from_pem_bundle(&pem) {
+            Ok(certs) if !certs.is_empty() => {}
+            Ok(_) => issues.error(at, format!("{} holds no PEM certificate", ca.display())),
+            Err(e) => issues.error(at, format!("{}: {e}", ca.display())),
+        },
+    }
+}
+
 impl SchemaRegistryConfig {
     pub(super) fn validate(&self, issues: &mut Issues<'_>, name: &str) {
         let at = ["schema_registries", name];
         match self {
             SchemaRegistryConfig::Confluent(c) => {
                 match reqwest::Url::parse(&c.url) {
+                    Ok(u) if !u.username().is_empty() || u.password().is_some() => issues.error(
+                        &join(&at, &["url"]),
+                        "credentials in the URL are not kept secret: give them as `basic_auth` (password as ${VAR})",
+                    ),
                     Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
                     _ => issues.error(&join(&at, &["url"]), "must be an http:// or https:// URL"),
                 }
-                if let Some(t) = &c.tls
-                    && !t.ca.is_file()
-                {
-                    issues.error(&join(&at, &["tls", "ca"]), format!("no file {}", t.ca.display()));
+                if let Some(t) = &c.tls {
+                    check_ca(issues, &join(&at, &["tls", "ca"]), &t.ca);
                 }
                 if c.timeout.get().is_zero() {
                     issues.error(&join(&at, &["timeout"]), "must be more than 0");
@@ -267,10 +315,8 @@ impl SchemaRegistryConfig {
                 if a.group.trim().is_empty() || a.group.contains('/') {
                     issues.error(&join(&at, &["group"]), "must be a schema group name");
                 }
-                if let Some(t) = &a.tls
-                    && !t.ca.is_file()
-                {
-                    issues.error(&join(&at, &["tls", "ca"]), format!("no file {}", t.ca.display()));
+                if let Some(t) = &a.tls {
+                    check_ca(issues, &join(&at, &["tls", "ca"]), &t.ca);
                 }
                 if a.timeout.get().is_zero() {
                     issues.error(&join(&at, &["timeout"]), "must be more than 0");

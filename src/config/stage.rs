@@ -117,8 +117,11 @@ pub struct MapConfig {
     pub route: Vec<RouteRule>,
 }
 
-/// `schema:` of a map stage.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+/// `schema:` of a map stage: an object with a `registry` key is a registry
+/// reference (and must be a valid one: a typo is an error, never an inline
+/// JSON Schema that accepts anything); anything else is an inline JSON
+/// Schema.
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum MapSchema {
     /// `{ registry, format }`: decode through a schema registry.
@@ -127,12 +130,25 @@ pub enum MapSchema {
     Json(serde_json::Value),
 }
 
+impl<'de> Deserialize<'de> for MapSchema {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        if v.get("registry").is_some() {
+            serde_json::from_value(v).map(MapSchema::Registry).map_err(serde::de::Error::custom)
+        } else {
+            Ok(MapSchema::Json(v))
+        }
+    }
+}
+
 /// `schema: { registry, format: avro }`
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MapRegistrySchema {
     /// The registry (or registries) of the messages, as for `type: decode`.
     pub registry: super::schema::Names,
+    /// `avro` (the default, and the only one today).
+    #[serde(default)]
     pub format: super::schema::SchemaFormat,
 }
 
@@ -344,34 +360,49 @@ impl StageConfig {
         outputs: &BTreeMap<String, String>,
         registries: &BTreeMap<String, super::schema::SchemaRegistryConfig>,
     ) {
-        use super::schema::registry_ref;
+        use super::schema::{SchemaRegistryConfig as R, registry_list, registry_ref};
         match self {
             StageConfig::Passthrough | StageConfig::Sink(_) | StageConfig::Download(_) => {}
             StageConfig::Map(m) => {
                 m.validate(issues, at, outputs);
                 if let Some(MapSchema::Registry(r)) = &m.schema {
-                    for name in r.registry.list() {
-                        registry_ref(
-                            issues,
-                            &join(at, &["schema", "registry"]),
-                            name,
-                            &["confluent", "azure"],
-                            registries,
-                        );
-                    }
+                    registry_list(issues, &join(at, &["schema", "registry"]), &r.registry, registries);
                 }
             }
             StageConfig::Decode(d) => {
-                for name in d.registry.list() {
-                    registry_ref(issues, &join(at, &["registry"]), name, &["confluent", "azure"], registries);
-                }
+                registry_list(issues, &join(at, &["registry"]), &d.registry, registries);
                 if let Some(r) = &d.reader_schema {
-                    check_avro(issues, &join(at, &["reader_schema"]), r);
+                    let _ = check_avro(issues, &join(at, &["reader_schema"]), r);
                 }
             }
             StageConfig::Encode(e) => {
                 registry_ref(issues, &join(at, &["registry"]), &e.registry, &["confluent", "azure"], registries);
-                check_avro(issues, &join(at, &["schema"]), &e.schema);
+                let named = check_avro(issues, &join(at, &["schema"]), &e.schema).map(|s| s.full_name().is_some());
+                match (registries.get(&e.registry), &e.subject) {
+                    (Some(R::Azure(_)), Some(_)) => issues.error(
+                        &join(at, &["subject"]),
+                        "subjects are for Confluent registries: an Azure schema's name is its record's full name",
+                    ),
+                    (Some(R::Azure(_)), None) if named == Some(false) => issues.error(
+                        &join(at, &["schema"]),
+                        "an Azure schema is named by its top-level type: give the schema a named (record) top level",
+                    ),
+                    (Some(R::Confluent(c)), None)
+                        if named == Some(false) && c.subject_strategy != super::schema::SubjectStrategy::TopicName =>
+                    {
+                        issues.error(
+                            &join(at, &["schema"]),
+                            format!(
+                                "subject_strategy {:?} needs a schema whose top level is a named type",
+                                c.subject_strategy
+                            ),
+                        )
+                    }
+                    (_, Some(s)) if s.is_empty() || s == "." || s == ".." => {
+                        issues.error(&join(at, &["subject"]), "must be a subject name")
+                    }
+                    _ => {}
+                }
             }
             StageConfig::Transcode(t) => {
                 registry_ref(issues, &join(at, &["from"]), &t.from, &["confluent"], registries);
@@ -387,6 +418,17 @@ impl StageConfig {
         }
     }
 
+    /// The schema registries the stage uses.
+    pub fn registries(&self) -> Vec<&str> {
+        match self {
+            StageConfig::Decode(d) => d.registry.list(),
+            StageConfig::Map(MapConfig { schema: Some(MapSchema::Registry(r)), .. }) => r.registry.list(),
+            StageConfig::Encode(e) => vec![e.registry.as_str()],
+            StageConfig::Transcode(t) => vec![t.from.as_str(), t.to.as_str()],
+            _ => vec![],
+        }
+    }
+
     /// Whether the stage sends to the output named `default` (a map with
     /// routes and a sink do not need one).
     pub fn needs_default_output(&self) -> bool {
@@ -398,11 +440,13 @@ impl StageConfig {
     }
 }
 
-/// An error at `at` when `source` is not a readable Avro schema.
-fn check_avro(issues: &mut Issues<'_>, at: &[&str], source: &super::schema::SchemaSource) {
-    if let Err(e) = source.text().and_then(|t| crate::schema::avro::AvroSchema::parse(&t)) {
-        issues.error(at, e);
-    }
+/// The schema `source` gives, or an error at `at`.
+fn check_avro(
+    issues: &mut Issues<'_>,
+    at: &[&str],
+    source: &super::schema::SchemaSource,
+) -> Option<crate::avro::AvroSchema> {
+    source.text().and_then(|t| crate::avro::AvroSchema::parse(&t)).map_err(|e| issues.error(at, e)).ok()
 }
 
 /// An error at `at.field` when `output` is not one of the worker's outputs.

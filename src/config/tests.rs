@@ -247,7 +247,7 @@ fn http_sources_are_checked_where_they_are_written() {
 
 #[test]
 fn schema_registries_and_their_references_are_checked_where_they_are_written() {
-    let registries = "schema_registries:\n  conf: { type: confluent, url: \"http://r:8081\" }\n  az: { type: azure, namespace: ns.servicebus.windows.net, group: g, credential: { type: managed_identity } }\n";
+    let registries = "schema_registries:\n  conf: { type: confluent, url: \"http://r:8081\" }\n  conf2: { type: confluent, url: \"http://r2:8081\" }\n  az: { type: azure, namespace: ns.servicebus.windows.net, group: g, credential: { type: managed_identity } }\n";
     let with_stage = |stage: &str| {
         GOOD.replace("stage: { type: passthrough }", &format!("stage: {stage}")).replacen(
             "transports:",
@@ -257,7 +257,7 @@ fn schema_registries_and_their_references_are_checked_where_they_are_written() {
     };
     let ok = load(&with_stage("{ type: decode, registry: [conf, az] }")).unwrap();
     assert!(matches!(&ok.config.workers["orders-forward"].stage, StageConfig::Decode(_)));
-    let ok = load(&with_stage("{ type: map, schema: { registry: conf, format: avro }, require: [id] }")).unwrap();
+    let ok = load(&with_stage("{ type: map, schema: { registry: conf }, require: [id] }")).unwrap();
     let StageConfig::Map(m) = &ok.config.workers["orders-forward"].stage else { panic!("a map") };
     assert!(matches!(m.schema, Some(MapSchema::Registry(_))));
     let ok = load(&with_stage("{ type: map, schema: { type: object, required: [id] } }")).unwrap();
@@ -271,6 +271,25 @@ fn schema_registries_and_their_references_are_checked_where_they_are_written() {
         ("{ type: encode, registry: conf, schema: { file: /nonexistent.avsc } }", "stage.schema", "cannot read"),
         ("{ type: decode, registry: conf, format: protobuf }", "stage", "protobuf"),
         ("{ type: map, schema: { registry: nope, format: avro } }", "stage.schema.registry", "unknown schema registry"),
+        ("{ type: map, schema: { registry: conf, format: protobuf } }", "stage", "protobuf"),
+        ("{ type: decode, registry: [] }", "stage.registry", "names no schema registry"),
+        ("{ type: decode, registry: [conf, conf2] }", "stage.registry", "are both confluent registries"),
+        (
+            "{ type: encode, registry: az, subject: s, schema: { type: record, name: R, fields: [] } }",
+            "stage.subject",
+            "subjects are for Confluent",
+        ),
+        (
+            "{ type: encode, registry: az, schema: { type: array, items: string } }",
+            "stage.schema",
+            "named by its top-level type",
+        ),
+        (
+            "{ type: encode, registry: conf, subject: \"..\", schema: { type: array, items: string } }",
+            "stage.subject",
+            "must be a subject name",
+        ),
+        ("{ type: map, schema: { registry: conf, fromat: avro } }", "stage", "fromat"),
     ];
     for (stage, at, says) in table {
         let e = load(&with_stage(stage)).expect_err(stage);
@@ -283,7 +302,7 @@ fn schema_registries_and_their_references_are_checked_where_they_are_written() {
         (
             "  r: { type: confluent, url: \"http://x\", tls: { ca: /nonexistent.pem } }\n",
             "schema_registries.r.tls.ca",
-            "no file",
+            "cannot read /nonexistent.pem",
         ),
         (
             "  r: { type: azure, namespace: \"http://x\", group: g, credential: { type: developer } }\n",
@@ -296,6 +315,12 @@ fn schema_registries_and_their_references_are_checked_where_they_are_written() {
             "schema group",
         ),
         ("  r: { type: karapace, url: \"http://x\" }\n", "schema_registries.r", "karapace"),
+        ("  r: { type: confluent, url: \"http://u:pw@x\" }\n", "schema_registries.r.url", "credentials in the URL"),
+        (
+            "  r: { type: confluent, url: \"http://x\", tls: { ca: /dev/null } }\n",
+            "schema_registries.r.tls.ca",
+            "no PEM certificate",
+        ),
         ("  r: { type: confluent, url: \"http://x\", subject_strategy: topic }\n", "schema_registries.r", "topic"),
     ];
     for (entry, at, says) in bad_registries {
@@ -320,4 +345,11 @@ fn schema_registries_and_their_references_are_checked_where_they_are_written() {
         "{e}"
     );
     assert!(e.contains("c.yaml:"), "{e}");
+    // dead letters are envelopes: their entity cannot transcode
+    let dlq = GOOD.replace("local: { type: embedded }", "local: { type: embedded }\n  other: { type: embedded }").replace(
+        "orders.dlq: { transport: local }",
+        "orders.dlq: { transport: local, migrate: { to: other, phase: mirror, transcode: { from: conf, to: az } } }",
+    ) + "schema_registries:\n  conf: { type: confluent, url: \"http://r\" }\n  az: { type: azure, namespace: ns.servicebus.windows.net, group: g, credential: { type: developer } }\n";
+    let e = load(&dlq).unwrap_err().to_string();
+    assert!(e.contains("workers.orders-forward.dead_letter") && e.contains("not for dead letters"), "{e}");
 }

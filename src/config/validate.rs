@@ -101,6 +101,15 @@ fn migrate(c: &Config, v: &mut Issues<'_>, name: &str, e: &EntityConfig, m: &Mig
         let at = ["entities", name, "migrate", "transcode"];
         super::schema::registry_ref(v, &join(&at, &["from"]), &t.from, &["confluent"], &c.schema_registries);
         super::schema::registry_ref(v, &join(&at, &["to"]), &t.to, &["azure"], &c.schema_registries);
+        if c.transports.get(&m.to).is_some_and(|t| !matches!(t, TransportConfig::Eventhubs(_))) {
+            v.warn(
+                &at,
+                format!(
+                    "the new side (transport {:?}) is not Event Hubs: its consumers get Azure-framed Avro with the schema id in a `content-type` header",
+                    m.to
+                ),
+            );
+        }
     }
     if m.phase == Phase::Done {
         let new = e.new_side(name).map(|s| s.transport).unwrap_or_default();
@@ -335,6 +344,19 @@ fn worker<'c>(
             v.error(
                 &["workers", name, "outputs", out],
                 "an output cannot be the worker's own input (it would loop forever)",
+            );
+        }
+    }
+    // dead letters and retries are envelopes, not Avro records
+    let transcodes =
+        |e: &str| c.entities.get(e).and_then(|e| e.migrate.as_ref()).is_some_and(|m| m.transcode.is_some());
+    for (at, e) in [("dead_letter", w.dead_letter.as_deref()), ("retry", w.retry.as_ref().map(|r| r.via.as_str()))] {
+        if let Some(e) = e.filter(|e| transcodes(e)) {
+            v.error(
+                &["workers", name, at],
+                format!(
+                    "entity {e:?} migrates with `transcode`, which is for entities of Avro records, not for dead letters or retries"
+                ),
             );
         }
     }

@@ -62,7 +62,7 @@ pub enum Compare {
 }
 
 /// The payload and headers a [`Compare`] hashes.
-fn content<'a>(m: &'a crate::transport::PipelineMessage, how: Compare) -> (&'a [u8], Headers) {
+fn content(m: &crate::transport::PipelineMessage, how: Compare) -> (&[u8], Headers) {
     use crate::schema::wire;
     match how {
         Compare::Bytes => (&m.payload, m.headers.clone()),
@@ -74,6 +74,11 @@ fn content<'a>(m: &'a crate::transport::PipelineMessage, how: Compare) -> (&'a [
             };
             let mut h = m.headers.clone();
             h.0.retain(|(n, _)| n != wire::CONTENT_TYPE);
+            // a copy must be Azure-framed: one that is not was never
+            // transcoded (it differs from its original)
+            if Origin::of(&m.headers).is_some() && !azure {
+                h.set("conveyor-verify-untranscoded", "1");
+            }
             (record, h)
         }
     }
@@ -427,13 +432,16 @@ mod tests {
         };
         let side = ("kafka", "t");
         let old = msg(wire::confluent_frame(7, b"record"), None);
-        let copy = msg(b"record".to_vec(), Some("avro/binary+0123456789abcdef0123456789abcdef"));
+        let mut copy = msg(b"record".to_vec(), Some("avro/binary+0123456789abcdef0123456789abcdef"));
+        copy.headers.set(super::super::origin::HEADER, "kafka/t/0@0");
         let other = msg(b"record2".to_vec(), Some("avro/binary+0123456789abcdef0123456789abcdef"));
         let d = |m, how| Rec::of(m, side, how).digest;
         assert_eq!(d(&old, Compare::Records), d(&copy, Compare::Records), "same record, other framing: equal");
         assert_ne!(d(&old, Compare::Records), d(&other, Compare::Records), "another record: changed");
         assert_ne!(d(&old, Compare::Bytes), d(&copy, Compare::Bytes), "byte for byte they differ");
-        // a copy left Confluent-framed (not transcoded) is equal as a record too
-        assert_eq!(d(&old, Compare::Records), d(&msg(wire::confluent_frame(9, b"record"), None), Compare::Records));
+        // a copy left Confluent-framed (never transcoded) differs
+        let mut untranscoded = msg(wire::confluent_frame(7, b"record"), None);
+        untranscoded.headers.set(super::super::origin::HEADER, "kafka/t/0@0");
+        assert_ne!(d(&old, Compare::Records), d(&untranscoded, Compare::Records));
     }
 }

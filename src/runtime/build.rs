@@ -117,17 +117,24 @@ impl Parts<'_> {
     }
 
     fn output(&self, entity: &str, produced: Counter) -> Result<OutputTarget, RuntimeError> {
+        let (producer, physical) = self.writer(entity)?;
+        Ok(OutputTarget { entity: entity.to_string(), physical, producer, produced })
+    }
+
+    /// What writes to `entity` and its name there. Cut-over producers (and
+    /// retries going back to them) write the new side: Azure-framed when the
+    /// migration transcodes (validation keeps `transcode` off dead-letter and
+    /// retry entities, whose envelopes are no Avro records).
+    fn writer(&self, entity: &str) -> Result<(Arc<dyn Producer>, String), RuntimeError> {
         let (live, physical) = self.locate(entity)?;
         let e = self.entity(entity)?;
         let mut producer = live.producer.clone();
-        // cut-over producers write the new side: Azure-framed when the
-        // migration transcodes
         if e.new_side(entity).is_some_and(|new| e.write_side(entity) == new)
             && let Some(transcoder) = self.transcoder(e)?
         {
             producer = Arc::new(migration::transcode::Transcoding { inner: producer, transcoder });
         }
-        Ok(OutputTarget { entity: entity.to_string(), physical, producer, produced })
+        Ok((producer, physical))
     }
 
     /// The transcoder of a migration that transcodes.
@@ -140,8 +147,8 @@ impl Parts<'_> {
     }
 
     fn retry_target(&self, entity: &str) -> Result<retry::scheduler::Target, RuntimeError> {
-        let (live, physical) = self.locate(entity)?;
-        Ok(retry::scheduler::Target { entity: entity.to_string(), physical, producer: live.producer.clone() })
+        let (producer, physical) = self.writer(entity)?;
+        Ok(retry::scheduler::Target { entity: entity.to_string(), physical, producer })
     }
 
     fn host(
@@ -232,7 +239,11 @@ impl Parts<'_> {
         let topics = Outputs::new(worker.outputs.keys().cloned())
             .names()
             .iter()
-            .map(|o| self.locate(&worker.outputs[o]).map(|(_, physical)| physical).unwrap_or_else(|_| o.clone()))
+            // the old side's name: a subject does not change at a cut-over
+            .map(|o| {
+                let key = &worker.outputs[o];
+                self.entity(key).map(|e| e.physical_name(key).to_string()).unwrap_or_else(|_| key.clone())
+            })
             .collect();
         stages::Context { registries: self.registries.clone(), topics }
     }

@@ -58,12 +58,25 @@ pub fn transport_fp(cfg: &Config, name: &str) -> u64 {
     }
 }
 
-/// Fingerprint of an entity: its config and its transport's.
+/// Fingerprint of an entity: its config and its transport's (and, for a
+/// transcoding migration, its registries').
 pub fn entity_fp(cfg: &Config, key: &str) -> u64 {
     match cfg.entities.get(key) {
-        Some(e) => fnv(&[key.as_bytes(), &fingerprint_json(e), &transport_fp(cfg, &e.transport).to_le_bytes()]),
+        Some(e) => {
+            let transcode = e.migrate.as_ref().and_then(|m| m.transcode.as_ref());
+            let registries = registries_fp(cfg, transcode.iter().flat_map(|t| [t.from.as_str(), t.to.as_str()]));
+            fnv(&[key.as_bytes(), &fingerprint_json(e), &transport_fp(cfg, &e.transport).to_le_bytes(), &registries])
+        }
         None => 0,
     }
+}
+
+/// Fingerprint of the schema registries `names` (a changed URL, password or
+/// credential restarts the tasks that use them).
+fn registries_fp<'a>(cfg: &Config, names: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
+    let used: BTreeMap<&str, _> =
+        names.into_iter().filter_map(|n| cfg.schema_registries.get(n).map(|r| (n, r))).collect();
+    fingerprint_json(&used)
 }
 
 fn combine(own: &[u8], cfg: &Config, entities: &BTreeSet<String>) -> u64 {
@@ -92,7 +105,9 @@ pub fn plan(cfg: &Config) -> BTreeMap<String, TaskPlan> {
             ents.insert(r.via.clone());
             retry.entry(&r.via).or_default().insert(w.input.clone());
         }
-        let fp = combine(&fingerprint_json(w), cfg, &ents);
+        let mut own = fingerprint_json(w);
+        own.extend(registries_fp(cfg, w.stage.registries()));
+        let fp = combine(&own, cfg, &ents);
         out.insert(
             name.clone(),
             TaskPlan { kind: TaskKind::Worker, fingerprint: fp, input: Some(w.input.clone()), entities: ents },
@@ -195,5 +210,37 @@ workers:
         let (a, b) = (plan(&load(&up("k1"))), plan(&load(&up("k2"))));
         assert_eq!(a["one"].fingerprint, b["one"].fingerprint);
         assert_ne!(a["two"].fingerprint, b["two"].fingerprint, "the secret is hashed in, not printed");
+    }
+
+    #[test]
+    fn a_changed_registry_restarts_what_uses_it_and_nothing_else() {
+        let with = |password: &str, url: &str| {
+            let mut t = BASE.replace(
+                "two: { input: mid, outputs: { default: out }, concurrency: 2 }",
+                "two: { input: mid, outputs: { default: out }, stage: { type: decode, registry: conf } }",
+            );
+            t.push_str(&format!(
+                "schema_registries:\n  conf: {{ type: confluent, url: \"{url}\", basic_auth: {{ username: u, password: \"{password}\" }} }}\n  other: {{ type: confluent, url: \"http://o\" }}\n"
+            ));
+            plan(&load(&t))
+        };
+        let a = with("p1", "http://r");
+        let rotated = with("p2", "http://r");
+        let moved = with("p1", "http://r2");
+        assert_eq!(a["one"].fingerprint, rotated["one"].fingerprint, "a worker using no registry stays");
+        assert_ne!(a["two"].fingerprint, rotated["two"].fingerprint, "a rotated password restarts the decoder");
+        assert_ne!(a["two"].fingerprint, moved["two"].fingerprint);
+        let other_changed = plan(&load(&{
+            let mut t = BASE.replace(
+                "two: { input: mid, outputs: { default: out }, concurrency: 2 }",
+                "two: { input: mid, outputs: { default: out }, stage: { type: decode, registry: conf } }",
+            );
+            t.push_str("schema_registries:\n  conf: { type: confluent, url: \"http://r\", basic_auth: { username: u, password: \"p1\" } }\n  other: { type: confluent, url: \"http://changed\" }\n");
+            t
+        }));
+        assert_eq!(
+            a["two"].fingerprint, other_changed["two"].fingerprint,
+            "a registry it does not use changes nothing"
+        );
     }
 }

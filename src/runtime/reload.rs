@@ -279,7 +279,7 @@ impl Topology {
             opts: &shared.opts,
             grace: shared.grace,
             routes: &shared.routes,
-            registries: crate::schema::Registries::build(&cfg.schema_registries, Some(shared.metrics.clone()))
+            registries: crate::schema::Registries::build(&cfg.schema_registries, Some(registry_hook(&shared.metrics)))
                 .map_err(|e| RuntimeError::Registry(Box::new(e)))?,
         };
         for (n, p) in new_plan {
@@ -312,7 +312,7 @@ impl Topology {
                 }
             }
         }
-        let registries = crate::schema::Registries::build(&old.schema_registries, Some(shared.metrics.clone()))
+        let registries = crate::schema::Registries::build(&old.schema_registries, Some(registry_hook(&shared.metrics)))
             .unwrap_or_else(|e| {
                 tracing::error!(error = %e, "cannot rebuild the previous schema registries");
                 Default::default()
@@ -340,4 +340,10 @@ impl Topology {
             }
         }
     }
+}
+
+/// Counts schema registry requests in the daemon's metrics.
+fn registry_hook(metrics: &std::sync::Arc<crate::metrics::Metrics>) -> crate::schema::registry::RequestHook {
+    let m = metrics.clone();
+    std::sync::Arc::new(move |registry: &str, outcome: &str| m.schema_registry_request(registry, outcome))
 }

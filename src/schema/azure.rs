@@ -13,13 +13,15 @@
 //! Avro encoder registers it. Ids come back in the `Schema-Id` header.
 
 use super::SchemaError;
-use super::http::{Status, body_text, status, unexpected, unreachable};
+use super::http::{Status, body_text, not_found, status, unexpected, unreachable};
 use azure_core::credentials::TokenCredential;
 use std::sync::Arc;
 
 const API_VERSION: &str = "2022-10";
 const SCOPE: &str = "https://eventhubs.azure.net/.default";
 const AVRO: &str = "application/json; serialization=Avro";
+/// The service's error codes for a schema or group it does not have.
+const NOT_FOUND: &[&str] = &["ItemNotFound", "SchemaNotFound", "GroupNotFound", "NotFound"];
 
 pub(super) struct Azure {
     pub registry: String,
@@ -68,6 +70,7 @@ impl Azure {
         match status(resp.status().as_u16()) {
             Status::Ok => Ok(body_text_full(resp).await.map_err(|e| unreachable(&self.registry, &e))?),
             Status::NotFound => {
+                not_found(&self.registry, resp, NOT_FOUND).await?;
                 Err(SchemaError::Unknown { registry: self.registry.clone(), id: id.into(), hint: None })
             }
             _ => Err(unexpected(&self.registry, resp).await),
@@ -95,7 +98,7 @@ impl Azure {
         let resp = self.send(self.http.post(url).header("content-type", AVRO).body(schema.to_string())).await?;
         match status(resp.status().as_u16()) {
             Status::Ok => self.id_of(&resp).map(Some),
-            Status::NotFound => Ok(None),
+            Status::NotFound => not_found(&self.registry, resp, NOT_FOUND).await.map(|()| None),
             _ => Err(unexpected(&self.registry, resp).await),
         }
     }

@@ -7,9 +7,9 @@
 //! Confluent-framed one none (its id is in the payload).
 
 use super::SchemaError;
-use super::avro::AvroSchema;
 use super::registry::{Kind, Registry};
 use super::wire::{self, CONTENT_TYPE};
+use crate::avro::AvroSchema;
 use crate::transport::{Headers, OutboundMessage};
 use bytes::Bytes;
 use serde_json::Value as Json;

@@ -11,7 +11,7 @@
 //! | `GET /subjects/{subject}/versions` | the versions of a subject |
 
 use super::SchemaError;
-use super::http::{Status, body_text, status, unexpected, unreachable};
+use super::http::{Status, body_text, not_found, status, unexpected, unreachable};
 use crate::config::Secret;
 use serde::Deserialize;
 use serde_json::json;
@@ -85,6 +85,7 @@ impl Confluent {
                 }
             }
             Status::NotFound => {
+                not_found(&self.registry, resp, &["40403"]).await?;
                 Err(SchemaError::Unknown { registry: self.registry.clone(), id: id.to_string(), hint: None })
             }
             _ => Err(unexpected(&self.registry, resp).await),
@@ -112,7 +113,8 @@ impl Confluent {
         let resp = self.send(self.http.post(self.url(&["subjects", subject])).json(&body)).await?;
         match status(resp.status().as_u16()) {
             Status::Ok => Ok(Some(self.json::<IdAnswer>(resp).await?.id)),
-            Status::NotFound => Ok(None),
+            // subject or schema not found (Apicurio says 40401 for both)
+            Status::NotFound => not_found(&self.registry, resp, &["40401", "40403"]).await.map(|()| None),
             _ => Err(unexpected(&self.registry, resp).await),
         }
     }
@@ -125,7 +127,8 @@ impl Confluent {
         let resp = self.send(self.http.post(url).json(&body)).await?;
         match status(resp.status().as_u16()) {
             Status::Ok => Ok(self.json::<Compatibility>(resp).await?.is_compatible),
-            Status::NotFound => Ok(true),
+            // no such subject or no version yet: anything goes
+            Status::NotFound => not_found(&self.registry, resp, &["40401", "40402"]).await.map(|()| true),
             Status::Refused => Ok(false),
             _ => Err(unexpected(&self.registry, resp).await),
         }
@@ -136,7 +139,7 @@ impl Confluent {
         let resp = self.send(self.http.get(self.url(&["subjects", subject, "versions"]))).await?;
         match status(resp.status().as_u16()) {
             Status::Ok => self.json(resp).await,
-            Status::NotFound => Ok(vec![]),
+            Status::NotFound => not_found(&self.registry, resp, &["40401"]).await.map(|()| vec![]),
             _ => Err(unexpected(&self.registry, resp).await),
         }
     }

@@ -108,6 +108,26 @@ pub(super) async fn unexpected(registry: &str, resp: reqwest::Response) -> Schem
     }
 }
 
+/// Whether a 404 is the registry's own "not found" (its error code in
+/// `codes`: Confluent's `error_code`, Azure's `error.code`) rather than a
+/// wrong path or a proxy's page, which is an error (`Refused`).
+pub(super) async fn not_found(registry: &str, resp: reqwest::Response, codes: &[&str]) -> Result<(), SchemaError> {
+    let body = body_text(resp).await;
+    let code = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| match &v["error_code"] {
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => v["error"]["code"].as_str().map(str::to_string),
+    });
+    if code.as_deref().is_some_and(|c| codes.contains(&c)) {
+        Ok(())
+    } else {
+        Err(SchemaError::Refused {
+            registry: registry.into(),
+            status: 404,
+            reason: format!("not this registry's \"not found\" (is the URL right?): {body}"),
+        })
+    }
+}
+
 /// The first 512 bytes of an answer's body, as text.
 pub(super) async fn body_text(resp: reqwest::Response) -> String {
     let bytes = resp.bytes().await.unwrap_or_default();

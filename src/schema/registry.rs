@@ -10,14 +10,17 @@
 //! by outcome (`ok`, `not_found`, `refused`, `auth`, `throttled`,
 //! `unavailable`).
 
-use super::avro::AvroSchema;
 use super::confluent::Confluent;
 pub use super::http::SetupError;
 use super::{SchemaError, subject};
+use crate::avro::AvroSchema;
 use crate::config::{SchemaRegistryConfig, SubjectStrategy};
-use crate::metrics::Metrics;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+
+/// Called with (registry, outcome) after every request (the daemon counts
+/// them in `conveyor_schema_registry_requests_total`).
+pub type RequestHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// Which API, and so which framing, a registry has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,12 +41,12 @@ pub struct Registry {
     strategy: SubjectStrategy,
     schemas: Mutex<HashMap<String, Arc<AvroSchema>>>,
     ids: Mutex<HashMap<(String, String), String>>,
-    metrics: Option<Arc<Metrics>>,
+    on_request: Option<RequestHook>,
 }
 
 impl Registry {
     /// The client of registry `name`.
-    pub fn new(name: &str, cfg: &SchemaRegistryConfig, metrics: Option<Arc<Metrics>>) -> Result<Self, SetupError> {
+    pub fn new(name: &str, cfg: &SchemaRegistryConfig, on_request: Option<RequestHook>) -> Result<Self, SetupError> {
         let (client, strategy) = match cfg {
             SchemaRegistryConfig::Confluent(c) => {
                 let http = super::http::client(name, c.timeout.get(), c.tls.as_ref().map(|t| t.ca.as_path()))?;
@@ -55,9 +58,7 @@ impl Registry {
             #[cfg(feature = "eventhubs")]
             SchemaRegistryConfig::Azure(a) => {
                 let http = super::http::client(name, a.timeout.get(), a.tls.as_ref().map(|t| t.ca.as_path()))?;
-                let url =
-                    if a.namespace.contains("://") { a.namespace.clone() } else { format!("https://{}", a.namespace) };
-                let endpoint = reqwest::Url::parse(&url)
+                let endpoint = reqwest::Url::parse(&a.endpoint())
                     .map_err(|e| SetupError::Client { registry: name.into(), reason: format!("namespace: {e}") })?;
                 let credential = crate::azure::entra_credential(&a.credential)
                     .map_err(|e| SetupError::Credential { registry: name.into(), source: Box::new(e) })?;
@@ -68,7 +69,14 @@ impl Registry {
             #[cfg(not(feature = "eventhubs"))]
             SchemaRegistryConfig::Azure(_) => return Err(SetupError::NoAzure { registry: name.into() }),
         };
-        Ok(Registry { name: name.into(), client, strategy, schemas: Mutex::default(), ids: Mutex::default(), metrics })
+        Ok(Registry {
+            name: name.into(),
+            client,
+            strategy,
+            schemas: Mutex::default(),
+            ids: Mutex::default(),
+            on_request,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -84,17 +92,17 @@ impl Registry {
     }
 
     fn count<T>(&self, r: &Result<T, SchemaError>, found: bool) {
-        let Some(m) = &self.metrics else { return };
+        let Some(hook) = &self.on_request else { return };
         let outcome = match r {
             Ok(_) if found => "ok",
             Ok(_) => "not_found",
-            Err(SchemaError::Unknown { .. }) => "not_found",
+            Err(SchemaError::Unknown { .. } | SchemaError::Unregistered { .. }) => "not_found",
             Err(SchemaError::Auth { .. }) => "auth",
             Err(SchemaError::Throttled { .. }) => "throttled",
             Err(SchemaError::Unavailable { .. }) => "unavailable",
             Err(_) => "refused",
         };
-        m.schema_registry_request(&self.name, outcome);
+        hook(&self.name, outcome);
     }
 
     /// Schema `id` (a Confluent number or an Azure id), from the cache or
@@ -138,7 +146,9 @@ impl Registry {
     /// The id of `schema` under `subject`: registered when `register`,
     /// otherwise it must be there already.
     pub async fn id_for(&self, subject: &str, schema: &AvroSchema, register: bool) -> Result<String, SchemaError> {
-        let key = (subject.to_string(), schema.canonical().to_string());
+        // by text: the canonical form drops defaults, docs and logical types,
+        // which a registry may keep apart
+        let key = (subject.to_string(), schema.text().to_string());
         if let Some(id) = self.ids.lock().unwrap().get(&key) {
             return Ok(id.clone());
         }
@@ -184,12 +194,12 @@ impl Registry {
                     "the schema is not registered under {subject:?} and is incompatible with its latest version (versions: {versions:?})"
                 ),
             },
-            _ => SchemaError::Unknown {
+            _ => SchemaError::Unregistered {
                 registry: self.name.clone(),
-                id: format!("{subject:?}"),
-                hint: Some(format!(
+                subject: format!("{subject:?}"),
+                hint: format!(
                     "the schema is not registered there (versions: {versions:?}); register it, or set `register: true`"
-                )),
+                ),
             },
         }
     }
@@ -215,10 +225,10 @@ pub struct Registries(BTreeMap<String, Arc<Registry>>);
 impl Registries {
     pub fn build(
         cfg: &BTreeMap<String, SchemaRegistryConfig>,
-        metrics: Option<Arc<Metrics>>,
+        on_request: Option<RequestHook>,
     ) -> Result<Self, SetupError> {
         cfg.iter()
-            .map(|(name, c)| Ok((name.clone(), Arc::new(Registry::new(name, c, metrics.clone())?))))
+            .map(|(name, c)| Ok((name.clone(), Arc::new(Registry::new(name, c, on_request.clone())?))))
             .collect::<Result<_, _>>()
             .map(Registries)
     }

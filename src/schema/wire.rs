@@ -9,7 +9,7 @@
 
 /// The header that carries a message's content type (on Event Hubs, the
 /// AMQP `content-type` property).
-pub const CONTENT_TYPE: &str = "content-type";
+pub use crate::transport::CONTENT_TYPE_HEADER as CONTENT_TYPE;
 
 /// The content type prefix of Azure-framed Avro.
 pub const AZURE_AVRO: &str = "avro/binary";

@@ -131,8 +131,13 @@ fn sha256_hex(parts: &[&Value]) -> String {
 #[async_trait]
 impl Stage for MapStage {
     async fn process(&self, msg: &PipelineMessage, out: &mut Vec<Emit>) -> Result<(), StageError> {
+        let mut schema_id = None;
         let mut v: Value = match &self.decoder {
-            Some(d) => d.decode(&msg.payload, &msg.headers).await?.json,
+            Some(d) => {
+                let decoded = d.decode(&msg.payload, &msg.headers).await?;
+                schema_id = Some(decoded.schema_id);
+                decoded.json
+            }
             None => serde_json::from_slice(&msg.payload).map_err(|e| StageError::InvalidJson(e.to_string()))?,
         };
         if !v.is_object() {
@@ -187,8 +192,9 @@ impl Stage for MapStage {
         };
         let mut m = OutboundMessage::from_message(msg);
         m.payload = payload;
-        if self.decoder.is_some() {
+        if let Some(id) = schema_id {
             m.headers.0.retain(|(n, _)| n != crate::schema::wire::CONTENT_TYPE);
+            m.headers.set(super::SCHEMA_ID_HEADER, id);
         }
         out.push(Emit { output, message: m });
         Ok(())

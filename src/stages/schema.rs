@@ -3,7 +3,7 @@
 //!
 //! - `decode`: a Confluent- or Azure-framed Avro record → its JSON, to
 //!   `default`; the writer schema's id goes in the `conveyor-schema-id`
-//!   header (`<registry>:<id>`), the `content-type` header is removed.
+//!   header, the `content-type` header is removed.
 //! - `encode`: a JSON payload → an Avro record with the configured schema,
 //!   framed for its registry (Azure: the `content-type` header).
 //! - `transcode`: Confluent-framed → Azure-framed, record bytes kept.

@@ -431,11 +431,6 @@ pub const TIMESTAMP_PROPERTY: &str = "conveyor-timestamp";
 /// key, not both); read back as the message's key, not as a header.
 pub const KEY_PROPERTY: &str = "conveyor-key";
 
-/// The header that travels as the event's AMQP `content-type` property
-/// (what the Azure Schema Registry encoders read and write), not as an
-/// application property; a received event's content type comes back as it.
-pub const CONTENT_TYPE_HEADER: &str = crate::schema::wire::CONTENT_TYPE;
-
 /// The SDK's event for `m`. Application properties are a map, so a header
 /// name that repeats cannot be carried, and a partition key is a string, so
 /// a key that is not UTF-8 cannot either: such a message is refused
@@ -472,7 +467,7 @@ fn to_event(m: &OutboundMessage, carry_key: bool) -> Result<EventData, Transport
         b = b.add_property(KEY_PROPERTY.to_string(), AmqpSimpleValue::String(String::from_utf8_lossy(k).into_owned()));
     }
     for (k, v) in m.headers.iter() {
-        if k == CONTENT_TYPE_HEADER
+        if k == crate::transport::CONTENT_TYPE_HEADER
             && let Ok(ct) = std::str::from_utf8(v)
         {
             b = b.with_content_type(ct.to_string());

@@ -672,8 +672,11 @@ fn to_message(ev: &ReceivedEventData, label: &Arc<str>, partition: u32, seq: i64
             }
         }
     }
+    // the AMQP content type is the message's; an application property of
+    // the same name gives way to it (one value per name)
     if let Some(ct) = data.content_type() {
-        headers.push((super::CONTENT_TYPE_HEADER.to_string(), Bytes::copy_from_slice(ct.as_bytes())));
+        headers.retain(|(n, _)| n != crate::transport::CONTENT_TYPE_HEADER);
+        headers.push((crate::transport::CONTENT_TYPE_HEADER.to_string(), Bytes::copy_from_slice(ct.as_bytes())));
     }
     PipelineMessage {
         entity: label.clone(),
