@@ -653,9 +653,18 @@ entities:
     name: {t}
     migrate: {{ to: hubs, name: {hub}, phase: {phase}, transcode: {{ from: conf, to: az }} }}
   json_in: {{ transport: local }}
+  raw_in: {{ transport: local }}
+  dlq: {{ transport: local }}
 sources:
   ingest: {{ type: http, entity: json_in, path: /ingest/claims }}
+  raw_ingest: {{ type: http, entity: raw_in, path: /ingest/raw }}
 workers:
+  raw:
+    consumer_group: {t}-raw
+    input: raw_in
+    stage: {{ type: passthrough }}
+    outputs: {{ default: claims }}
+    dead_letter: dlq
   encode:
     consumer_group: {t}-encode
     input: json_in
@@ -772,5 +781,28 @@ workers:
         assert_eq!(&l["value"], r);
         azure_id(&l["content_type"]);
     }
+    // what a producer writes that cannot be transcoded (not Confluent Avro)
+    // is dead-lettered by that worker, never sent to Event Hubs as it is
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/ingest/raw", daemon.addr))
+        .body("{\"not\": \"avro\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let dead_url = format!("http://{}/v1/entities/dlq/messages?partition=0&from=0&wait_ms=20000", daemon.addr);
+    let dead = reqwest::get(&dead_url).await.unwrap().text().await.unwrap();
+    let Some(first) = dead.lines().next() else {
+        let logs: Vec<String> = daemon.logs.try_iter().collect();
+        panic!("no dead letter ({dead:?}); the daemon said:\n{}", logs[logs.len().saturating_sub(30)..].join("\n"));
+    };
+    let record: Value = serde_json::from_str(first).unwrap();
+    let envelope = Envelope::parse(record["payload"].as_str().unwrap().as_bytes()).unwrap();
+    assert_eq!(
+        (envelope.origin.worker.as_str(), envelope.error.kind.as_str()),
+        ("raw", "schema_decode"),
+        "{envelope:?}"
+    );
+    assert_eq!(envelope.original_payload().unwrap(), b"{\"not\": \"avro\"}");
     assert!(daemon.wait_exit(Duration::ZERO).is_none(), "still running");
 }

@@ -236,6 +236,12 @@ fn http_sources_are_checked_where_they_are_written() {
         ("  web: { type: http, entity: orders.in, timeout: 5000h }\n", "sources.web.timeout", "at most 1h"),
         ("  web: { type: http, entity: orders.inn }\n", "sources.web.entity", "unknown entity"),
         ("  web: { type: http, entity: orders.in, lisen: \"127.0.0.1:1\" }\n", "sources.web", "lisen"),
+        (
+            "  orders-forward: { type: http, entity: orders.in }\n",
+            "sources.orders-forward",
+            "a worker is named \"orders-forward\" too",
+        ),
+        ("  \"mirror:x\": { type: http, entity: orders.in }\n", "sources.mirror:x", "built-in tasks'"),
     ];
     for (sources, at, says) in table {
         let e = load(&with(sources)).expect_err(sources);

@@ -25,6 +25,7 @@ pub(super) fn validate(c: &Config, v: &mut Issues<'_>) {
         worker(c, v, name, w, &mut groups);
     }
     retry_entities(c, v);
+    task_names(c, v);
     eventhubs_names(c, v);
     unconsumed(c, v);
     instance_id(c, v);
@@ -252,10 +253,29 @@ const MAX_INGEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3
 /// Routes of the admin listener an ingest `path` may not take.
 const ADMIN_ROUTES: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/-/", "/v1/"];
 
+/// Worker and source names become task names, beside the generated
+/// `retry:<entity>` and `mirror:<entity>`: those prefixes are taken.
+fn task_names(c: &Config, v: &mut Issues<'_>) {
+    let names = c.workers.keys().map(|n| ("workers", n)).chain(c.sources.keys().map(|n| ("sources", n)));
+    for (section, name) in names {
+        if name.starts_with("retry:") || name.starts_with("mirror:") {
+            v.error(&[section, name], "names starting with `retry:` or `mirror:` are the built-in tasks'");
+        }
+    }
+}
+
 fn sources(c: &Config, v: &mut Issues<'_>) {
     let mut paths: BTreeMap<&str, &str> = BTreeMap::new();
     let mut listens: BTreeMap<std::net::SocketAddr, &str> = BTreeMap::new();
     for (name, s) in &c.sources {
+        // sources and workers run as tasks named by their keys: one name,
+        // one task (a clash would leave one of them not running at all)
+        if c.workers.contains_key(name) {
+            v.error(
+                &["sources", name],
+                format!("a worker is named {name:?} too: sources and workers run as tasks named by their keys, give them different names"),
+            );
+        }
         entity_ref(c, v, &["sources", name, "entity"], s.entity());
         match s {
             SourceConfig::Simulator { rate, malformed_ratio, .. } => {
