@@ -183,10 +183,15 @@ pub struct LocalHistogram {
 
 impl LocalHistogram {
     pub fn observe(&mut self, v: f64) {
+        self.observe_n(v, 1);
+    }
+
+    /// `n` observations of `v` each.
+    pub fn observe_n(&mut self, v: f64, n: u64) {
         let i = self.target.inner.bounds.iter().position(|b| v <= *b).unwrap_or(self.target.inner.bounds.len());
-        self.counts[i] += 1;
-        self.sum += v;
-        self.count += 1;
+        self.counts[i] += n;
+        self.sum += v * n as f64;
+        self.count += n;
     }
 
     /// Adds what was observed since the last flush.

@@ -318,6 +318,29 @@ pub trait Producer: Send + Sync {
     /// Writes `batch` to `entity` and returns when all of it is acknowledged,
     /// in the order given. Waits (backpressure) when the transport is full.
     async fn send(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, TransportError>;
+
+    /// [`Producer::send`], giving the batch back with a refusal for good
+    /// (`Permanent`) that left nothing written, so that a caller can look
+    /// for the refused messages one at a time without keeping a copy of
+    /// every batch it sends. The default keeps that copy; a transport that
+    /// checks a whole batch before writing any of it does better.
+    async fn send_or_return(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, Refusal> {
+        let copy = batch.clone();
+        self.send(entity, batch).await.map_err(|error| {
+            let batch = (error.category() == ErrorCategory::Permanent).then_some(copy);
+            Refusal { error, batch }
+        })
+    }
+}
+
+/// A failed [`Producer::send_or_return`].
+#[derive(Debug)]
+pub struct Refusal {
+    pub error: TransportError,
+    /// The batch, untouched, when the refusal was for good (`Permanent`)
+    /// and nothing of it was written; `None` otherwise (then the outcome of
+    /// each message is unknown: send it all again).
+    pub batch: Option<Vec<OutboundMessage>>,
 }
 
 /// What a subscription asks the worker to do next.

@@ -27,26 +27,41 @@ pub struct Mirror {
     pub transcode: Option<std::sync::Arc<crate::schema::Transcoder>>,
 }
 
-#[async_trait]
-impl Stage for Mirror {
-    async fn process(&self, msg: &PipelineMessage, out: &mut Vec<Emit>) -> Result<(), StageError> {
+impl Mirror {
+    /// The copy of `msg`; `None` for a copy from the new side.
+    fn copy(&self, msg: &PipelineMessage) -> Option<OutboundMessage> {
         if Origin::of(&msg.headers).is_some_and(|o| o.is_from(&self.to.0, &self.to.1)) {
-            return Ok(());
+            return None;
         }
         let mut headers = msg.headers.clone();
         headers.set(origin::HEADER, Origin::render(&self.from.0, &self.from.1, msg.partition, msg.position));
-        let mut copy = OutboundMessage {
+        Some(OutboundMessage {
             key: msg.key.clone(),
             headers,
             payload: msg.payload.clone(),
             partition: self.keep_partition.then_some(msg.partition),
             timestamp_ms: Some(msg.timestamp_ms),
-        };
+        })
+    }
+}
+
+#[async_trait]
+impl Stage for Mirror {
+    async fn process(&self, msg: &PipelineMessage, out: &mut Vec<Emit>) -> Result<(), StageError> {
+        let Some(mut copy) = self.copy(msg) else { return Ok(()) };
         if let Some(t) = &self.transcode {
             copy = t.transcode(copy).await?;
         }
         out.push(Emit { output: 0, message: copy });
         Ok(())
+    }
+
+    fn process_now(&self, msg: &PipelineMessage, out: &mut Vec<Emit>) -> Option<Result<(), StageError>> {
+        if self.transcode.is_some() {
+            return None;
+        }
+        out.extend(self.copy(msg).map(|message| Emit { output: 0, message }));
+        Some(Ok(()))
     }
 }
 
@@ -95,5 +110,13 @@ mod tests {
         out.clear();
         by_key.process(&back, &mut out).await.unwrap();
         assert!(out.is_empty());
+        // without transcoding the mirror answers at once, the same
+        for m in [&msg, &back] {
+            let (mut now, mut later) = (Vec::new(), Vec::new());
+            assert!(matches!(by_key.process_now(m, &mut now), Some(Ok(()))));
+            by_key.process(m, &mut later).await.unwrap();
+            let render = |v: &Vec<Emit>| format!("{:?}", v.iter().map(|e| &e.message).collect::<Vec<_>>());
+            assert_eq!(render(&now), render(&later));
+        }
     }
 }

@@ -12,7 +12,11 @@ pub struct Passthrough {
 #[async_trait]
 impl Stage for Passthrough {
     async fn process(&self, msg: &PipelineMessage, out: &mut Vec<Emit>) -> Result<(), StageError> {
+        self.process_now(msg, out).unwrap_or(Ok(()))
+    }
+
+    fn process_now(&self, msg: &PipelineMessage, out: &mut Vec<Emit>) -> Option<Result<(), StageError>> {
         out.push(Emit { output: self.output, message: OutboundMessage::from_message(msg) });
-        Ok(())
+        Some(Ok(()))
     }
 }

@@ -42,7 +42,8 @@ mod store;
 pub use super::EntitySpec;
 use super::{
     Assignment, GroupPosition, GroupSpec, Headers, OutboundMessage, PartitionInfo, PartitionReader, PipelineMessage,
-    ProduceResult, Producer, Seek, StartPosition, Subscription, Transport, TransportError, key_partition, now_ms,
+    ProduceResult, Producer, Refusal, Seek, StartPosition, Subscription, Transport, TransportError, key_partition,
+    now_ms,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -465,27 +466,34 @@ impl Inner {
 #[async_trait]
 impl Producer for Embedded {
     async fn send(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, TransportError> {
+        self.send_or_return(entity, batch).await.map_err(|r| r.error)
+    }
+
+    /// Every refusal for good is found before anything is written.
+    async fn send_or_return(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, Refusal> {
         let inner = &self.inner;
-        let log = inner.entity(entity)?;
+        let log = match inner.entity(entity) {
+            Ok(log) => log,
+            Err(error) => return Err(Refusal { error, batch: Some(batch) }),
+        };
         let log = &log;
         let nparts = log.parts.len() as u32;
         let now = now_ms();
         let total = batch.len();
-        for m in &batch {
-            check_limits(m, inner.max_message_bytes)?;
+        let refused = batch.iter().find_map(|m| match m.partition {
+            Some(p) if p >= nparts => {
+                Some(TransportError::UnknownPartition { entity: entity.into(), partition: p, partitions: nparts })
+            }
+            _ => check_limits(m, inner.max_message_bytes).err(),
+        });
+        if let Some(error) = refused {
+            return Err(Refusal { error, batch: Some(batch) });
         }
         // group by partition, remembering each message's index
         let mut per: Vec<(Vec<usize>, Vec<Record>)> = (0..nparts).map(|_| (Vec::new(), Vec::new())).collect();
         for (i, m) in batch.into_iter().enumerate() {
             let p = match (m.partition, &m.key) {
-                (Some(p), _) if p < nparts => p,
-                (Some(p), _) => {
-                    return Err(TransportError::UnknownPartition {
-                        entity: entity.into(),
-                        partition: p,
-                        partitions: nparts,
-                    });
-                }
+                (Some(p), _) => p,
                 (None, Some(k)) => key_partition(k, nparts),
                 (None, None) => (inner.rr.fetch_add(1, Ordering::Relaxed) % nparts as u64) as u32,
             };
@@ -511,7 +519,7 @@ impl Producer for Embedded {
             });
         }
         for r in futures::future::join_all(appends).await {
-            let (p, idx, first) = r?;
+            let (p, idx, first) = r.map_err(|error| Refusal { error, batch: None })?;
             for (j, i) in idx.into_iter().enumerate() {
                 results[i] =
                     Some(ProduceResult { entity: log.label.clone(), partition: p, position: first + j as i64 });

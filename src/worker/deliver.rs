@@ -18,15 +18,30 @@ use crate::classify::ErrorCategory;
 use crate::consume::ConsumeError;
 use crate::dlq::Envelope;
 use crate::stages::Emit;
-use crate::transport::{OutboundMessage, TransportError};
+use crate::transport::{OutboundMessage, Refusal, TransportError};
 use bytes::Bytes;
 
-/// A message to write and the index (in the batch) of the message it came
-/// from.
-pub(super) struct Item {
-    pub source: usize,
-    pub message: OutboundMessage,
+/// Messages to write to one target, each with the index (in the batch) of
+/// the message it came from (`sources[i]` for `messages[i]`).
+#[derive(Default)]
+pub(super) struct Bucket {
+    sources: Vec<usize>,
+    messages: Vec<OutboundMessage>,
 }
+
+impl Bucket {
+    fn push(&mut self, source: usize, message: OutboundMessage) {
+        self.sources.push(source);
+        self.messages.push(message);
+    }
+
+    fn len(&self) -> usize {
+        self.messages.len()
+    }
+}
+
+/// A message a target refused for good: its batch index, itself, why.
+type Rejected = (usize, OutboundMessage, TransportError);
 
 /// A dead letter: a batch message's envelope.
 pub(super) struct Dead {
@@ -50,19 +65,23 @@ pub(super) type Refused<'a> = dyn Fn(usize, &str, &TransportError) -> Option<Dea
 
 /// One batch's writes.
 pub(super) struct Delivery {
-    outputs: Vec<Vec<Item>>,
-    retries: Vec<Item>,
+    outputs: Vec<Bucket>,
+    retries: Bucket,
     dead: Vec<Dead>,
 }
 
 impl Delivery {
     pub fn new(outputs: usize) -> Self {
-        Delivery { outputs: (0..outputs).map(|_| Vec::new()).collect(), retries: Vec::new(), dead: Vec::new() }
+        Delivery {
+            outputs: (0..outputs).map(|_| Bucket::default()).collect(),
+            retries: Bucket::default(),
+            dead: Vec::new(),
+        }
     }
 
     /// Messages still to write.
     pub fn len(&self) -> usize {
-        self.outputs.iter().map(Vec::len).sum::<usize>() + self.retries.len() + self.dead.len()
+        self.outputs.iter().map(Bucket::len).sum::<usize>() + self.retries.len() + self.dead.len()
     }
 
     /// A stage's emit, and its copies to the `tee` outputs when it went to
@@ -72,14 +91,14 @@ impl Delivery {
             && e.output == *default
         {
             for t in tees {
-                self.outputs[*t].push(Item { source, message: e.message.clone() });
+                self.outputs[*t].push(source, e.message.clone());
             }
         }
-        self.outputs[e.output].push(Item { source, message: e.message });
+        self.outputs[e.output].push(source, e.message);
     }
 
     pub fn retry(&mut self, source: usize, message: OutboundMessage) {
-        self.retries.push(Item { source, message });
+        self.retries.push(source, message);
     }
 
     pub fn dead(&mut self, d: Dead) {
@@ -102,20 +121,20 @@ impl Delivery {
         let (outs, retried) = futures::future::join(outputs, retries).await;
         let mut rejected = Vec::new();
         for (r, target) in outs.into_iter().zip(&spec.outputs) {
-            rejected.extend(r?.into_iter().map(|(item, e)| (item, target, e)));
+            rejected.extend(r?.into_iter().map(|(source, message, e)| (source, message, target, e)));
         }
         if let Some(t) = retry_target {
-            rejected.extend(retried?.into_iter().map(|(item, e)| (item, t, e)));
+            rejected.extend(retried?.into_iter().map(|(source, message, e)| (source, message, t, e)));
         }
         let mut stuck: Option<DeliverError> = None;
-        for (item, target, e) in rejected {
+        for (source, message, target, e) in rejected {
             spec.metrics.refused(&target.entity).inc();
             tracing::warn!(
                 worker = %spec.name, message_topic = %spec.host.entity, message_consumer_group = %spec.host.group,
-                entity = %target.entity, error = %e, source_position = item.source,
+                entity = %target.entity, error = %e, source_position = source,
                 "an output refused a message for good; it is dead-lettered instead"
             );
-            match refused(item.source, &target.entity, &e) {
+            match refused(source, &target.entity, &e) {
                 Some(d) => self.dead.push(d),
                 None => {
                     // keep it: a later attempt may find the output changed
@@ -125,7 +144,7 @@ impl Delivery {
                         _ => 1,
                     };
                     stuck = Some(DeliverError::Stuck { entity: target.entity.clone(), reason, messages });
-                    self.outputs_or_retries(target, spec).push(item);
+                    self.outputs_or_retries(target, spec).push(source, message);
                 }
             }
         }
@@ -137,7 +156,7 @@ impl Delivery {
     }
 
     /// The bucket that feeds `target` (to put back what could not go).
-    fn outputs_or_retries(&mut self, target: &OutputTarget, spec: &WorkerSpec) -> &mut Vec<Item> {
+    fn outputs_or_retries(&mut self, target: &OutputTarget, spec: &WorkerSpec) -> &mut Bucket {
         match spec.outputs.iter().position(|o| std::ptr::eq(o, target)) {
             Some(i) => &mut self.outputs[i],
             None => &mut self.retries,
@@ -216,14 +235,14 @@ impl Delivery {
     }
 }
 
-/// Sends `items` to `target`; on a permanent refusal, one at a time.
-/// Acknowledged items leave `items`; returns the refused ones.
+/// Sends `bucket` to `target`; on a permanent refusal, one at a time.
+/// Acknowledged messages leave the bucket; returns the refused ones.
 async fn send_items(
     target: &OutputTarget,
-    items: &mut Vec<Item>,
+    bucket: &mut Bucket,
     also_count: Option<&prometheus_client::metrics::counter::Counter>,
-) -> Result<Vec<(Item, TransportError)>, DeliverError> {
-    if items.is_empty() {
+) -> Result<Vec<Rejected>, DeliverError> {
+    if bucket.messages.is_empty() {
         return Ok(Vec::new());
     }
     let failed = |e| DeliverError::Failed(ConsumeError::Produce { entity: target.entity.clone(), source: e });
@@ -233,27 +252,34 @@ async fn send_items(
             c.inc_by(n as u64);
         }
     };
-    let msgs: Vec<OutboundMessage> = items.iter().map(|i| i.message.clone()).collect();
-    match target.producer.send(&target.physical, msgs).await {
+    // a failure that is not a refusal ends the lane (the batch is delivered
+    // again), so the bucket's messages can go without a copy
+    let n = bucket.messages.len();
+    match target.producer.send_or_return(&target.physical, std::mem::take(&mut bucket.messages)).await {
         Ok(_) => {
-            count(items.len());
-            items.clear();
+            count(n);
+            bucket.sources.clear();
             return Ok(Vec::new());
         }
-        Err(e) if e.category() != ErrorCategory::Permanent => return Err(failed(e)),
-        Err(_) => {}
+        Err(Refusal { error, batch: Some(batch) }) if error.category() == ErrorCategory::Permanent => {
+            bucket.messages = batch;
+        }
+        Err(Refusal { error, .. }) => return Err(failed(error)),
     }
     let mut refused = Vec::new();
-    while let Some(item) = items.first() {
-        match target.producer.send(&target.physical, vec![item.message.clone()]).await {
-            Ok(_) => {
-                count(1);
-                items.remove(0);
+    let (sources, messages) = (std::mem::take(&mut bucket.sources), std::mem::take(&mut bucket.messages));
+    for (source, message) in sources.into_iter().zip(messages) {
+        match target.producer.send_or_return(&target.physical, vec![message]).await {
+            Ok(_) => count(1),
+            Err(Refusal { error, batch: Some(mut one) }) if error.category() == ErrorCategory::Permanent => {
+                match one.pop() {
+                    Some(message) => refused.push((source, message, error)),
+                    None => return Err(failed(error)),
+                }
             }
-            Err(e) if e.category() == ErrorCategory::Permanent => refused.push((items.remove(0), e)),
-            Err(e) => {
+            Err(Refusal { error, .. }) => {
                 // what was refused stays refused; the rest is sent again later
-                return Err(failed(e));
+                return Err(failed(error));
             }
         }
     }

@@ -124,8 +124,7 @@ pub(super) async fn run(
         // 2. process, in partition order
         outcomes.clear();
         if spec.concurrency <= 1 {
-            // one clock read per message: each message's end is the next one's start
-            let mut clock = Instant::now();
+            let mut clock = StageClock::new();
             for (i, msg) in batch.iter().enumerate() {
                 let o = process(&spec, msg, &mut emits, &cancel, &mut handler, &mut clock).await;
                 // straight into the buckets: no list per message (nothing is
@@ -135,6 +134,7 @@ pub(super) async fn run(
                 }
                 outcomes.push(o);
             }
+            clock.settle(&mut handler);
             handler.flush();
         } else {
             // at most `concurrency` messages at once, results in partition order
@@ -300,10 +300,58 @@ async fn open_circuit(
 async fn process_own(spec: &WorkerSpec, msg: &PipelineMessage, cancel: &CancellationToken) -> Outcome {
     let mut own = Vec::new();
     let mut handler = spec.metrics.handler.local();
-    let mut clock = Instant::now();
-    match process(spec, msg, &mut own, cancel, &mut handler, &mut clock).await {
+    let mut clock = StageClock::new();
+    let o = process(spec, msg, &mut own, cancel, &mut handler, &mut clock).await;
+    clock.settle(&mut handler);
+    match o {
         Outcome::Done(_) => Outcome::Done(own),
         other => other,
+    }
+}
+
+/// Times stage calls for the handler histogram, with one clock read per
+/// call that waits and one per run of calls that did not: each call's end
+/// is the next one's start, and the calls a stage answered at once
+/// ([`crate::stages::Stage::process_now`]) are observed together, each as
+/// their mean (a clock read costs as much as such a call).
+struct StageClock {
+    start: Instant,
+    /// Calls answered at once since `start`.
+    quick: u64,
+}
+
+impl StageClock {
+    fn new() -> Self {
+        StageClock { start: Instant::now(), quick: 0 }
+    }
+
+    /// A call answered at once.
+    fn quick(&mut self) {
+        self.quick += 1;
+    }
+
+    /// Observes the calls answered at once since the last read.
+    fn settle(&mut self, h: &mut crate::metrics::LocalHistogram) {
+        if self.quick > 0 {
+            let now = Instant::now();
+            h.observe_n(now.saturating_duration_since(self.start).as_secs_f64() / self.quick as f64, self.quick);
+            self.start = now;
+            self.quick = 0;
+        }
+    }
+
+    /// A call that waited ends now (after [`StageClock::settle`]).
+    fn lap(&mut self, h: &mut crate::metrics::LocalHistogram) {
+        let now = Instant::now();
+        h.observe(now.saturating_duration_since(self.start).as_secs_f64());
+        self.start = now;
+    }
+
+    /// Time spent waiting between attempts is no stage's (call
+    /// [`StageClock::settle`] before the wait).
+    fn restart(&mut self) {
+        debug_assert_eq!(self.quick, 0);
+        self.start = Instant::now();
     }
 }
 
@@ -329,7 +377,7 @@ async fn process(
     out: &mut Vec<Emit>,
     cancel: &CancellationToken,
     handler: &mut crate::metrics::LocalHistogram,
-    clock: &mut Instant,
+    clock: &mut StageClock,
 ) -> Outcome {
     let health = &spec.host.health;
     // retry bookkeeping rides in headers; stages and outputs never see it
@@ -384,10 +432,22 @@ async fn process(
         // the prior count comes from a header: anything up to u32::MAX
         attempts = attempts.saturating_add(1);
         let start = out.len();
-        let r = AssertUnwindSafe(spec.stage.process(msg, out)).catch_unwind().await;
-        let t1 = Instant::now();
-        handler.observe(t1.saturating_duration_since(*clock).as_secs_f64());
-        *clock = t1;
+        let r = match std::panic::catch_unwind(AssertUnwindSafe(|| spec.stage.process_now(msg, out))) {
+            Ok(Some(r)) => {
+                clock.quick();
+                Ok(r)
+            }
+            Ok(None) => {
+                clock.settle(handler);
+                let r = AssertUnwindSafe(spec.stage.process(msg, out)).catch_unwind().await;
+                clock.lap(handler);
+                r
+            }
+            Err(panic) => {
+                clock.quick();
+                Err(panic)
+            }
+        };
         let err = match r {
             Ok(Ok(())) => {
                 if paused {
@@ -399,6 +459,7 @@ async fn process(
             Ok(Err(e)) => e,
             Err(panic) => StageError::Panic(panic_text(&*panic)),
         };
+        clock.settle(handler);
         out.truncate(start);
         let category = err.category();
         let now = SystemTime::now();
@@ -471,7 +532,7 @@ async fn process(
             _ = tokio::time::sleep(wait) => {}
         }
         health.lane_busy(msg.partition);
-        *clock = Instant::now();
+        clock.restart();
     }
 }
 
@@ -514,4 +575,29 @@ fn log_failure(
         retry_in_ms = delay.map(|d| d.as_millis() as u64),
         "{what}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StageClock;
+    use crate::metrics::BatchHistogram;
+
+    #[test]
+    fn calls_answered_at_once_are_observed_together_and_each_call_once() {
+        let hist = BatchHistogram::new(vec![0.001, 1.0]);
+        let mut h = hist.local();
+        let mut clock = StageClock::new();
+        for _ in 0..3 {
+            clock.quick();
+        }
+        // a call that waits first settles the quick ones, then is timed alone
+        clock.settle(&mut h);
+        clock.lap(&mut h);
+        clock.quick();
+        clock.settle(&mut h);
+        clock.settle(&mut h); // nothing new: observes nothing
+        clock.restart();
+        h.flush();
+        assert_eq!(hist.count(), 5);
+    }
 }

@@ -267,3 +267,26 @@ async fn a_reader_without_a_group_reads_from_anywhere_and_cannot_commit() {
     assert_eq!(t.group_positions("in", "g").await.unwrap()[0].committed, Some(0));
     assert!(t.open_reader("in", 3, Seek::Earliest).await.is_err());
 }
+
+#[tokio::test]
+async fn a_refusal_for_good_gives_the_whole_batch_back_and_writes_nothing() {
+    let t = open(None, 100, 2);
+    let oversize = OutboundMessage { payload: Bytes::from(vec![b'x'; 5000]), ..Default::default() };
+    let bad_partition = OutboundMessage { partition: Some(7), ..msg("k", "p") };
+    for refused in [oversize, bad_partition] {
+        let batch = vec![msg("a", "1"), refused.clone(), msg("b", "2")];
+        let r = t.send_or_return("in", batch.clone()).await.expect_err("refused");
+        assert_eq!(r.error.category(), crate::classify::ErrorCategory::Permanent, "{}", r.error);
+        let back = r.batch.expect("the batch comes back");
+        assert_eq!(back.len(), 3);
+        for (a, b) in back.iter().zip(&batch) {
+            assert_eq!((&a.key, &a.payload, a.partition), (&b.key, &b.payload, b.partition));
+        }
+        // `send` is the same path
+        let e = t.send("in", batch).await.expect_err("refused");
+        assert_eq!(e.kind(), r.error.kind());
+    }
+    let written: i64 = t.partitions("in").await.unwrap().iter().map(|p| p.next).sum();
+    assert_eq!(written, 0, "nothing of a refused batch is written");
+    assert!(t.send_or_return("in", vec![msg("a", "1")]).await.is_ok());
+}
