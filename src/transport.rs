@@ -320,10 +320,10 @@ pub trait Producer: Send + Sync {
     async fn send(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, TransportError>;
 
     /// [`Producer::send`], giving the batch back with a refusal for good
-    /// (`Permanent`) that left nothing written, so that a caller can look
-    /// for the refused messages one at a time without keeping a copy of
-    /// every batch it sends. The default keeps that copy; a transport that
-    /// checks a whole batch before writing any of it does better.
+    /// (`Permanent`), so that a caller can look for the refused messages one
+    /// at a time without keeping a copy of every batch it sends. The default
+    /// keeps that copy; a transport that sends from a borrowed batch, or
+    /// checks a whole batch before taking any of it, does without.
     async fn send_or_return(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, Refusal> {
         let copy = batch.clone();
         self.send(entity, batch).await.map_err(|error| {
@@ -337,9 +337,10 @@ pub trait Producer: Send + Sync {
 #[derive(Debug)]
 pub struct Refusal {
     pub error: TransportError,
-    /// The batch, untouched, when the refusal was for good (`Permanent`)
-    /// and nothing of it was written; `None` otherwise (then the outcome of
-    /// each message is unknown: send it all again).
+    /// The batch, untouched, when the refusal was for good (`Permanent`);
+    /// `None` otherwise (then send it all again). Messages before the
+    /// refused one may have been written (sending them again duplicates
+    /// them, as any retry may); the embedded transport writes none.
     pub batch: Option<Vec<OutboundMessage>>,
 }
 

@@ -58,7 +58,7 @@ mod consumer;
 
 use super::{
     EntitySpec, GroupPosition, GroupSpec, OutboundMessage, PartitionInfo, PartitionReader, ProduceResult, Producer,
-    Seek, StartPosition, Subscription, Transport, TransportError,
+    Refusal, Seek, StartPosition, Subscription, Transport, TransportError,
 };
 use crate::classify::{self, ErrorCategory};
 use crate::config::{EventHubsConfig, Secret};
@@ -335,7 +335,7 @@ impl EventHubsTransport {
         p: &ProducerClient,
         hub: &str,
         target: &Target,
-        msgs: &[OutboundMessage],
+        msgs: &[&OutboundMessage],
     ) -> Result<(), TransportError> {
         let mut i = 0;
         while i < msgs.len() {
@@ -357,7 +357,7 @@ impl EventHubsTransport {
             }
             .map_err(|e| self.map_err(hub, &e))?;
             while i < msgs.len() {
-                let event = to_event(&msgs[i], matches!(target, Target::Partition(_)))?;
+                let event = to_event(msgs[i], matches!(target, Target::Partition(_)))?;
                 let added = match (target, &msgs[i].key) {
                     // each message keeps its own key: consumers read it as
                     // the event's partition key
@@ -439,25 +439,7 @@ pub const KEY_PROPERTY: &str = "conveyor-key";
 /// With `carry_key` (an explicit partition), the key travels as
 /// [`KEY_PROPERTY`].
 fn to_event(m: &OutboundMessage, carry_key: bool) -> Result<EventData, TransportError> {
-    if let Some(k) = &m.key
-        && std::str::from_utf8(k).is_err()
-    {
-        return Err(TransportError::Unrepresentable(format!(
-            "message key {:?} is not UTF-8; an Event Hubs partition key is a string",
-            crate::text::clip_bytes(k, 64)
-        )));
-    }
-    if let Some(n) = m.headers.repeated_name() {
-        return Err(TransportError::Unrepresentable(format!(
-            "header {:?} appears more than once; Event Hubs properties hold one value per name",
-            crate::text::clip(n, 64)
-        )));
-    }
-    if let Some(reserved) = [TIMESTAMP_PROPERTY, KEY_PROPERTY].into_iter().find(|n| m.headers.get(n).is_some()) {
-        return Err(TransportError::Unrepresentable(format!(
-            "header {reserved:?} is reserved on Event Hubs (it carries the message's timestamp or key)"
-        )));
-    }
+    check_event(m)?;
     let mut b = EventData::builder().with_body(m.payload.to_vec());
     if let Some(ts) = m.timestamp_ms {
         b = b.add_property(TIMESTAMP_PROPERTY.to_string(), AmqpSimpleValue::Long(ts));
@@ -482,26 +464,65 @@ fn to_event(m: &OutboundMessage, carry_key: bool) -> Result<EventData, Transport
     Ok(b.build())
 }
 
+/// Whether [`to_event`] can carry `m` (the same checks, nothing built).
+fn check_event(m: &OutboundMessage) -> Result<(), TransportError> {
+    if let Some(k) = &m.key
+        && std::str::from_utf8(k).is_err()
+    {
+        return Err(TransportError::Unrepresentable(format!(
+            "message key {:?} is not UTF-8; an Event Hubs partition key is a string",
+            crate::text::clip_bytes(k, 64)
+        )));
+    }
+    if let Some(n) = m.headers.repeated_name() {
+        return Err(TransportError::Unrepresentable(format!(
+            "header {:?} appears more than once; Event Hubs properties hold one value per name",
+            crate::text::clip(n, 64)
+        )));
+    }
+    if let Some(reserved) = [TIMESTAMP_PROPERTY, KEY_PROPERTY].into_iter().find(|n| m.headers.get(n).is_some()) {
+        return Err(TransportError::Unrepresentable(format!(
+            "header {reserved:?} is reserved on Event Hubs (it carries the message's timestamp or key)"
+        )));
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Producer for EventHubsTransport {
     async fn send(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, TransportError> {
+        self.send_slice(entity, &batch).await
+    }
+
+    async fn send_or_return(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, Refusal> {
+        self.send_slice(entity, &batch).await.map_err(|error| {
+            let batch = (error.category() == ErrorCategory::Permanent).then_some(batch);
+            Refusal { error, batch }
+        })
+    }
+}
+
+impl EventHubsTransport {
+    /// [`Producer::send`] from a borrowed batch (the SDK's events are built
+    /// from it).
+    async fn send_slice(&self, entity: &str, batch: &[OutboundMessage]) -> Result<Vec<ProduceResult>, TransportError> {
         let e = self.entity(entity)?;
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         // refuse what cannot be carried before anything of the batch goes out
-        for m in &batch {
-            to_event(m, true)?;
+        for m in batch {
+            check_event(m)?;
         }
         let p = self.producer_for(&e.name).await?;
-        let mut groups: Vec<(Target, Vec<OutboundMessage>)> = Vec::new();
+        let mut groups: Vec<(Target, Vec<&OutboundMessage>)> = Vec::new();
         let mut index: HashMap<Target, usize> = HashMap::new();
         let mut results = Vec::with_capacity(batch.len());
         let label: Arc<str> = e.key.as_str().into();
         let keyed = batch.iter().any(|m| m.partition.is_none() && m.key.is_some());
         let partitions = if keyed { self.key_partitions(&p, &e.name).await } else { None };
         for m in batch {
-            let target = target(&m, partitions);
+            let target = target(m, partitions);
             results.push(ProduceResult { entity: label.clone(), partition: m.partition.unwrap_or(0), position: -1 });
             let i = *index.entry(target.clone()).or_insert_with(|| {
                 groups.push((target, Vec::new()));

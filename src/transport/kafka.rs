@@ -63,7 +63,7 @@
 
 use super::{
     Assignment, EntitySpec, GroupPosition, GroupSpec, Headers, OutboundMessage, PartitionInfo, PartitionReader,
-    PipelineMessage, ProduceResult, Producer, Seek, StartPosition, Subscription, Transport, TransportError,
+    PipelineMessage, ProduceResult, Producer, Refusal, Seek, StartPosition, Subscription, Transport, TransportError,
     header_name,
 };
 use crate::classify::{self, ErrorCategory};
@@ -348,6 +348,21 @@ impl ProducerContext for ProducerCtx {
 #[async_trait]
 impl Producer for KafkaTransport {
     async fn send(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, TransportError> {
+        self.send_slice(entity, &batch).await
+    }
+
+    async fn send_or_return(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, Refusal> {
+        self.send_slice(entity, &batch).await.map_err(|error| {
+            let batch = (error.category() == ErrorCategory::Permanent).then_some(batch);
+            Refusal { error, batch }
+        })
+    }
+}
+
+impl KafkaTransport {
+    /// [`Producer::send`] from a borrowed batch (librdkafka copies what it
+    /// sends).
+    async fn send_slice(&self, entity: &str, batch: &[OutboundMessage]) -> Result<Vec<ProduceResult>, TransportError> {
         let e = self.entity(entity)?;
         let label: Arc<str> = e.key.as_str().into();
         let n = batch.len();
