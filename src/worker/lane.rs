@@ -31,8 +31,9 @@ enum Outcome {
     Done(Vec<Emit>),
     /// Failed for good: write this envelope to the dead-letter entity.
     Dead(Box<Envelope>, ErrorCategory),
-    /// Failed for now: write this to the retry entity.
-    Retry(OutboundMessage, ErrorCategory),
+    /// Failed for now: write this to the retry entity (boxed: an outcome
+    /// per message stays small).
+    Retry(Box<OutboundMessage>, ErrorCategory),
     /// A retry addressed to another worker on the same input.
     Skipped,
     /// A drain arrived while the message waited for a retry or a pause.
@@ -126,7 +127,17 @@ pub(super) async fn run(
         if spec.concurrency <= 1 {
             let mut clock = StageClock::new();
             for (i, msg) in batch.iter().enumerate() {
-                let o = process(&spec, msg, &mut emits, &cancel, &mut handler, &mut clock).await;
+                // a stage that answers at once, on a message with no retry
+                // state to strip, needs none of `process`'s machinery
+                let first = if spec.retry_headers && retry::has_retry_headers(&msg.headers) {
+                    None
+                } else {
+                    attempt_now(&spec, msg, &mut emits, &mut clock)
+                };
+                let o = match first {
+                    Some(Ok(())) => Outcome::Done(Vec::new()),
+                    first => process(&spec, msg, &mut emits, &cancel, &mut handler, &mut clock, first).await,
+                };
                 // straight into the buckets: no list per message (nothing is
                 // written before the breaker below has looked)
                 for e in emits.drain(..) {
@@ -198,7 +209,7 @@ pub(super) async fn run(
                 }
                 Outcome::Retry(m, c) => {
                     throttled |= c == ErrorCategory::Throttling;
-                    delivery.retry(i, m);
+                    delivery.retry(i, *m);
                 }
                 Outcome::Skipped | Outcome::Abandoned => {}
             }
@@ -301,7 +312,7 @@ async fn process_own(spec: &WorkerSpec, msg: &PipelineMessage, cancel: &Cancella
     let mut own = Vec::new();
     let mut handler = spec.metrics.handler.local();
     let mut clock = StageClock::new();
-    let o = process(spec, msg, &mut own, cancel, &mut handler, &mut clock).await;
+    let o = process(spec, msg, &mut own, cancel, &mut handler, &mut clock, None).await;
     clock.settle(&mut handler);
     match o {
         Outcome::Done(_) => Outcome::Done(own),
@@ -369,8 +380,32 @@ fn envelope(spec: &WorkerSpec, msg: &PipelineMessage, f: &Failure<'_>) -> Envelo
     Envelope::new(msg, f, &cx)
 }
 
-/// Runs the stage on one message, retrying as the failure policy decides.
-/// Emits go to `out`; `Outcome::Done` carries none (the caller takes `out`).
+/// The stage's answer without waiting ([`crate::stages::Stage::process_now`]),
+/// a panic caught as a failure; `None` when the stage must be awaited. What
+/// a failed call pushed to `out` is taken back.
+fn attempt_now(
+    spec: &WorkerSpec,
+    msg: &PipelineMessage,
+    out: &mut Vec<Emit>,
+    clock: &mut StageClock,
+) -> Option<Result<(), StageError>> {
+    let start = out.len();
+    let r = match std::panic::catch_unwind(AssertUnwindSafe(|| spec.stage.process_now(msg, out))) {
+        Ok(None) => return None,
+        Ok(Some(r)) => r,
+        Err(panic) => Err(StageError::Panic(panic_text(&*panic))),
+    };
+    clock.quick();
+    if r.is_err() {
+        out.truncate(start);
+    }
+    Some(r)
+}
+
+/// Runs the stage on one message, retrying as the failure policy decides;
+/// `first` is the first attempt's result when the caller already made it
+/// ([`attempt_now`]). Emits go to `out`; `Outcome::Done` carries none (the
+/// caller takes `out`).
 async fn process(
     spec: &WorkerSpec,
     msg: &PipelineMessage,
@@ -378,6 +413,7 @@ async fn process(
     cancel: &CancellationToken,
     handler: &mut crate::metrics::LocalHistogram,
     clock: &mut StageClock,
+    mut first: Option<Result<(), StageError>>,
 ) -> Outcome {
     let health = &spec.host.health;
     // retry bookkeeping rides in headers; stages and outputs never see it
@@ -432,32 +468,24 @@ async fn process(
         // the prior count comes from a header: anything up to u32::MAX
         attempts = attempts.saturating_add(1);
         let start = out.len();
-        let r = match std::panic::catch_unwind(AssertUnwindSafe(|| spec.stage.process_now(msg, out))) {
-            Ok(Some(r)) => {
-                clock.quick();
-                Ok(r)
-            }
-            Ok(None) => {
+        let r = match first.take().or_else(|| attempt_now(spec, msg, out, clock)) {
+            Some(r) => r,
+            None => {
                 clock.settle(handler);
                 let r = AssertUnwindSafe(spec.stage.process(msg, out)).catch_unwind().await;
                 clock.lap(handler);
-                r
-            }
-            Err(panic) => {
-                clock.quick();
-                Err(panic)
+                r.unwrap_or_else(|panic| Err(StageError::Panic(panic_text(&*panic))))
             }
         };
         let err = match r {
-            Ok(Ok(())) => {
+            Ok(()) => {
                 if paused {
                     health.set(TaskState::Ready);
                     health.lane_busy(msg.partition);
                 }
                 return Outcome::Done(Vec::new());
             }
-            Ok(Err(e)) => e,
-            Err(panic) => StageError::Panic(panic_text(&*panic)),
+            Err(e) => e,
         };
         clock.settle(handler);
         out.truncate(start);
@@ -488,7 +516,7 @@ async fn process(
                     delay,
                     &err.to_string(),
                 );
-                return Outcome::Retry(m, category);
+                return Outcome::Retry(Box::new(m), category);
             }
             Decision::DeadLetter => {
                 let message = err.to_string();

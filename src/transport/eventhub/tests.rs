@@ -177,8 +177,11 @@ fn balancing_converges_to_fair_shares() {
     assert_eq!(mine(&plan_claims(&base, &parts, &listed, "c", exp, now), "c"), vec!["3"]);
 }
 
+/// The event for `m`; the batch check (`check_event`) must agree.
 fn to_event_(m: &OutboundMessage) -> Result<EventData, TransportError> {
-    to_event(m, false)
+    let r = to_event(m, false);
+    assert_eq!(check_event(m).map_err(|e| e.to_string()).err(), r.as_ref().map_err(|e| e.to_string()).err());
+    r
 }
 
 #[test]
