@@ -277,3 +277,48 @@ async fn http_endpoints_over_real_sockets() {
     rt.shutdown().await.unwrap();
     assert!(get(addr, "/healthz").await.is_err(), "server is gone after shutdown");
 }
+
+/// Passes messages through; its batch-level work (`settle`) fails while
+/// `failing` is set.
+struct Unsettled {
+    failing: AtomicBool,
+    settles: AtomicU32,
+}
+#[async_trait]
+impl Stage for Unsettled {
+    async fn process(&self, m: &PipelineMessage, out: &mut Vec<Emit>) -> Result<(), StageError> {
+        out.push(Emit { output: 0, message: OutboundMessage::from_message(m) });
+        Ok(())
+    }
+    async fn settle(&self, _partition: u32) -> Result<(), StageError> {
+        self.settles.fetch_add(1, Ordering::Relaxed);
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(StageError::Io("no space left on device".into()));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_pending_work_fails_is_neither_delivered_nor_committed_until_it_succeeds() {
+    let stage = Arc::new(Unsettled { failing: AtomicBool::new(true), settles: AtomicU32::new(0) });
+    let cfg = config(&topology(None, ""));
+    let rt = Pipeline::start(&cfg, 0, opts(stage.clone())).await.unwrap();
+    produce_ids(&*rt.transport("local"), "in", (0..10).map(|i| format!("m{i}"))).await;
+    assert!(eventually(Duration::from_secs(10), async || stage.settles.load(Ordering::Relaxed) >= 2).await);
+    let e = rt.transport("local");
+    assert!(read_all(&*e, "out").await.is_empty(), "nothing delivered before the stage settled the batch");
+    let committed_now: i64 = committed(&*e, "in", "w").await.iter().map(|c| c.unwrap_or(0)).sum();
+    assert_eq!(committed_now, 0, "nothing committed");
+    stage.failing.store(false, Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            committed(&*e, "in", "w").await.iter().map(|c| c.unwrap_or(0)).sum::<i64>() == 10
+        })
+        .await
+    );
+    let ids: Vec<String> = read_all(&*e, "out").await.iter().map(id_of).collect();
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 10, "{ids:?}");
+    assert_eq!(ids.len(), 10, "a failed settle delivered nothing, so nothing twice: {ids:?}");
+    rt.shutdown().await.unwrap();
+}
