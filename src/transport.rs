@@ -326,10 +326,7 @@ pub trait Producer: Send + Sync {
     /// checks a whole batch before taking any of it, does without.
     async fn send_or_return(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, Refusal> {
         let copy = batch.clone();
-        self.send(entity, batch).await.map_err(|error| {
-            let batch = (error.category() == ErrorCategory::Permanent).then_some(copy);
-            Refusal { error, batch }
-        })
+        self.send(entity, batch).await.map_err(|error| Refusal::of(error, copy))
     }
 }
 
@@ -342,6 +339,14 @@ pub struct Refusal {
     /// refused one may have been written (sending them again duplicates
     /// them, as any retry may); the embedded transport writes none.
     pub batch: Option<Vec<OutboundMessage>>,
+}
+
+impl Refusal {
+    /// `error` for `batch`: the batch comes back when the error is for good.
+    pub fn of(error: TransportError, batch: Vec<OutboundMessage>) -> Self {
+        let batch = (error.category() == ErrorCategory::Permanent).then_some(batch);
+        Refusal { error, batch }
+    }
 }
 
 /// What a subscription asks the worker to do next.

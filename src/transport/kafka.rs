@@ -352,10 +352,7 @@ impl Producer for KafkaTransport {
     }
 
     async fn send_or_return(&self, entity: &str, batch: Vec<OutboundMessage>) -> Result<Vec<ProduceResult>, Refusal> {
-        self.send_slice(entity, &batch).await.map_err(|error| {
-            let batch = (error.category() == ErrorCategory::Permanent).then_some(batch);
-            Refusal { error, batch }
-        })
+        self.send_slice(entity, &batch).await.map_err(|error| Refusal::of(error, batch))
     }
 }
 
