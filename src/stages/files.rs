@@ -24,7 +24,7 @@
 //! metadata) only after success.
 //!
 //! File work is grouped per batch: a download kept in memory (up to
-//! 512 KiB of bodies held per stage) and an upload's move into a
+//! 256 KiB of bodies per partition's batch) and an upload's move into a
 //! directory are done when the lane *settles* the batch
 //! ([`Stage::settle`]), after every message is processed and before any
 //! output is delivered: one blocking-pool call for the batch (every file
@@ -153,10 +153,9 @@ struct PendingFile {
     metadata: Vec<u8>,
 }
 
-/// Bodies a download stage holds for [`Stage::settle`] (all its lanes
-/// together), at most; beyond it a body is written at once, as a spilled
-/// one is.
-const PENDING_BYTES: usize = 512 << 10;
+/// Bodies of one partition's batch held for [`Stage::settle`], at most;
+/// beyond it a body is written at once, as a spilled one is.
+const PENDING_BYTES: usize = 256 << 10;
 
 /// Writes `files` durably: every file first (so that the syncs find the
 /// others' data on its way), then each synced, then the metadata sidecars
@@ -283,9 +282,9 @@ impl Download {
         let metadata = serde_json::to_vec(&v).expect("JSON");
         if file.is_none() {
             let mut pending = self.pending.lock().unwrap();
-            let held: usize = pending.values().flatten().map(|f| f.body.len()).sum();
-            if held + buf.len() <= PENDING_BYTES {
-                pending.entry(partition).or_default().push(PendingFile { part, path, meta, body: buf, metadata });
+            let batch = pending.entry(partition).or_default();
+            if batch.iter().map(|f| f.body.len()).sum::<usize>() + buf.len() <= PENDING_BYTES {
+                batch.push(PendingFile { part, path, meta, body: buf, metadata });
                 return Ok(v);
             }
         }
