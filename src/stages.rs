@@ -71,18 +71,6 @@ pub trait Stage: Send + Sync {
         None
     }
 
-    /// Completes work `process` left pending for `partition` (grouped per
-    /// batch: the download stage writes a batch's attachment files here,
-    /// one thread hand-off and one directory sync for all of them). Called
-    /// once per batch by that partition's lane after the batch is processed
-    /// and before any of its emits is delivered; an error fails the batch
-    /// (nothing delivered or committed; it is delivered again). Default:
-    /// nothing to do.
-    async fn settle(&self, partition: u32) -> Result<(), StageError> {
-        let _ = partition;
-        Ok(())
-    }
-
     /// Makes what was processed of `partition` so far durable. Called once
     /// per batch by that partition's lane, after the batch's outputs are
     /// acknowledged and before its position is committed (a sink fsyncs

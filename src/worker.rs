@@ -11,11 +11,8 @@
 //!    partition order); a panicking stage is caught and counts as a
 //!    `Permanent` failure of that message; what then happens to a failed
 //!    message is decided by the failure policy ([`policy::decide`]);
-//! 3. let the stage finish what it left pending for the batch (the download
-//!    stage writes the batch's attachment files: one thread hand-off and one
-//!    directory sync for all), then deliver: produce every output, retry and
-//!    dead-letter write of the batch and wait until all are acknowledged
-//!    ([`deliver`]);
+//! 3. deliver: produce every output, retry and dead-letter write of the
+//!    batch and wait until all are acknowledged ([`deliver`]);
 //! 4. let the stage make its effects durable (a sink fsyncs), then commit
 //!    the batch's last position.
 //!
@@ -110,8 +107,6 @@ pub enum WorkerError {
     DeadLetterLimit(String),
     #[error("stage flush failed (the batch is delivered again): {0}")]
     Flush(StageError),
-    #[error("stage could not complete the batch's pending work (the batch is delivered again): {0}")]
-    Settle(StageError),
 }
 
 impl WorkerError {
@@ -119,7 +114,7 @@ impl WorkerError {
         match self {
             WorkerError::Consume(e) => e.category(),
             WorkerError::DeadLetterLimit(_) => ErrorCategory::Transient,
-            WorkerError::Flush(e) | WorkerError::Settle(e) => e.category(),
+            WorkerError::Flush(e) => e.category(),
         }
     }
 }

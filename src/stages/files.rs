@@ -23,20 +23,8 @@
 //! the blob unless one of that name and size exists. It removes the cache file (and a download's
 //! metadata) only after success.
 //!
-//! File work is grouped per batch: a download kept in memory (up to
-//! 256 KiB of bodies per partition's batch) and an upload's move into a
-//! directory are done when the lane *settles* the batch
-//! ([`Stage::settle`]), after every message is processed and before any
-//! output is delivered: one blocking-pool call for the batch (every file
-//! written, then each synced, then the renames) and one sync per directory,
-//! instead of a thread hand-off and a directory sync per message. The
-//! guarantee is unchanged: an output naming a file is delivered only once
-//! the file is durable in place. A failure there fails the batch (nothing
-//! delivered or committed), which is processed again: downloads that made
-//! it are cache hits, moves that made it find their object in place. A
-//! body over the limit (or spilled to its `.part` file) and the other
-//! upload paths (keeping the cache, another file system, blobs) still do
-//! their file work per message, in one blocking-pool call each.
+//! All file work of one message runs in one blocking-pool call: one thread
+//! hand-off per message, not one per file operation.
 
 use super::json::{get, render, set};
 use super::{BuildError, Emit, Stage, StageError};
@@ -60,9 +48,9 @@ fn io(e: std::io::Error, what: &str, p: &Path) -> StageError {
     StageError::Io(format!("{what} {}: {e}", p.display()))
 }
 
-/// Runs blocking file work on tokio's blocking pool. A stage groups file
-/// operations into one call (a batch's, or one message's) instead of one
-/// hand-off per `tokio::fs` operation.
+/// Runs blocking file work on tokio's blocking pool. A stage groups all the
+/// file operations of one message into one call: one thread hand-off per
+/// message instead of one per `tokio::fs` operation.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StageError> + Send + 'static,
 ) -> Result<T, StageError> {
@@ -140,53 +128,6 @@ pub struct Download {
     cfg: DownloadConfig,
     client: reqwest::Client,
     output: usize,
-    /// Bodies fetched and not yet on disk, by partition (see [`Stage::settle`]).
-    pending: std::sync::Mutex<std::collections::HashMap<u32, Vec<PendingFile>>>,
-}
-
-/// A fetched body that [`Download`] writes when its lane settles the batch.
-struct PendingFile {
-    part: PathBuf,
-    path: PathBuf,
-    meta: PathBuf,
-    body: Vec<u8>,
-    metadata: Vec<u8>,
-}
-
-/// Bodies of one partition's batch held for [`Stage::settle`], at most;
-/// beyond it a body is written at once, as a spilled one is.
-const PENDING_BYTES: usize = 256 << 10;
-
-/// Writes `files` durably: every file first (so that the syncs find the
-/// others' data on its way), then each synced, then the metadata sidecars
-/// where no xattr holds it, then the renames into place, and one sync per
-/// directory for all the renames in it.
-fn write_pending(files: Vec<PendingFile>) -> Result<(), StageError> {
-    let mut written = Vec::with_capacity(files.len());
-    for f in &files {
-        let file = append(None, &f.part, &f.body)?;
-        // the metadata rides on the file (synced with it) where the file
-        // system allows; otherwise a sidecar vouches for the synced data
-        let on_file = f.metadata.len() <= 4096
-            && rustix::fs::fsetxattr(&file, META_XATTR, &f.metadata, rustix::fs::XattrFlags::empty()).is_ok();
-        written.push((file, on_file));
-    }
-    for ((file, _), f) in written.iter().zip(&files) {
-        file.sync_all().map_err(|e| io(e, "syncing", &f.part))?;
-    }
-    for ((_, on_file), f) in written.iter().zip(&files) {
-        if !on_file {
-            crate::fsync::write(&f.meta, &f.metadata).map_err(|e| io(e, "writing", &f.meta))?;
-        }
-    }
-    drop(written);
-    let mut syncs = crate::fsync::DirSyncs::default();
-    for f in &files {
-        std::fs::rename(&f.part, &f.path).map_err(|e| io(e, "renaming", &f.part))?;
-        syncs.parent_of(&f.path);
-    }
-    // the renames are durable once their directories are synced
-    syncs.sync().map_err(|e| StageError::Io(format!("syncing the download cache: {e}")))
 }
 
 impl Download {
@@ -195,7 +136,7 @@ impl Download {
             .timeout(cfg.timeout.get())
             .build()
             .map_err(|e| BuildError::HttpClient(e.to_string()))?;
-        Ok(Download { cfg, client, output, pending: Default::default() })
+        Ok(Download { cfg, client, output })
     }
 
     fn type_allowed(&self, ct: &str) -> bool {
@@ -207,10 +148,8 @@ impl Download {
             })
     }
 
-    /// Downloads `url` into the cache (or finds it there); returns the
-    /// metadata. A body kept in memory is written when the lane settles
-    /// `partition`'s batch (before anything of it is delivered).
-    async fn fetch(&self, url: &str, partition: u32) -> Result<Value, StageError> {
+    /// Downloads `url` into the cache (or finds it there); returns the metadata.
+    async fn fetch(&self, url: &str) -> Result<Value, StageError> {
         let name = hex(Sha256::digest(url.as_bytes()));
         let (path, meta) = (self.cfg.cache_dir.join(&name), self.cfg.cache_dir.join(format!("{name}.json")));
         // a miss (no cache file: the common case) costs one lookup here; a
@@ -280,14 +219,6 @@ impl Download {
         }
         let v = json!({ "path": path.display().to_string(), "size": size, "sha256": hex(h.finalize()), "content_type": ct, "url": url });
         let metadata = serde_json::to_vec(&v).expect("JSON");
-        if file.is_none() {
-            let mut pending = self.pending.lock().unwrap();
-            let batch = pending.entry(partition).or_default();
-            if batch.iter().map(|f| f.body.len()).sum::<usize>() + buf.len() <= PENDING_BYTES {
-                batch.push(PendingFile { part, path, meta, body: buf, metadata });
-                return Ok(v);
-            }
-        }
         blocking(move || {
             let f = append(file, &part, &buf)?;
             // the metadata rides on the file (synced with it) where the file
@@ -316,23 +247,12 @@ impl Stage for Download {
             .and_then(Value::as_str)
             .ok_or_else(|| StageError::MissingField(self.cfg.url_field.clone()))?
             .to_string();
-        let meta = self.fetch(&url, msg.partition).await?;
+        let meta = self.fetch(&url).await?;
         set(&mut v, &self.cfg.into, meta);
         let mut m = OutboundMessage::from_message(msg);
         m.payload = serde_json::to_vec(&v).expect("JSON").into();
         out.push(Emit { output: self.output, message: m });
         Ok(())
-    }
-
-    /// The batch's bodies reach the disk in one blocking call (one thread
-    /// hand-off, one directory sync); a failure fails the batch, which is
-    /// fetched again (from the cache where a file made it).
-    async fn settle(&self, partition: u32) -> Result<(), StageError> {
-        let files = self.pending.lock().unwrap().remove(&partition).unwrap_or_default();
-        if files.is_empty() {
-            return Ok(());
-        }
-        blocking(move || write_pending(files)).await
     }
 }
 
@@ -359,7 +279,13 @@ fn place_in_dir(src: &Path, dest: &Path, remove_cache: bool) -> Result<u64, Stag
     if remove_cache {
         match crate::fsync::move_creating_dirs(src, dest) {
             Ok(()) => {
-                drop_cache_metadata(src, dest);
+                // the metadata that vouched for the cache file: on the inode
+                // (now the object's), else in a sidecar
+                if rustix::fs::removexattr(dest, META_XATTR).is_err()
+                    && let Some(m) = sidecar(src)
+                {
+                    let _ = std::fs::remove_file(m);
+                }
                 return Ok(src_len);
             }
             // another file system: copy below
@@ -397,46 +323,10 @@ fn place_in_dir(src: &Path, dest: &Path, remove_cache: bool) -> Result<u64, Stag
     Ok(src_len)
 }
 
-/// The metadata that vouched for cache file `src`, now moved to `dest`: on
-/// the inode (now the object's), else in a sidecar.
-fn drop_cache_metadata(src: &Path, dest: &Path) {
-    if rustix::fs::removexattr(dest, META_XATTR).is_err()
-        && let Some(m) = sidecar(src)
-    {
-        let _ = std::fs::remove_file(m);
-    }
-}
-
-/// Moves a batch's cache files into place (`remove_cache` to a directory):
-/// the renames, then one sync per directory involved. A move across file
-/// systems falls back to [`place_in_dir`]; a source already moved (a second
-/// message of the batch naming the same object) is done.
-fn move_pending(moves: Vec<(PathBuf, PathBuf)>) -> Result<(), StageError> {
-    let mut syncs = crate::fsync::DirSyncs::default();
-    for (src, dest) in &moves {
-        match crate::fsync::move_creating_dirs_deferred(src, dest, &mut syncs) {
-            Ok(()) => drop_cache_metadata(src, dest),
-            Err(e) if rustix::io::Errno::from_io_error(&e) == Some(rustix::io::Errno::XDEV) => {
-                place_in_dir(src, dest, true)?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !src.exists() && dest.exists() => {}
-            Err(e) => return Err(io(e, "renaming", src)),
-        }
-    }
-    syncs.sync().map_err(|e| StageError::Io(format!("syncing the upload target: {e}")))
-}
-
-/// Moves one partition's batch holds for [`Stage::settle`], at most; beyond
-/// it a file is moved at once.
-const PENDING_MOVES: usize = 4096;
-
 pub struct Upload {
     pub cfg: UploadConfig,
     pub output: usize,
     blob: Option<(conveyor_blob::BlobClient, String, tokio::sync::OnceCell<()>)>,
-    /// Cache files to move into a directory target, by partition (see
-    /// [`Stage::settle`]).
-    pending: std::sync::Mutex<std::collections::HashMap<u32, Vec<(PathBuf, PathBuf)>>>,
 }
 
 fn blob_failure(e: conveyor_blob::BlobError) -> StageError {
@@ -451,7 +341,7 @@ impl Upload {
                 Some((crate::azure::blob_client(loc)?, loc.container.clone(), tokio::sync::OnceCell::new()))
             }
         };
-        Ok(Upload { cfg, output, blob, pending: Default::default() })
+        Ok(Upload { cfg, output, blob })
     }
 
     /// Puts `src` as blob `name` unless a blob of that size exists; returns
@@ -523,39 +413,12 @@ impl Stage for Upload {
         };
         let dest = root.join(&name);
         let remove_cache = self.cfg.remove_cache;
-        // a cache file to move is moved when the lane settles the batch;
-        // its size is one lookup here (a file the download just wrote)
-        let deferred = match std::fs::metadata(&src) {
-            Ok(m) if remove_cache => {
-                let mut pending = self.pending.lock().unwrap();
-                let batch = pending.entry(msg.partition).or_default();
-                (batch.len() < PENDING_MOVES).then(|| {
-                    batch.push((src.clone(), dest.clone()));
-                    m.len()
-                })
-            }
-            _ => None,
-        };
-        let size = match deferred {
-            Some(size) => size,
-            None => blocking(move || place_in_dir(&src, &dest, remove_cache)).await?,
-        };
+        let size = blocking(move || place_in_dir(&src, &dest, remove_cache)).await?;
         set(&mut v, &self.cfg.into, json!({ "target": root.display().to_string(), "name": name, "size": size }));
         let mut m = OutboundMessage::from_message(msg);
         m.payload = serde_json::to_vec(&v).expect("JSON").into();
         out.push(Emit { output: self.output, message: m });
         Ok(())
-    }
-
-    /// The batch's moves in one blocking call, one sync per directory; a
-    /// failure fails the batch, which finds the moved files in place when
-    /// it is delivered again.
-    async fn settle(&self, partition: u32) -> Result<(), StageError> {
-        let moves = self.pending.lock().unwrap().remove(&partition).unwrap_or_default();
-        if moves.is_empty() {
-            return Ok(());
-        }
-        blocking(move || move_pending(moves)).await
     }
 }
 
@@ -597,10 +460,7 @@ mod tests {
 
     async fn one(s: &dyn Stage, v: Value) -> Result<Value, StageError> {
         let mut out = Vec::new();
-        let m = msg(v);
-        s.process(&m, &mut out).await?;
-        // as a lane does before it delivers
-        s.settle(m.partition).await?;
+        s.process(&msg(v), &mut out).await?;
         Ok(serde_json::from_slice(&out[0].message.payload).unwrap())
     }
 
@@ -700,90 +560,6 @@ mod tests {
         let e =
             one(&u, json!({ "claim": "../x", "cached": { "path": "/nonexistent", "sha256": "z" } })).await.unwrap_err();
         assert_eq!(e.category(), ErrorCategory::Permanent);
-    }
-
-    #[tokio::test]
-    async fn a_batchs_files_reach_their_place_when_its_lane_settles_it_and_not_before() {
-        let hits = Arc::new(AtomicU32::new(0));
-        let a = server(hits.clone()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = DownloadConfig {
-            url_field: "url".into(),
-            cache_dir: dir.path().join("cache"),
-            max_bytes: 1_000_000,
-            content_types: vec![],
-            timeout: crate::config::Dur::secs(5),
-            into: "cached".into(),
-        };
-        let d = Download::new(cfg, 0).unwrap();
-        let at = |url: &str, claim: &str, partition: u32| {
-            let mut m = msg(json!({ "url": format!("http://{a}/f/{url}"), "claim": claim }));
-            m.partition = partition;
-            m
-        };
-        let batch = [at("doc.pdf", "c1", 0), at("big.pdf", "c2", 0), at("doc.pdf?p1", "c3", 1)];
-        let mut out = Vec::new();
-        for m in &batch {
-            d.process(m, &mut out).await.unwrap();
-        }
-        let cached: Vec<Value> = out.iter().map(|e| serde_json::from_slice(&e.message.payload).unwrap()).collect();
-        let path = |v: &Value| PathBuf::from(v["cached"]["path"].as_str().unwrap());
-        assert!(cached.iter().all(|v| !path(v).exists()), "nothing in place before the lane settles");
-        d.settle(0).await.unwrap();
-        assert_eq!(std::fs::read(path(&cached[0])).unwrap(), vec![7u8; 3000]);
-        assert_eq!(std::fs::read(path(&cached[1])).unwrap(), vec![1u8; 200_000]);
-        assert!(!path(&cached[2]).exists(), "another partition's batch waits for its own lane");
-        d.settle(1).await.unwrap();
-        assert!(path(&cached[2]).exists());
-        let meta = read_meta(&path(&cached[1]), &sidecar(&path(&cached[1])).unwrap()).expect("metadata kept");
-        assert_eq!(meta, cached[1]["cached"]);
-        // settled: a redelivery is a cache hit
-        let before = hits.load(Ordering::Relaxed);
-        d.process(&batch[0], &mut Vec::new()).await.unwrap();
-        assert_eq!(hits.load(Ordering::Relaxed), before);
-        assert!(d.pending.lock().unwrap().values().all(Vec::is_empty), "a hit leaves nothing to write");
-
-        let u = Upload::new(
-            UploadConfig {
-                path_field: "cached.path".into(),
-                target: UploadTarget::Dir { path: dir.path().join("store") },
-                name: "{{claim}}/x.pdf".into(),
-                into: "result".into(),
-                remove_cache: true,
-            },
-            0,
-        )
-        .unwrap();
-        let upload = |v: &Value| {
-            let mut m = msg(v.clone());
-            m.partition = 0;
-            m
-        };
-        let mut res = Vec::new();
-        for v in &cached[..2] {
-            u.process(&upload(v), &mut res).await.unwrap();
-        }
-        let dest = |c: &str| dir.path().join("store").join(c).join("x.pdf");
-        assert!(!dest("c1").exists() && path(&cached[0]).exists(), "moved when the lane settles");
-        let r: Value = serde_json::from_slice(&res[1].message.payload).unwrap();
-        assert_eq!(r["result"]["size"], 200_000, "the size is known before the move");
-        u.settle(0).await.unwrap();
-        assert_eq!(std::fs::read(dest("c1")).unwrap(), vec![7u8; 3000]);
-        assert_eq!(std::fs::read(dest("c2")).unwrap(), vec![1u8; 200_000]);
-        assert!(!path(&cached[0]).exists() && !path(&cached[1]).exists());
-
-        // a move that cannot be done fails the batch; delivered again once
-        // the way is clear, it completes
-        std::fs::write(dir.path().join("store/c3"), b"in the way").unwrap();
-        let v3 = &cached[2];
-        u.process(&upload(v3), &mut Vec::new()).await.unwrap();
-        let e = u.settle(0).await.unwrap_err();
-        assert!(e.to_string().contains("renaming"), "{e}");
-        assert!(path(v3).exists(), "the cache file stays for the redelivery");
-        std::fs::remove_file(dir.path().join("store/c3")).unwrap();
-        u.process(&upload(v3), &mut Vec::new()).await.unwrap();
-        u.settle(0).await.unwrap();
-        assert!(dest("c3").exists());
     }
 
     #[tokio::test]

@@ -230,9 +230,6 @@ pub(super) async fn run(
             };
             Some(Dead { envelope: envelope(&spec, msg, &f), key: msg.key.clone(), category: f.category })
         };
-        // what the stage left pending for the batch (attachment files) is
-        // done before anything of it is delivered
-        spec.stage.settle(p).await.map_err(WorkerError::Settle)?;
         let mut stuck = Attempts::new(STUCK);
         loop {
             match delivery.send(&spec, &refused).await {
