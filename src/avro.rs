@@ -36,11 +36,38 @@ pub struct AvroSchema {
     text: String,
 }
 
-/// `f()`, with a panic inside `apache-avro` (it has `unwrap`s on names and
-/// values) turned into an error.
-fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(format!("{what}: apache-avro failed on it (a name or value it cannot handle)")))
+/// Why a schema, a body or a JSON value was refused; the message says what
+/// and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AvroError {
+    /// The schema text does not parse or its names do not resolve.
+    #[error("not a valid Avro schema: {0}")]
+    Schema(String),
+    /// The schema uses the big-decimal logical type (its JSON form is not
+    /// settled).
+    #[error("the big-decimal logical type is not supported")]
+    BigDecimal,
+    /// A named type the schema refers to is not defined in it.
+    #[error("unknown type {0}")]
+    UnknownType(String),
+    /// The body is not one value of the writer schema using every byte.
+    #[error("{0}")]
+    Body(String),
+    /// The body does not resolve to the reader schema.
+    #[error("does not resolve to the reader schema: {0}")]
+    Resolve(String),
+    /// The JSON at `at` (`$.claim.items[2]`) is not a value of the schema.
+    #[error("{at}: {problem}")]
+    Value { at: String, problem: String },
+    /// `apache-avro` panicked on the schema or value (it has `unwrap`s on
+    /// names and values).
+    #[error("{0}: apache-avro failed on it (a name or value it cannot handle)")]
+    Panicked(&'static str),
+}
+
+/// `f()`, with a panic inside `apache-avro` turned into an error.
+fn guarded<T>(what: &'static str, f: impl FnOnce() -> Result<T, AvroError>) -> Result<T, AvroError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(Err(AvroError::Panicked(what)))
 }
 
 /// `text` with `logicalType: uuid` removed from `fixed` types: `apache-avro`
@@ -85,13 +112,13 @@ fn uuid_fixed_as_fixed(text: &str) -> String {
 impl AvroSchema {
     /// Parses a schema's JSON text. `big-decimal` is refused (its JSON form
     /// is not settled); a `fixed` UUID is read as its 16 bytes.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, AvroError> {
         apache_avro::util::max_allocation_bytes(MAX_ALLOCATION);
-        let bad = |e: String| format!("not a valid Avro schema: {e}");
+        let bad = |e: apache_avro::Error| AvroError::Schema(e.to_string());
         let (schema, names) = guarded("not a valid Avro schema", || {
-            let schema = Schema::parse_str(&uuid_fixed_as_fixed(text)).map_err(|e| bad(e.to_string()))?;
+            let schema = Schema::parse_str(&uuid_fixed_as_fixed(text)).map_err(bad)?;
             let names: binary::Names = apache_avro::schema::ResolvedSchema::try_from(&schema)
-                .map_err(|e| bad(e.to_string()))?
+                .map_err(bad)?
                 .get_names()
                 .iter()
                 .map(|(n, s)| (n.clone(), (*s).clone()))
@@ -99,7 +126,7 @@ impl AvroSchema {
             Ok((schema, names))
         })?;
         if !binary::supported(&names, &schema, &mut Vec::new()) {
-            return Err("the big-decimal logical type is not supported".into());
+            return Err(AvroError::BigDecimal);
         }
         let canonical = guarded("not a valid Avro schema", || Ok(schema.canonical_form()))?;
         Ok(AvroSchema { schema, names, canonical, text: text.to_string() })
@@ -130,7 +157,7 @@ impl AvroSchema {
 
     /// Decodes `body` (Avro binary written with this schema) into JSON,
     /// resolved to `reader` when given (schema evolution).
-    pub fn decode(&self, body: &[u8], reader: Option<&AvroSchema>) -> Result<Json, String> {
+    pub fn decode(&self, body: &[u8], reader: Option<&AvroSchema>) -> Result<Json, AvroError> {
         // the direct decoder bounds depth and size: only a body it accepts
         // goes on to apache-avro's schema resolution
         let direct = binary::decode(&self.names, &self.schema, body)?;
@@ -138,18 +165,18 @@ impl AvroSchema {
         guarded("resolving to the reader schema", || {
             let mut rest = body;
             let v = apache_avro::from_avro_datum(&self.schema, &mut rest, Some(&reader.schema))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| AvroError::Resolve(e.to_string()))?;
             Ok(to_json(&v))
         })
     }
 
     /// Checks that `body` decodes with this schema, using every byte.
-    pub fn check(&self, body: &[u8]) -> Result<(), String> {
+    pub fn check(&self, body: &[u8]) -> Result<(), AvroError> {
         binary::decode(&self.names, &self.schema, body).map(|_| ())
     }
 
     /// Encodes `json` as Avro binary with this schema.
-    pub fn encode(&self, json: &Json) -> Result<Vec<u8>, String> {
+    pub fn encode(&self, json: &Json) -> Result<Vec<u8>, AvroError> {
         binary::encode(&self.names, &self.schema, json)
     }
 }
@@ -235,7 +262,7 @@ mod tests {
         ];
         for (input, want) in table {
             let e = s.encode(&input).unwrap_err();
-            assert!(e.contains(want), "{input}: {e}");
+            assert!(e.to_string().contains(want), "{input}: {e}");
         }
     }
 
@@ -245,7 +272,7 @@ mod tests {
         let good = s.encode(&json!({"id": "c", "n": 1})).unwrap();
         let mut trailing = good.clone();
         trailing.push(0);
-        assert!(s.decode(&trailing, None).unwrap_err().contains("trailing"));
+        assert!(s.decode(&trailing, None).unwrap_err().to_string().contains("trailing"));
         assert!(s.check(&trailing).is_err());
         assert!(s.check(&good).is_ok());
         for cut in 0..good.len() {
@@ -320,7 +347,7 @@ mod tests {
         let big = AvroSchema::parse(
             r#"{"type":"record","name":"B","fields":[{"name":"x","type":{"type":"bytes","logicalType":"big-decimal"}}]}"#,
         );
-        assert!(big.unwrap_err().contains("big-decimal"));
+        assert!(matches!(big, Err(AvroError::BigDecimal)));
     }
 
     #[test]
@@ -329,6 +356,7 @@ mod tests {
         assert!(
             AvroSchema::parse(r#"{"type":"record","name":"claim-v2","fields":[]}"#)
                 .unwrap_err()
+                .to_string()
                 .contains("not a valid Avro schema")
         );
         // a record nested 5,000 deep through its recursive field: refused, no stack overflow
@@ -341,7 +369,7 @@ mod tests {
         for _ in 0..5001 {
             body.extend_from_slice(b"ab");
         }
-        assert!(s.decode(&body, None).unwrap_err().contains("deeper than"));
+        assert!(s.decode(&body, None).unwrap_err().to_string().contains("deeper than"));
         assert!(s.check(&body).is_err());
         let reader = AvroSchema::parse(CLAIM).unwrap();
         assert!(s.decode(&body, Some(&reader)).is_err(), "the reader-schema path is guarded by the same checks");
@@ -352,7 +380,7 @@ mod tests {
             many.extend_from_slice(&[0x80, 0x89, 0x0f]); // 125,000 elements a block
         }
         many.push(0);
-        assert!(nulls.decode(&many, None).unwrap_err().contains("more than the payload"));
+        assert!(nulls.decode(&many, None).unwrap_err().to_string().contains("more than the payload"));
         assert_eq!(nulls.decode(&[6, 0], None).unwrap(), json!([null, null, null]));
         // records whose fields take no bytes count as such
         let empties = AvroSchema::parse(
@@ -369,7 +397,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            aliased.encode(&json!({"b": 1})).unwrap_err().contains("field \"b\" is not in record"),
+            aliased.encode(&json!({"b": 1})).unwrap_err().to_string().contains("field \"b\" is not in record"),
             "an alias key is not dropped"
         );
         // the plain value first: a map with a key named like a branch stays a map
@@ -381,7 +409,7 @@ mod tests {
         assert_eq!(f.decode(&f.encode(&json!(0.1)).unwrap(), None).unwrap(), json!(0.1));
         assert_eq!(f.encode(&json!(1.5)).unwrap()[0], 0, "exact in a float: the float branch");
         let plain = AvroSchema::parse(r#""float""#).unwrap();
-        assert!(plain.encode(&json!(1e300)).unwrap_err().contains("out of its range"));
+        assert!(plain.encode(&json!(1e300)).unwrap_err().to_string().contains("out of its range"));
         // a fixed(16) UUID is its 16 bytes, as other Avro implementations write it
         let fu = AvroSchema::parse(r#"{"type":"fixed","name":"U","size":16,"logicalType":"uuid"}"#).unwrap();
         let sixteen: String = (0u8..16).map(char::from).collect();
@@ -409,7 +437,7 @@ mod tests {
                 match (s.decode(&bytes, None), super::oracle(text, &bytes)) {
                     (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
                     (Err(_), Err(_)) => {}
-                    (Err(e), Ok(_)) => prop_assert!(e.contains("more than the payload"), "refused what apache-avro reads: {}", e),
+                    (Err(e), Ok(_)) => prop_assert!(e.to_string().contains("more than the payload"), "refused what apache-avro reads: {}", e),
                     (Ok(a), Err(e)) => prop_assert!(false, "read {} where apache-avro refuses: {}", a, e),
                 }
             }
@@ -432,7 +460,7 @@ mod tests {
                 match (s.decode(&bytes, None), super::oracle(super::CLAIM, &bytes)) {
                     (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
                     (Err(_), Err(_)) => {}
-                    (Err(e), Ok(_)) => prop_assert!(e.contains("more than the payload"), "refused what apache-avro reads: {}", e),
+                    (Err(e), Ok(_)) => prop_assert!(e.to_string().contains("more than the payload"), "refused what apache-avro reads: {}", e),
                     (Ok(a), Err(e)) => prop_assert!(false, "read {} where apache-avro refuses: {}", a, e),
                 }
             }

@@ -100,8 +100,10 @@ pub enum BuildError {
     UnknownRegistry(String),
     #[error("schema registry {name:?} is of type {kind}; this needs {want}")]
     RegistryKind { name: String, kind: &'static str, want: &'static str },
-    #[error("{0}")]
-    Avro(String),
+    #[error(transparent)]
+    Avro(#[from] crate::config::SchemaSourceError),
+    #[error(transparent)]
+    Subject(crate::schema::SchemaError),
 }
 
 /// A stage failure.
@@ -210,7 +212,7 @@ impl Context {
     ) -> Result<crate::schema::codec::Decoder, BuildError> {
         let registries = names.list().into_iter().map(|n| self.registry(n, None)).collect::<Result<_, _>>()?;
         let reader = match reader {
-            Some(r) => Some(r.text().and_then(|t| crate::avro::AvroSchema::parse(&t)).map_err(BuildError::Avro)?),
+            Some(r) => Some(r.load()?),
             None => None,
         };
         Ok(crate::schema::codec::Decoder { registries, reader })
@@ -238,12 +240,12 @@ pub fn build(cfg: &StageConfig, outputs: &Outputs, cx: &Context) -> Result<Arc<d
         StageConfig::Encode(e) => {
             let output = default()?;
             let registry = cx.registry(&e.registry, None)?;
-            let schema = e.schema.text().and_then(|t| crate::avro::AvroSchema::parse(&t)).map_err(BuildError::Avro)?;
+            let schema = e.schema.load()?;
             let subject = match &e.subject {
                 Some(s) => s.clone(),
                 None => {
                     let topic = cx.topics.get(output).map(String::as_str).unwrap_or("default");
-                    registry.subject(topic, &schema).map_err(|e| BuildError::Avro(e.to_string()))?
+                    registry.subject(topic, &schema).map_err(BuildError::Subject)?
                 }
             };
             Arc::new(Encode {

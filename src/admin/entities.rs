@@ -125,22 +125,33 @@ pub struct ReadQuery {
     pub wait: Duration,
 }
 
+/// A read's query string that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("{key}={value:?} is not a number")]
+    NotANumber { key: String, value: String },
+    #[error("unknown parameter {0:?} (partition, from, max, wait_ms)")]
+    Unknown(String),
+    #[error("partition=P is required")]
+    NoPartition,
+}
+
 /// Parses a read's query string (a pure function).
-pub fn read_query(q: Option<&str>) -> Result<ReadQuery, String> {
+pub fn read_query(q: Option<&str>) -> Result<ReadQuery, QueryError> {
     let mut r = ReadQuery { partition: 0, from: None, max: 500, wait: Duration::ZERO };
     let mut partition = None;
     for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let bad = || format!("{k}={v:?} is not a number");
+        let bad = || QueryError::NotANumber { key: k.into(), value: v.into() };
         match k {
             "partition" => partition = Some(v.parse::<u32>().map_err(|_| bad())?),
             "from" => r.from = Some(v.parse::<i64>().map_err(|_| bad())?),
             "max" => r.max = v.parse::<usize>().map_err(|_| bad())?.clamp(1, MAX_READ),
             "wait_ms" => r.wait = Duration::from_millis(v.parse::<u64>().map_err(|_| bad())?).min(MAX_WAIT),
-            other => return Err(format!("unknown parameter {other:?} (partition, from, max, wait_ms)")),
+            other => return Err(QueryError::Unknown(other.into())),
         }
     }
-    r.partition = partition.ok_or("partition=P is required")?;
+    r.partition = partition.ok_or(QueryError::NoPartition)?;
     Ok(r)
 }
 
@@ -157,7 +168,7 @@ pub async fn read(
     };
     let q = match read_query(uri.query()) {
         Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let seek = q.from.map_or(Seek::Earliest, Seek::At);
     let mut reader = match a.transport.open_reader(&a.physical, q.partition, seek).await {
@@ -275,8 +286,11 @@ mod tests {
         assert_eq!(q, ReadQuery { partition: 2, from: Some(10), max: MAX_READ, wait: MAX_WAIT });
         let q = read_query(Some("partition=0")).unwrap();
         assert_eq!(q, ReadQuery { partition: 0, from: None, max: 500, wait: Duration::ZERO });
-        assert!(read_query(None).unwrap_err().contains("partition"));
-        assert!(read_query(Some("partition=x")).unwrap_err().contains("not a number"));
-        assert!(read_query(Some("partition=0&limit=3")).unwrap_err().contains("unknown parameter"));
+        assert_eq!(read_query(None), Err(QueryError::NoPartition));
+        assert_eq!(
+            read_query(Some("partition=x")),
+            Err(QueryError::NotANumber { key: "partition".into(), value: "x".into() })
+        );
+        assert_eq!(read_query(Some("partition=0&limit=3")), Err(QueryError::Unknown("limit".into())));
     }
 }

@@ -13,6 +13,7 @@
 //! [`MAX_EMPTY_ELEMENTS`] elements of a type that takes no bytes (`null`)
 //! in one record.
 
+use super::AvroError;
 use apache_avro::schema::{Name, Schema};
 use serde_json::{Map, Number, Value as Json};
 use std::collections::HashMap;
@@ -41,11 +42,21 @@ macro_rules! long_like {
     };
 }
 
-fn resolve<'a>(names: &'a Names, s: &'a Schema) -> Result<&'a Schema, String> {
+fn resolve<'a>(names: &'a Names, s: &'a Schema) -> Result<&'a Schema, AvroError> {
     match s {
-        Schema::Ref { name } => names.get(name).ok_or_else(|| format!("unknown type {}", name.fullname(None))),
+        Schema::Ref { name } => names.get(name).ok_or_else(|| AvroError::UnknownType(name.fullname(None))),
         s => Ok(s),
     }
+}
+
+/// The body is not a value of the schema.
+fn body(why: impl Into<String>) -> AvroError {
+    AvroError::Body(why.into())
+}
+
+/// The JSON at `at` is not a value of the schema.
+fn value(at: &At<'_>, why: impl ToString) -> AvroError {
+    AvroError::Value { at: at.to_string(), problem: why.to_string() }
 }
 
 struct Reader<'a> {
@@ -60,15 +71,15 @@ impl<'a> Reader<'a> {
         self.buf.len() - self.pos
     }
 
-    fn byte(&mut self) -> Result<u8, String> {
-        let b = *self.buf.get(self.pos).ok_or("unexpected end of the payload")?;
+    fn byte(&mut self) -> Result<u8, AvroError> {
+        let b = *self.buf.get(self.pos).ok_or_else(|| body("unexpected end of the payload"))?;
         self.pos += 1;
         Ok(b)
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], AvroError> {
         if n > self.remaining() {
-            return Err(format!("a length of {n} bytes runs past the end of the payload"));
+            return Err(body(format!("a length of {n} bytes runs past the end of the payload")));
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -76,7 +87,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A zig-zag varint long.
-    fn long(&mut self) -> Result<i64, String> {
+    fn long(&mut self) -> Result<i64, AvroError> {
         let mut z: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
@@ -85,30 +96,30 @@ impl<'a> Reader<'a> {
                 return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
             }
         }
-        Err("a variable-length integer is longer than 10 bytes".into())
+        Err(body("a variable-length integer is longer than 10 bytes"))
     }
 
-    fn int(&mut self) -> Result<i32, String> {
+    fn int(&mut self) -> Result<i32, AvroError> {
         let n = self.long()?;
-        i32::try_from(n).map_err(|_| format!("{n} is out of the int range"))
+        i32::try_from(n).map_err(|_| body(format!("{n} is out of the int range")))
     }
 
-    fn len(&mut self) -> Result<usize, String> {
+    fn len(&mut self) -> Result<usize, AvroError> {
         let n = self.long()?;
-        usize::try_from(n).map_err(|_| format!("negative length {n}"))
+        usize::try_from(n).map_err(|_| body(format!("negative length {n}")))
     }
 
-    fn bytes(&mut self) -> Result<&'a [u8], String> {
+    fn bytes(&mut self) -> Result<&'a [u8], AvroError> {
         let n = self.len()?;
         self.take(n)
     }
 
-    fn string(&mut self) -> Result<&'a str, String> {
-        std::str::from_utf8(self.bytes()?).map_err(|e| format!("a string is not UTF-8: {e}"))
+    fn string(&mut self) -> Result<&'a str, AvroError> {
+        std::str::from_utf8(self.bytes()?).map_err(|e| body(format!("a string is not UTF-8: {e}")))
     }
 
     /// The element count of the next array or map block (0: the end).
-    fn block(&mut self, empty_items: bool) -> Result<u64, String> {
+    fn block(&mut self, empty_items: bool) -> Result<u64, AvroError> {
         let n = self.long()?;
         let count = if n < 0 {
             self.long()?; // the block's size in bytes
@@ -118,7 +129,7 @@ impl<'a> Reader<'a> {
         };
         let limit = if empty_items { self.empty_budget } else { self.remaining() as u64 };
         if count > limit {
-            return Err(format!("a block claims {count} elements, more than the payload can hold"));
+            return Err(body(format!("a block claims {count} elements, more than the payload can hold")));
         }
         if empty_items {
             self.empty_budget -= count;
@@ -142,18 +153,18 @@ fn empty(names: &Names, s: &Schema, depth: usize) -> bool {
 }
 
 /// Decodes one value of `s` from `body`, which it must use up.
-pub(super) fn decode(names: &Names, s: &Schema, body: &[u8]) -> Result<Json, String> {
-    let mut r = Reader { buf: body, pos: 0, empty_budget: MAX_EMPTY_ELEMENTS };
+pub(super) fn decode(names: &Names, s: &Schema, payload: &[u8]) -> Result<Json, AvroError> {
+    let mut r = Reader { buf: payload, pos: 0, empty_budget: MAX_EMPTY_ELEMENTS };
     let v = read(names, s, &mut r, 0)?;
     match r.remaining() {
         0 => Ok(v),
-        n => Err(format!("{n} trailing bytes after the record (written with another schema?)")),
+        n => Err(body(format!("{n} trailing bytes after the record (written with another schema?)"))),
     }
 }
 
-fn read(names: &Names, s: &Schema, r: &mut Reader<'_>, depth: usize) -> Result<Json, String> {
+fn read(names: &Names, s: &Schema, r: &mut Reader<'_>, depth: usize) -> Result<Json, AvroError> {
     if depth > MAX_DEPTH {
-        return Err(format!("values nest deeper than {MAX_DEPTH} levels"));
+        return Err(body(format!("values nest deeper than {MAX_DEPTH} levels")));
     }
     let depth = depth + 1;
     Ok(match resolve(names, s)? {
@@ -161,23 +172,23 @@ fn read(names: &Names, s: &Schema, r: &mut Reader<'_>, depth: usize) -> Result<J
         Schema::Boolean => match r.byte()? {
             0 => Json::Bool(false),
             1 => Json::Bool(true),
-            b => return Err(format!("byte {b} is not a boolean")),
+            b => return Err(body(format!("byte {b} is not a boolean"))),
         },
         Schema::Int | Schema::Date | Schema::TimeMillis => Json::from(r.int()?),
         long_like!() => Json::from(r.long()?),
         Schema::Float => {
-            let b: [u8; 4] = r.take(4)?.try_into().map_err(|_| "a float needs 4 bytes")?;
+            let b: [u8; 4] = r.take(4)?.try_into().map_err(|_| body("a float needs 4 bytes"))?;
             number(f64::from(f32::from_le_bytes(b)))
         }
         Schema::Double => {
-            let b: [u8; 8] = r.take(8)?.try_into().map_err(|_| "a double needs 8 bytes")?;
+            let b: [u8; 8] = r.take(8)?.try_into().map_err(|_| body("a double needs 8 bytes"))?;
             number(f64::from_le_bytes(b))
         }
         Schema::Bytes => latin1_string(r.bytes()?),
         Schema::String => Json::String(r.string()?.to_string()),
         Schema::Uuid => {
             let t = r.string()?;
-            let u = apache_avro::Uuid::parse_str(t).map_err(|e| format!("{t:?} is not a UUID: {e}"))?;
+            let u = apache_avro::Uuid::parse_str(t).map_err(|e| body(format!("{t:?} is not a UUID: {e}")))?;
             Json::String(u.to_string())
         }
         Schema::Fixed(f) => latin1_string(r.take(f.size)?),
@@ -185,7 +196,9 @@ fn read(names: &Names, s: &Schema, r: &mut Reader<'_>, depth: usize) -> Result<J
             let i = r.int()?;
             let symbol = usize::try_from(i).ok().and_then(|i| e.symbols.get(i));
             Json::String(
-                symbol.ok_or_else(|| format!("enum index {i} is not one of {} symbols", e.symbols.len()))?.clone(),
+                symbol
+                    .ok_or_else(|| body(format!("enum index {i} is not one of {} symbols", e.symbols.len())))?
+                    .clone(),
             )
         }
         Schema::Union(u) => {
@@ -193,7 +206,7 @@ fn read(names: &Names, s: &Schema, r: &mut Reader<'_>, depth: usize) -> Result<J
             let branch = usize::try_from(i).ok().and_then(|i| u.variants().get(i));
             read(
                 names,
-                branch.ok_or_else(|| format!("union index {i} is not one of {} branches", u.variants().len()))?,
+                branch.ok_or_else(|| body(format!("union index {i} is not one of {} branches", u.variants().len())))?,
                 r,
                 depth,
             )?
@@ -241,7 +254,7 @@ fn read(names: &Names, s: &Schema, r: &mut Reader<'_>, depth: usize) -> Result<J
         },
         Schema::Duration => latin1_string(r.take(12)?),
         Schema::BigDecimal | Schema::Ref { .. } => {
-            return Err("big-decimal values are decoded by the generic path".into());
+            return Err(AvroError::BigDecimal);
         }
     })
 }
@@ -286,15 +299,15 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 
 /// Encodes `j` as a value of `s` (schema-directed; see the parent module
 /// for how JSON maps to each type).
-pub(super) fn encode(names: &Names, s: &Schema, j: &Json) -> Result<Vec<u8>, String> {
+pub(super) fn encode(names: &Names, s: &Schema, j: &Json) -> Result<Vec<u8>, AvroError> {
     let mut out = Vec::with_capacity(128);
     write(names, s, j, &At::Root, &mut out)?;
     Ok(out)
 }
 
-fn write(names: &Names, s: &Schema, j: &Json, at: &At<'_>, out: &mut Vec<u8>) -> Result<(), String> {
-    let s = resolve(names, s).map_err(|e| format!("{at}: {e}"))?;
-    let need = |what: &str| format!("{at}: expected {what}, found {}", kind(j));
+fn write(names: &Names, s: &Schema, j: &Json, at: &At<'_>, out: &mut Vec<u8>) -> Result<(), AvroError> {
+    let s = resolve(names, s).map_err(|e| value(at, e))?;
+    let need = |what: &str| value(at, format!("expected {what}, found {}", kind(j)));
     let int = || j.as_i64().and_then(|n| i32::try_from(n).ok());
     match s {
         Schema::Null => j.is_null().then_some(()).ok_or_else(|| need("null"))?,
@@ -350,14 +363,14 @@ fn write(names: &Names, s: &Schema, j: &Json, at: &At<'_>, out: &mut Vec<u8>) ->
             // field names only: `lookup` also holds aliases, whose values
             // would be dropped
             if let Some(extra) = o.keys().find(|k| !r.fields.iter().any(|f| f.name == **k)) {
-                return Err(format!("{at}: field {extra:?} is not in record {}", r.name.fullname(None)));
+                return Err(value(at, format!("field {extra:?} is not in record {}", r.name.fullname(None))));
             }
             for f in &r.fields {
                 let here = At::Field(at, &f.name);
                 match (o.get(&f.name), &f.default) {
                     (Some(x), _) => write(names, &f.schema, x, &here, out)?,
                     (None, Some(d)) => write_default(names, &f.schema, d, &here, out)?,
-                    (None, None) => return Err(format!("{here}: missing, and the field has no default")),
+                    (None, None) => return Err(value(&here, "missing, and the field has no default")),
                 }
             }
         }
@@ -413,17 +426,17 @@ fn write(names: &Names, s: &Schema, j: &Json, at: &At<'_>, out: &mut Vec<u8>) ->
             Some(b) if b.len() == 12 => out.extend_from_slice(&b),
             _ => return Err(need("a duration (12 bytes as a string of U+0000–U+00FF)")),
         },
-        Schema::BigDecimal | Schema::Ref { .. } => return Err(format!("{at}: this type cannot be written from JSON")),
+        Schema::BigDecimal | Schema::Ref { .. } => return Err(value(at, "this type cannot be written from JSON")),
     }
     Ok(())
 }
 
 /// A field default (JSON, as in the schema): a union field's default is of
 /// its first branch.
-fn write_default(names: &Names, s: &Schema, d: &Json, at: &At<'_>, out: &mut Vec<u8>) -> Result<(), String> {
-    match resolve(names, s).map_err(|e| format!("{at}: {e}"))? {
+fn write_default(names: &Names, s: &Schema, d: &Json, at: &At<'_>, out: &mut Vec<u8>) -> Result<(), AvroError> {
+    match resolve(names, s).map_err(|e| value(at, e))? {
         Schema::Union(u) => {
-            let first = u.variants().first().ok_or_else(|| format!("{at}: empty union"))?;
+            let first = u.variants().first().ok_or_else(|| value(at, "empty union"))?;
             put_long(out, 0);
             write(names, first, d, at, out)
         }

@@ -112,7 +112,7 @@ pub async fn run(a: AvroArgs) -> Result<(), BenchError> {
     );
     let registries = Registries::build(&cfg, None).map_err(|e| BenchError::Setup(e.to_string()))?;
     let registry = registries.get("conf").expect("built above");
-    let schema = AvroSchema::parse(SCHEMA).map_err(BenchError::Setup)?;
+    let schema = AvroSchema::parse(SCHEMA).map_err(|e| BenchError::Setup(e.to_string()))?;
     let msgs: Vec<PipelineMessage> = (0..a.messages)
         .map(|i| {
             let body = schema.encode(&record(i)).expect("the bench record fits its schema");

@@ -147,16 +147,31 @@ pub enum SchemaSource {
     Inline(serde_json::Value),
 }
 
+/// A config schema that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaSourceError {
+    /// The schema file cannot be read.
+    #[error("cannot read {}: {source}", file.display())]
+    Unreadable { file: PathBuf, source: std::io::Error },
+    /// The text is not an Avro schema this crate can use.
+    #[error(transparent)]
+    Avro(#[from] crate::avro::AvroError),
+}
+
 impl SchemaSource {
     /// The schema's JSON text.
-    pub fn text(&self) -> Result<String, String> {
+    pub fn text(&self) -> Result<String, SchemaSourceError> {
         match self {
-            SchemaSource::File { file } => {
-                std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))
-            }
+            SchemaSource::File { file } => std::fs::read_to_string(file)
+                .map_err(|source| SchemaSourceError::Unreadable { file: file.clone(), source }),
             SchemaSource::Inline(serde_json::Value::String(s)) => Ok(s.clone()),
             SchemaSource::Inline(v) => Ok(v.to_string()),
         }
+    }
+
+    /// The schema, read and parsed.
+    pub fn load(&self) -> Result<crate::avro::AvroSchema, SchemaSourceError> {
+        Ok(crate::avro::AvroSchema::parse(&self.text()?)?)
     }
 }
 

@@ -446,7 +446,7 @@ fn check_avro(
     at: &[&str],
     source: &super::schema::SchemaSource,
 ) -> Option<crate::avro::AvroSchema> {
-    source.text().and_then(|t| crate::avro::AvroSchema::parse(&t)).map_err(|e| issues.error(at, e)).ok()
+    source.load().map_err(|e| issues.error(at, e.to_string())).ok()
 }
 
 /// An error at `at.field` when `output` is not one of the worker's outputs.

@@ -25,14 +25,14 @@ pub struct Decoded {
 }
 
 /// The framing a message carries, and its schema id and body.
-fn framing<'a>(payload: &'a [u8], headers: &'a Headers) -> Result<(Kind, String, &'a [u8]), String> {
+fn framing<'a>(payload: &'a [u8], headers: &'a Headers) -> Result<(Kind, String, &'a [u8]), wire::FrameError> {
     if let Some(ct) = headers.get_str(CONTENT_TYPE)
         && ct.trim_start().to_ascii_lowercase().starts_with(wire::AZURE_AVRO)
     {
-        let id = wire::azure_schema_id(ct).map_err(|e| e.to_string())?;
+        let id = wire::azure_schema_id(ct)?;
         return Ok((Kind::Azure, id.to_string(), payload));
     }
-    let (id, body) = wire::confluent_split(payload).map_err(|e| e.to_string())?;
+    let (id, body) = wire::confluent_split(payload)?;
     Ok((Kind::Confluent, id.to_string(), body))
 }
 
@@ -45,7 +45,8 @@ pub struct Decoder {
 
 impl Decoder {
     pub async fn decode(&self, payload: &[u8], headers: &Headers) -> Result<Decoded, SchemaError> {
-        let (kind, id, body) = framing(payload, headers).map_err(|reason| SchemaError::Decode { id: None, reason })?;
+        let (kind, id, body) =
+            framing(payload, headers).map_err(|e| SchemaError::Decode { id: None, reason: e.to_string() })?;
         let registry = self.registries.iter().find(|r| r.kind() == kind).ok_or_else(|| SchemaError::Decode {
             id: Some(id.clone()),
             reason: format!(
@@ -57,7 +58,7 @@ impl Decoder {
         let schema = registry.schema(&id).await?;
         let json = schema
             .decode(body, self.reader.as_ref())
-            .map_err(|reason| SchemaError::Decode { id: Some(id.clone()), reason })?;
+            .map_err(|e| SchemaError::Decode { id: Some(id.clone()), reason: e.to_string() })?;
         Ok(Decoded { json, schema_id: id })
     }
 }
@@ -76,8 +77,10 @@ impl Encoder {
     /// the schema id.
     pub async fn encode(&self, json: &Json) -> Result<(Bytes, Option<String>, String), SchemaError> {
         let id = self.registry.id_for(&self.subject, &self.schema, self.register).await?;
-        let body =
-            self.schema.encode(json).map_err(|reason| SchemaError::Incompatible { id: Some(id.clone()), reason })?;
+        let body = self
+            .schema
+            .encode(json)
+            .map_err(|e| SchemaError::Incompatible { id: Some(id.clone()), reason: e.to_string() })?;
         Ok(match self.registry.kind() {
             Kind::Confluent => {
                 let n: u32 = id.parse().map_err(|_| SchemaError::Refused {
@@ -111,12 +114,14 @@ impl Transcoder {
     /// `m` Azure-framed.
     pub async fn transcode(&self, mut m: OutboundMessage) -> Result<OutboundMessage, SchemaError> {
         let (kind, id, _) =
-            framing(&m.payload, &m.headers).map_err(|reason| SchemaError::Decode { id: None, reason })?;
+            framing(&m.payload, &m.headers).map_err(|e| SchemaError::Decode { id: None, reason: e.to_string() })?;
         if kind == Kind::Azure {
             return Ok(m);
         }
         let schema = self.from.schema(&id).await?;
-        schema.check(&m.payload[5..]).map_err(|reason| SchemaError::Decode { id: Some(id.clone()), reason })?;
+        schema
+            .check(&m.payload[5..])
+            .map_err(|e| SchemaError::Decode { id: Some(id.clone()), reason: e.to_string() })?;
         let cached = self.ids.lock().unwrap().get(&id).cloned();
         let to_id = match cached {
             Some(t) => t,
@@ -168,8 +173,8 @@ mod tests {
     fn framing_is_read_from_the_content_type_first() {
         let mut h = Headers::default();
         assert_eq!(framing(&[0, 0, 0, 0, 9, 1], &h).unwrap(), (Kind::Confluent, "9".into(), &[1u8][..]));
-        assert!(framing(b"{\"a\":1}", &h).unwrap_err().contains("magic byte"));
-        assert!(framing(b"{}", &h).unwrap_err().contains("shorter"));
+        assert!(framing(b"{\"a\":1}", &h).unwrap_err().to_string().contains("magic byte"));
+        assert!(framing(b"{}", &h).unwrap_err().to_string().contains("shorter"));
         h.set(CONTENT_TYPE, "avro/binary+abc");
         assert_eq!(framing(&[0, 0, 0, 0, 9, 1], &h).unwrap(), (Kind::Azure, "abc".into(), &[0u8, 0, 0, 0, 9, 1][..]));
         h.set(CONTENT_TYPE, "avro/binary+");

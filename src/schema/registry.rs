@@ -136,11 +136,13 @@ impl Registry {
     /// registered under when written to `topic`.
     pub fn subject(&self, topic: &str, schema: &AvroSchema) -> Result<String, SchemaError> {
         let name = schema.full_name();
+        let refused = |reason: String| SchemaError::Incompatible { id: None, reason };
         match self.kind() {
-            Kind::Confluent => subject::subject(self.strategy, topic, name.as_deref()),
-            Kind::Azure => name.ok_or_else(|| "an Azure schema's top level must be a named type".to_string()),
+            Kind::Confluent => {
+                subject::subject(self.strategy, topic, name.as_deref()).map_err(|e| refused(e.to_string()))
+            }
+            Kind::Azure => name.ok_or_else(|| refused("an Azure schema's top level must be a named type".into())),
         }
-        .map_err(|reason| SchemaError::Incompatible { id: None, reason })
     }
 
     /// The id of `schema` under `subject`: registered when `register`,

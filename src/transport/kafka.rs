@@ -257,11 +257,11 @@ impl KafkaTransport {
         cfg: &KafkaConfig,
         topics: &[String],
         timeout: Duration,
-    ) -> Result<HashMap<String, Option<u32>>, String> {
+    ) -> Result<HashMap<String, Option<u32>>, KafkaError> {
         let mut c = base_config(cfg);
         apply_properties(&mut c, cfg);
-        let consumer: BaseConsumer = c.create().map_err(|e| e.to_string())?;
-        let md = consumer.fetch_metadata(None, timeout).map_err(|e| e.to_string())?;
+        let consumer: BaseConsumer = c.create()?;
+        let md = consumer.fetch_metadata(None, timeout)?;
         Ok(topics
             .iter()
             .map(|t| {
