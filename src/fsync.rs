@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Syncs directory `dir` (its entries: files created, renamed, removed).
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -38,12 +38,61 @@ pub fn create_dir_all(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Directories to sync once for many file operations (a group of
+/// renames): each distinct one, in the order first named. An operation
+/// that names its directories here is durable only once [`DirSyncs::sync`]
+/// has returned `Ok`.
+#[derive(Debug, Default)]
+pub struct DirSyncs(Vec<PathBuf>);
+
+/// A directory sync that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("syncing directory {}: {source}", dir.display())]
+pub struct DirSyncError {
+    pub dir: PathBuf,
+    pub source: io::Error,
+}
+
+impl DirSyncs {
+    /// `dir` needs a sync.
+    pub fn dir(&mut self, dir: &Path) {
+        if !self.0.iter().any(|d| d == dir) {
+            self.0.push(dir.to_path_buf());
+        }
+    }
+
+    /// The directory that holds `path` needs a sync.
+    pub fn parent_of(&mut self, path: &Path) {
+        match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(dir) => self.dir(dir),
+            None => self.dir(Path::new(".")),
+        }
+    }
+
+    /// The directories named so far.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.0
+    }
+
+    /// Syncs them all, stopping at the first that fails.
+    pub fn sync(self) -> Result<(), DirSyncError> {
+        self.0.into_iter().try_for_each(|dir| sync_dir(&dir).map_err(|source| DirSyncError { dir, source }))
+    }
+}
+
 /// Renames `from` to `to` and syncs the directories involved.
 pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    let mut syncs = DirSyncs::default();
+    rename_deferred(from, to, &mut syncs)?;
+    syncs.sync().map_err(|e| e.source)
+}
+
+/// [`rename`], leaving the directory syncs to `syncs`.
+pub fn rename_deferred(from: &Path, to: &Path, syncs: &mut DirSyncs) -> io::Result<()> {
     std::fs::rename(from, to)?;
-    sync_parent(to)?;
+    syncs.parent_of(to);
     if from.parent() != to.parent() {
-        sync_parent(from)?;
+        syncs.parent_of(from);
     }
     Ok(())
 }
@@ -55,6 +104,15 @@ pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
 /// second name of the same file is left behind, and a repeated move (a
 /// redelivery) renames it again. One directory sync instead of two.
 pub fn move_creating_dirs(from: &Path, to: &Path) -> io::Result<()> {
+    let mut syncs = DirSyncs::default();
+    move_creating_dirs_deferred(from, to, &mut syncs)?;
+    syncs.sync().map_err(|e| e.source)
+}
+
+/// [`move_creating_dirs`], leaving the sync of `to`'s directory to `syncs`.
+/// Directories it creates are synced at once (a later move into one that
+/// exists would not sync its parent).
+pub fn move_creating_dirs_deferred(from: &Path, to: &Path, syncs: &mut DirSyncs) -> io::Result<()> {
     match std::fs::rename(from, to) {
         Err(e) if e.kind() == io::ErrorKind::NotFound && from.exists() => {
             if let Some(dir) = to.parent() {
@@ -64,7 +122,8 @@ pub fn move_creating_dirs(from: &Path, to: &Path) -> io::Result<()> {
         }
         r => r?,
     }
-    sync_parent(to)
+    syncs.parent_of(to);
+    Ok(())
 }
 
 /// Writes `bytes` to a new or truncated file at `path` and syncs it (not
@@ -97,5 +156,24 @@ mod tests {
         let missing = move_creating_dirs(&dir.path().join("nope"), &dir.path().join("r/nope")).unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound, "a missing source is not a missing directory");
         assert!(!dir.path().join("r").exists());
+    }
+
+    #[test]
+    fn deferred_operations_name_each_directory_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut syncs = DirSyncs::default();
+        for n in ["1", "2"] {
+            write(&dir.path().join(n), n.as_bytes()).unwrap();
+            move_creating_dirs_deferred(&dir.path().join(n), &dir.path().join(format!("a/{n}")), &mut syncs).unwrap();
+        }
+        write(&dir.path().join("3"), b"3").unwrap();
+        rename_deferred(&dir.path().join("3"), &dir.path().join("a/3"), &mut syncs).unwrap();
+        assert_eq!(syncs.dirs(), [dir.path().join("a"), dir.path().to_path_buf()]);
+        syncs.sync().unwrap();
+        let mut gone = DirSyncs::default();
+        gone.dir(&dir.path().join("nope"));
+        let e = gone.sync().unwrap_err();
+        assert_eq!(e.dir, dir.path().join("nope"));
+        assert!(e.to_string().contains("nope"), "{e}");
     }
 }

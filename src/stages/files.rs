@@ -23,18 +23,24 @@
 //! the blob unless one of that name and size exists. It removes the cache file (and a download's
 //! metadata) only after success.
 //!
-//! All file work of one message runs in one blocking-pool call: one thread
-//! hand-off per message, not one per file operation.
+//! All file work of one message is one job of the stage's [`work`] queue:
+//! jobs run in groups on the blocking pool, each directory a group changed
+//! is synced once, and each job is answered after that (a message's outputs
+//! never name a file whose directory entry is not on disk).
+
+mod work;
 
 use super::json::{get, render, set};
 use super::{BuildError, Emit, Stage, StageError};
 use crate::classify::{self, ErrorCategory};
 use crate::config::{BlobLocation, DownloadConfig, UploadConfig, UploadTarget};
+use crate::fsync::DirSyncs;
 use crate::transport::{OutboundMessage, PipelineMessage};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use work::FileWork;
 
 fn hex(d: impl AsRef<[u8]>) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
@@ -48,9 +54,8 @@ fn io(e: std::io::Error, what: &str, p: &Path) -> StageError {
     StageError::Io(format!("{what} {}: {e}", p.display()))
 }
 
-/// Runs blocking file work on tokio's blocking pool. A stage groups all the
-/// file operations of one message into one call: one thread hand-off per
-/// message instead of one per `tokio::fs` operation.
+/// Runs blocking file work on tokio's blocking pool, on its own (a big
+/// body's chunks as they stream: no directory changes, nothing to group).
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StageError> + Send + 'static,
 ) -> Result<T, StageError> {
@@ -128,6 +133,7 @@ pub struct Download {
     cfg: DownloadConfig,
     client: reqwest::Client,
     output: usize,
+    work: FileWork,
 }
 
 impl Download {
@@ -136,7 +142,7 @@ impl Download {
             .timeout(cfg.timeout.get())
             .build()
             .map_err(|e| BuildError::HttpClient(e.to_string()))?;
-        Ok(Download { cfg, client, output })
+        Ok(Download { cfg, client, output, work: FileWork::default() })
     }
 
     fn type_allowed(&self, ct: &str) -> bool {
@@ -153,10 +159,22 @@ impl Download {
         let name = hex(Sha256::digest(url.as_bytes()));
         let (path, meta) = (self.cfg.cache_dir.join(&name), self.cfg.cache_dir.join(format!("{name}.json")));
         // a miss (no cache file: the common case) costs one lookup here; a
-        // hit reads its metadata on the blocking pool
+        // hit reads its metadata as a job, which also syncs the cache
+        // directory: the file may be another message's download whose
+        // rename is not yet synced
         if cached_file_exists(&path) {
-            let (p2, m2) = (path.clone(), meta.clone());
-            if let Some(v) = blocking(move || Ok(read_meta(&p2, &m2))).await? {
+            let (p2, m2, dir) = (path.clone(), meta.clone(), self.cfg.cache_dir.clone());
+            let hit = self
+                .work
+                .run(move |dirs| {
+                    let v = read_meta(&p2, &m2);
+                    if v.is_some() {
+                        dirs.dir(&dir);
+                    }
+                    Ok(v)
+                })
+                .await?;
+            if let Some(v) = hit {
                 return Ok(v);
             }
         }
@@ -219,22 +237,23 @@ impl Download {
         }
         let v = json!({ "path": path.display().to_string(), "size": size, "sha256": hex(h.finalize()), "content_type": ct, "url": url });
         let metadata = serde_json::to_vec(&v).expect("JSON");
-        blocking(move || {
-            let f = append(file, &part, &buf)?;
-            // the metadata rides on the file (synced with it) where the file
-            // system allows; otherwise the data is on disk before the
-            // sidecar that vouches for it
-            let on_file = metadata.len() <= 4096
-                && rustix::fs::fsetxattr(&f, META_XATTR, &metadata, rustix::fs::XattrFlags::empty()).is_ok();
-            f.sync_all().map_err(|e| io(e, "syncing", &part))?;
-            drop(f);
-            // the rename is durable once the directory is synced
-            if !on_file {
-                crate::fsync::write(&meta, &metadata).map_err(|e| io(e, "writing", &meta))?;
-            }
-            crate::fsync::rename(&part, &path).map_err(|e| io(e, "renaming", &part))
-        })
-        .await?;
+        self.work
+            .run(move |dirs| {
+                let f = append(file, &part, &buf)?;
+                // the metadata rides on the file (synced with it) where the file
+                // system allows; otherwise the data is on disk before the
+                // sidecar that vouches for it
+                let on_file = metadata.len() <= 4096
+                    && rustix::fs::fsetxattr(&f, META_XATTR, &metadata, rustix::fs::XattrFlags::empty()).is_ok();
+                f.sync_all().map_err(|e| io(e, "syncing", &part))?;
+                drop(f);
+                // the rename is durable once the directory is synced
+                if !on_file {
+                    crate::fsync::write(&meta, &metadata).map_err(|e| io(e, "writing", &meta))?;
+                }
+                crate::fsync::rename_deferred(&part, &path, dirs).map_err(|e| io(e, "renaming", &part))
+            })
+            .await?;
         Ok(v)
     }
 }
@@ -265,19 +284,25 @@ impl Stage for Download {
 ///   copied and synced) under a temporary name, which is renamed into place.
 ///
 /// With `remove_cache`, the target's directories are created only when the
-/// rename finds them missing (no check per file).
-fn place_in_dir(src: &Path, dest: &Path, remove_cache: bool) -> Result<u64, StageError> {
+/// rename finds them missing (no check per file). The syncs of `dest`'s
+/// directory are left to `dirs`, also when `dest` is found in place (it may
+/// be another message's move, not yet synced).
+fn place_in_dir(src: &Path, dest: &Path, remove_cache: bool, dirs: &mut DirSyncs) -> Result<u64, StageError> {
     let Ok(src_len) = std::fs::metadata(src).map(|m| m.len()) else {
         // already uploaded (a redelivery), or never cached
-        return std::fs::metadata(dest).map(|m| m.len()).map_err(|_| {
+        let len = std::fs::metadata(dest).map(|m| m.len()).map_err(|_| {
             permanent(
                 "missing_file",
                 format!("cached file {} is gone and {} was never uploaded", src.display(), dest.display()),
             )
-        });
+        })?;
+        // only a directory that exists: a job's own failure must not fail
+        // its group's sync
+        dirs.parent_of(dest);
+        return Ok(len);
     };
     if remove_cache {
-        match crate::fsync::move_creating_dirs(src, dest) {
+        match crate::fsync::move_creating_dirs_deferred(src, dest, dirs) {
             Ok(()) => {
                 // the metadata that vouched for the cache file: on the inode
                 // (now the object's), else in a sidecar
@@ -312,7 +337,9 @@ fn place_in_dir(src: &Path, dest: &Path, remove_cache: bool) -> Result<u64, Stag
             std::fs::copy(src, &tmp).map_err(|e| io(e, "copying to", &tmp))?;
             std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io(e, "syncing", &tmp))?;
         }
-        crate::fsync::rename(&tmp, dest).map_err(|e| io(e, "renaming", &tmp))?;
+        crate::fsync::rename_deferred(&tmp, dest, dirs).map_err(|e| io(e, "renaming", &tmp))?;
+    } else {
+        dirs.parent_of(dest);
     }
     if remove_cache {
         std::fs::remove_file(src).map_err(|e| io(e, "removing", src))?;
@@ -327,6 +354,7 @@ pub struct Upload {
     pub cfg: UploadConfig,
     pub output: usize,
     blob: Option<(conveyor_blob::BlobClient, String, tokio::sync::OnceCell<()>)>,
+    work: FileWork,
 }
 
 fn blob_failure(e: conveyor_blob::BlobError) -> StageError {
@@ -341,7 +369,7 @@ impl Upload {
                 Some((crate::azure::blob_client(loc)?, loc.container.clone(), tokio::sync::OnceCell::new()))
             }
         };
-        Ok(Upload { cfg, output, blob })
+        Ok(Upload { cfg, output, blob, work: FileWork::default() })
     }
 
     /// Puts `src` as blob `name` unless a blob of that size exists; returns
@@ -413,7 +441,7 @@ impl Stage for Upload {
         };
         let dest = root.join(&name);
         let remove_cache = self.cfg.remove_cache;
-        let size = blocking(move || place_in_dir(&src, &dest, remove_cache)).await?;
+        let size = self.work.run(move |dirs| place_in_dir(&src, &dest, remove_cache, dirs)).await?;
         set(&mut v, &self.cfg.into, json!({ "target": root.display().to_string(), "name": name, "size": size }));
         let mut m = OutboundMessage::from_message(msg);
         m.payload = serde_json::to_vec(&v).expect("JSON").into();

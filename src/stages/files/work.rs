@@ -1,0 +1,282 @@
+//! The file work of one `download` or `upload` stage, run in groups on
+//! tokio's blocking pool.
+//!
+//! Each message's file work (write and sync a body, rename it into place;
+//! move a cached file to its target) is a job. A job does its own work and
+//! names the directories whose entries it changed ([`DirSyncs`]) instead of
+//! syncing them. A *drainer*, a blocking-pool task, takes the jobs queued at
+//! that moment (up to [`MAX_GROUP`]), runs them one after the other, syncs
+//! each directory they named once, and only then answers each job: a job's
+//! `Ok` still means its files and their directory entries are on disk.
+//!
+//! Under load, one hand-off to the blocking pool and one directory sync
+//! serve a whole group instead of each message. A job's own failure is its
+//! own (the others of its group are unaffected); a failed directory sync
+//! fails every job of the group, since none of their renames is known to be
+//! durable. A job that panics is answered with an error.
+//!
+//! **Quick jobs and slow ones** ([`more_drainers`], [`group_size`]): the
+//! queue keeps a moving average of the time per job, its share of the
+//! group's directory syncs included. While jobs are quick (a memory file
+//! system, a warm cache) one drainer takes groups of up to [`GROUP_BUDGET`]
+//! of work, and another starts only when a queued job has waited [`SLOW`].
+//! When jobs take [`SLOW`] or more (syncs on a real disk, where the kernel
+//! merges syncs that overlap but not syncs made one after the other), each
+//! job gets a drainer of its own, up to [`MAX_DRAINERS`]: the work overlaps
+//! as it would with one blocking call per message.
+
+use crate::fsync::DirSyncs;
+use crate::stages::StageError;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Most jobs one drainer runs before syncing and answering.
+pub const MAX_GROUP: usize = 32;
+/// The work one group may take, by the average time per job.
+pub const GROUP_BUDGET: Duration = Duration::from_millis(2);
+/// Most drainers at once, per stage.
+pub const MAX_DRAINERS: usize = 64;
+/// A job that takes this long, or a queued job that has waited this long,
+/// is slow.
+pub const SLOW: Duration = Duration::from_micros(500);
+
+/// Called with the group's directory syncs' outcome: answers the job.
+type Answer = Box<dyn FnOnce(&Result<(), StageError>) + Send>;
+type Job = Box<dyn FnOnce(&mut DirSyncs) -> Answer + Send>;
+
+struct Queued {
+    since: Instant,
+    job: Job,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Queued>,
+    drainers: usize,
+    /// Moving average of the time per job (1/8 per group).
+    per_job: Duration,
+}
+
+/// One stage's file work (cheap to share: the stage holds one).
+#[derive(Default, Clone)]
+pub struct FileWork {
+    state: Arc<Mutex<State>>,
+}
+
+/// Whether a job just queued needs a new drainer: none is running, or
+/// fewer than `MAX_DRAINERS` run and jobs are slow (`per_job`) or the
+/// oldest queued job has waited `SLOW`.
+pub fn more_drainers(drainers: usize, oldest_wait: Duration, per_job: Duration) -> bool {
+    drainers == 0 || (drainers < MAX_DRAINERS && (per_job >= SLOW || oldest_wait >= SLOW))
+}
+
+/// How many of `queued` jobs a drainer takes as one group: what fits
+/// `GROUP_BUDGET` at `per_job` each (at least one, at most `MAX_GROUP`);
+/// one when jobs are slow.
+pub fn group_size(queued: usize, per_job: Duration) -> usize {
+    let fit = if per_job >= SLOW {
+        1
+    } else {
+        usize::try_from(GROUP_BUDGET.as_nanos() / per_job.as_nanos().max(1)).unwrap_or(MAX_GROUP).max(1)
+    };
+    queued.min(MAX_GROUP).min(fit)
+}
+
+/// The moving average after a group of `n` jobs took `took`.
+fn average(per_job: Duration, took: Duration, n: usize) -> Duration {
+    let sample = took / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+    (per_job * 7 + sample) / 8
+}
+
+impl FileWork {
+    /// Runs `f` in a group; its result once the directories it named are
+    /// synced.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut DirSyncs) -> Result<T, StageError> + Send + 'static,
+    ) -> Result<T, StageError> {
+        let (job, answer) = job(f);
+        if self.queue(job) {
+            let state = self.state.clone();
+            tokio::task::spawn_blocking(move || drain(&state));
+        }
+        answer.await.map_err(|_| StageError::Io("file task failed (it panicked)".into()))?
+    }
+
+    /// Queues `job`; true when the caller must start a drainer.
+    fn queue(&self, job: Job) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let oldest = s.queue.front().map_or(Duration::ZERO, |q| now.saturating_duration_since(q.since));
+        s.queue.push_back(Queued { since: now, job });
+        let more = more_drainers(s.drainers, oldest, s.per_job);
+        if more {
+            s.drainers += 1;
+        }
+        more
+    }
+}
+
+/// `f` as a job, and where its answer comes.
+fn job<T: Send + 'static>(
+    f: impl FnOnce(&mut DirSyncs) -> Result<T, StageError> + Send + 'static,
+) -> (Job, tokio::sync::oneshot::Receiver<Result<T, StageError>>) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move |dirs: &mut DirSyncs| {
+        let r = f(dirs);
+        Box::new(move |synced: &Result<(), StageError>| {
+            let _ = tx.send(synced.clone().and(r));
+        })
+    });
+    (job, rx)
+}
+
+/// Runs groups until the queue is empty.
+fn drain(state: &Mutex<State>) {
+    let mut last: Option<(Duration, usize)> = None;
+    loop {
+        let group: Vec<Job> = {
+            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((took, n)) = last {
+                s.per_job = average(s.per_job, took, n);
+            }
+            if s.queue.is_empty() {
+                s.drainers -= 1;
+                return;
+            }
+            let n = group_size(s.queue.len(), s.per_job);
+            s.queue.drain(..n).map(|q| q.job).collect()
+        };
+        let (start, n) = (Instant::now(), group.len());
+        let mut dirs = DirSyncs::default();
+        // a job that panics drops its sender: its caller gets an error
+        let answers: Vec<Answer> = group
+            .into_iter()
+            .filter_map(|job| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut dirs))).ok())
+            .collect();
+        let synced = dirs.sync().map_err(|e| StageError::Io(e.to_string()));
+        last = Some((start.elapsed(), n));
+        for answer in answers {
+            answer(&synced);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_jobs_share_a_drainer_and_slow_ones_get_their_own() {
+        let (us, ms, zero) = (Duration::from_micros, Duration::from_millis, Duration::ZERO);
+        let quick = us(30);
+        // (drainers, oldest queued job's wait, time per job, want another drainer)
+        let table = [
+            (0, zero, zero, true),
+            (0, ms(5), quick, true),
+            (1, zero, quick, false),
+            (1, SLOW - Duration::from_nanos(1), quick, false),
+            (1, SLOW, quick, true),
+            (1, zero, SLOW, true),
+            (MAX_DRAINERS - 1, zero, ms(3), true),
+            (MAX_DRAINERS, ms(5), ms(3), false),
+        ];
+        for (drainers, wait, per_job, want) in table {
+            assert_eq!(
+                more_drainers(drainers, wait, per_job),
+                want,
+                "{drainers} drainers, {wait:?} waited, {per_job:?} per job"
+            );
+        }
+        // (queued, time per job, group size)
+        let table = [
+            (1, zero, 1),
+            (100, zero, MAX_GROUP),
+            (5, zero, 5),
+            (100, quick, 66.min(MAX_GROUP)),
+            (100, us(400), 5),
+            (100, SLOW, 1),
+            (100, ms(3), 1),
+            (0, quick, 0),
+        ];
+        for (queued, per_job, want) in table {
+            assert_eq!(group_size(queued, per_job), want, "{queued} queued, {per_job:?} per job");
+        }
+        // the average follows the groups: a slow disk is seen within a few
+        let mut avg = quick;
+        for _ in 0..12 {
+            avg = average(avg, ms(2), 1);
+        }
+        assert!(avg >= SLOW, "{avg:?}");
+        assert_eq!(average(zero, us(800), 8), us(100) / 8);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_job_is_answered_after_its_directories_are_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = FileWork::default();
+        let jobs = (0..200).map(|i| {
+            let (work, d) = (work.clone(), dir.path().to_path_buf());
+            tokio::spawn(async move {
+                work.run(move |dirs| {
+                    crate::fsync::write(&d.join(format!("{i}.tmp")), b"x")
+                        .map_err(|e| StageError::Io(e.to_string()))?;
+                    crate::fsync::rename_deferred(&d.join(format!("{i}.tmp")), &d.join(i.to_string()), dirs)
+                        .map_err(|e| StageError::Io(e.to_string()))?;
+                    Ok(i)
+                })
+                .await
+            })
+        });
+        let got: Vec<usize> = futures::future::join_all(jobs).await.into_iter().map(|r| r.unwrap().unwrap()).collect();
+        assert_eq!(got, (0..200).collect::<Vec<_>>());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 200);
+        idle(&work).await;
+    }
+
+    /// Waits until the drainers have ended (each ends with the queue, just
+    /// after answering its last group).
+    async fn idle(work: &FileWork) {
+        for _ in 0..5000 {
+            if work.state.lock().unwrap().drainers == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("the drainers did not end with the queue");
+    }
+
+    #[tokio::test]
+    async fn a_failed_job_or_a_panic_fails_that_job_and_a_failed_sync_fails_the_group() {
+        let work = FileWork::default();
+        assert!(
+            matches!(work.run(|_| Err::<(), _>(StageError::Io("no".into()))).await, Err(StageError::Io(m)) if m == "no")
+        );
+        let panicked = work.run(|_| -> Result<(), StageError> { panic!("boom") }).await.unwrap_err();
+        assert!(panicked.to_string().contains("panicked"), "{panicked}");
+        assert_eq!(work.run(|_| Ok(7)).await.unwrap(), 7, "the drainer survives a panic");
+        idle(&work).await;
+        // a group whose directory cannot be synced: every job of it fails,
+        // including one that named no directory; the next group is not
+        // affected (queued by hand and drained here, so that the groups are
+        // known)
+        let (bad, bad_answer) = job(|dirs| {
+            dirs.dir(std::path::Path::new("/nonexistent/dir"));
+            Ok(())
+        });
+        let (plain, plain_answer) = job(|_| Ok(()));
+        let (later, later_answer) = job(|_| Ok(()));
+        let work = FileWork::default();
+        assert!(work.queue(bad), "the first queued job needs a drainer");
+        assert!(!work.queue(plain), "a quick queue needs only one");
+        drain(&work.state);
+        assert!(work.queue(later), "the queue was drained: a new drainer");
+        drain(&work.state);
+        let (bad, plain) = (bad_answer.await.unwrap().unwrap_err(), plain_answer.await.unwrap().unwrap_err());
+        assert!(bad.to_string().contains("/nonexistent/dir"), "{bad}");
+        assert_eq!(bad.to_string(), plain.to_string());
+        later_answer.await.unwrap().unwrap();
+        assert_eq!(work.state.lock().unwrap().drainers, 0);
+    }
+}
