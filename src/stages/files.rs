@@ -39,7 +39,9 @@ use crate::transport::{OutboundMessage, PipelineMessage};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use work::FileWork;
 
 fn hex(d: impl AsRef<[u8]>) -> String {
@@ -134,6 +136,10 @@ pub struct Download {
     client: reqwest::Client,
     output: usize,
     work: FileWork,
+    /// A lock per cache name being fetched: messages with the same URL
+    /// fetch it one at a time (the second finds the first's file), never
+    /// writing one `.part` file together.
+    fetching: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Download {
@@ -142,7 +148,7 @@ impl Download {
             .timeout(cfg.timeout.get())
             .build()
             .map_err(|e| BuildError::HttpClient(e.to_string()))?;
-        Ok(Download { cfg, client, output, work: FileWork::default() })
+        Ok(Download { cfg, client, output, work: FileWork::default(), fetching: Default::default() })
     }
 
     fn type_allowed(&self, ct: &str) -> bool {
@@ -154,10 +160,30 @@ impl Download {
             })
     }
 
-    /// Downloads `url` into the cache (or finds it there); returns the metadata.
+    /// Downloads `url` into the cache (or finds it there), one fetch per
+    /// URL at a time; returns the metadata.
     async fn fetch(&self, url: &str) -> Result<Value, StageError> {
         let name = hex(Sha256::digest(url.as_bytes()));
-        let (path, meta) = (self.cfg.cache_dir.join(&name), self.cfg.cache_dir.join(format!("{name}.json")));
+        let lock = self.lock(&name);
+        let r = {
+            let _one = lock.lock().await;
+            self.fetch_unshared(url, &name).await
+        };
+        let mut fetching = self.fetching.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // the map's reference and this one: nobody else waits for it
+        if Arc::strong_count(&lock) == 2 {
+            fetching.remove(&name);
+        }
+        r
+    }
+
+    fn lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut fetching = self.fetching.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        fetching.entry(name.to_string()).or_default().clone()
+    }
+
+    async fn fetch_unshared(&self, url: &str, name: &str) -> Result<Value, StageError> {
+        let (path, meta) = (self.cfg.cache_dir.join(name), self.cfg.cache_dir.join(format!("{name}.json")));
         // a miss (no cache file: the common case) costs one lookup here; a
         // hit reads its metadata as a job, which also syncs the cache
         // directory: the file may be another message's download whose
@@ -327,27 +353,42 @@ fn place_in_dir(src: &Path, dest: &Path, remove_cache: bool, dirs: &mut DirSyncs
         }
         // same file system: a hard link shares the cached data, already
         // synced by the download (no copy, no new inode); otherwise a copy,
-        // synced
-        if std::fs::hard_link(src, &tmp).is_ok() {
-            if remove_cache {
-                // the shared inode carries the cache's metadata
-                let _ = rustix::fs::removexattr(&tmp, META_XATTR);
+        // synced. Neither replaces a temporary name another job has just
+        // made (it fails, and the message is tried again): a copy onto
+        // another job's link would truncate the cached file itself.
+        match std::fs::hard_link(src, &tmp) {
+            Ok(()) => {
+                if remove_cache {
+                    // the shared inode carries the cache's metadata
+                    let _ = rustix::fs::removexattr(&tmp, META_XATTR);
+                }
             }
-        } else {
-            std::fs::copy(src, &tmp).map_err(|e| io(e, "copying to", &tmp))?;
-            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io(e, "syncing", &tmp))?;
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(io(e, "linking to", &tmp)),
+            Err(_) => copy_new(src, &tmp)?,
         }
         crate::fsync::rename_deferred(&tmp, dest, dirs).map_err(|e| io(e, "renaming", &tmp))?;
     } else {
         dirs.parent_of(dest);
     }
     if remove_cache {
+        // `dest` must be durable before its only other copy goes: not left
+        // to the group's syncs
+        crate::fsync::sync_parent(dest).map_err(|e| io(e, "syncing the directory of", dest))?;
         std::fs::remove_file(src).map_err(|e| io(e, "removing", src))?;
         if let Some(m) = sidecar(src) {
             let _ = std::fs::remove_file(m);
         }
     }
     Ok(src_len)
+}
+
+/// Copies `src` to the new file `dest` (never an existing one) and syncs it.
+fn copy_new(src: &Path, dest: &Path) -> Result<(), StageError> {
+    let mut from = std::fs::File::open(src).map_err(|e| io(e, "opening", src))?;
+    let mut to =
+        std::fs::OpenOptions::new().write(true).create_new(true).open(dest).map_err(|e| io(e, "creating", dest))?;
+    std::io::copy(&mut from, &mut to).map_err(|e| io(e, "copying to", dest))?;
+    to.sync_all().map_err(|e| io(e, "syncing", dest))
 }
 
 pub struct Upload {
@@ -490,6 +531,49 @@ mod tests {
         let mut out = Vec::new();
         s.process(&msg(v), &mut out).await?;
         Ok(serde_json::from_slice(&out[0].message.payload).unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_with_one_url_at_once_fetch_it_once() {
+        let hits = Arc::new(AtomicU32::new(0));
+        let a = server(hits.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let d = Download::new(
+            DownloadConfig {
+                url_field: "url".into(),
+                cache_dir: dir.path().join("cache"),
+                max_bytes: 10_000_000,
+                content_types: vec![],
+                timeout: crate::config::Dur::secs(5),
+                into: "cached".into(),
+            },
+            0,
+        )
+        .unwrap();
+        // a body big enough to spill to its `.part` file while streaming
+        let input = json!({ "url": format!("http://{a}/f/large.pdf") });
+        let all = futures::future::join_all((0..8).map(|_| one(&d, input.clone()))).await;
+        let first = all[0].as_ref().unwrap().clone();
+        for v in &all {
+            assert_eq!(v.as_ref().unwrap()["cached"], first["cached"]);
+        }
+        assert_eq!(first["cached"]["sha256"], hex(Sha256::digest(vec![3u8; 2_500_000])));
+        assert_eq!(hits.load(Ordering::Relaxed), 1, "the others waited and found the file");
+        assert!(d.fetching.lock().unwrap().is_empty(), "no lock is left behind");
+    }
+
+    #[test]
+    fn a_copy_never_writes_over_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, tmp) = (dir.path().join("src"), dir.path().join("obj.uploading"));
+        std::fs::write(&src, b"cached body").unwrap();
+        // another job's link to the cached file under the temporary name
+        std::fs::hard_link(&src, &tmp).unwrap();
+        assert!(copy_new(&src, &tmp).is_err());
+        assert_eq!(std::fs::read(&src).unwrap(), b"cached body", "the cached file is intact");
+        std::fs::remove_file(&tmp).unwrap();
+        copy_new(&src, &tmp).unwrap();
+        assert_eq!(std::fs::read(&tmp).unwrap(), b"cached body");
     }
 
     #[tokio::test]
