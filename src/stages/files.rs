@@ -533,23 +533,25 @@ mod tests {
         Ok(serde_json::from_slice(&out[0].message.payload).unwrap())
     }
 
+    /// A download of the URL at `url_field` into `dir/cache`, any content type.
+    fn download_of(url_field: &str, dir: &Path, max_bytes: u64) -> Download {
+        let cfg = DownloadConfig {
+            url_field: url_field.into(),
+            cache_dir: dir.join("cache"),
+            max_bytes,
+            content_types: vec![],
+            timeout: crate::config::Dur::secs(5),
+            into: "cached".into(),
+        };
+        Download::new(cfg, 0).unwrap()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn messages_with_one_url_at_once_fetch_it_once() {
         let hits = Arc::new(AtomicU32::new(0));
         let a = server(hits.clone()).await;
         let dir = tempfile::tempdir().unwrap();
-        let d = Download::new(
-            DownloadConfig {
-                url_field: "url".into(),
-                cache_dir: dir.path().join("cache"),
-                max_bytes: 10_000_000,
-                content_types: vec![],
-                timeout: crate::config::Dur::secs(5),
-                into: "cached".into(),
-            },
-            0,
-        )
-        .unwrap();
+        let d = download_of("url", dir.path(), 10_000_000);
         // a body big enough to spill to its `.part` file while streaming
         let input = json!({ "url": format!("http://{a}/f/large.pdf") });
         let all = futures::future::join_all((0..8).map(|_| one(&d, input.clone()))).await;
@@ -679,18 +681,7 @@ mod tests {
         let hits = Arc::new(AtomicU32::new(0));
         let a = server(hits.clone()).await;
         let dir = tempfile::tempdir().unwrap();
-        let d = Download::new(
-            DownloadConfig {
-                url_field: "url".into(),
-                cache_dir: dir.path().join("cache"),
-                max_bytes: 100_000,
-                content_types: vec![],
-                timeout: crate::config::Dur::secs(5),
-                into: "cached".into(),
-            },
-            0,
-        )
-        .unwrap();
+        let d = download_of("url", dir.path(), 100_000);
         let u = Upload::new(
             UploadConfig {
                 path_field: "cached.path".into(),
