@@ -117,6 +117,10 @@ pub enum StageError {
     Panic(String),
     #[error("I/O error: {0}")]
     Io(String),
+    /// The storage lost or refused writes (a directory sync failed with
+    /// EIO, ENOSPC, EDQUOT or EROFS): an outage, not the message's fault.
+    #[error("storage failure: {0}")]
+    Storage(String),
     #[error("{message}")]
     Other { category: ErrorCategory, kind: String, message: String },
     #[error(transparent)]
@@ -127,17 +131,21 @@ impl StageError {
     pub fn category(&self) -> ErrorCategory {
         match self {
             StageError::InvalidJson(_) | StageError::MissingField(_) | StageError::Panic(_) => ErrorCategory::Permanent,
-            StageError::Io(_) => ErrorCategory::Transient,
+            StageError::Io(_) | StageError::Storage(_) => ErrorCategory::Transient,
             StageError::Other { category, .. } => *category,
             StageError::Schema(e) => e.category(),
         }
     }
 
     /// Whether a dependency every message needs is out (a schema registry
-    /// that does not answer): the message waits and is never dead-lettered
-    /// for it (`worker::policy::decide_outage`).
+    /// that does not answer, storage that lost writes): the message waits
+    /// and is never dead-lettered for it (`worker::policy::decide_outage`).
     pub fn is_outage(&self) -> bool {
-        matches!(self, StageError::Schema(e) if e.is_outage())
+        match self {
+            StageError::Schema(e) => e.is_outage(),
+            StageError::Storage(_) => true,
+            _ => false,
+        }
     }
 
     /// The schema id the failure concerns (dead-letter envelopes carry it).
@@ -155,6 +163,7 @@ impl StageError {
             StageError::MissingField(_) => "missing_field",
             StageError::Panic(_) => "panic",
             StageError::Io(_) => "io",
+            StageError::Storage(_) => "storage",
             StageError::Other { kind, .. } => kind,
             StageError::Schema(e) => e.kind(),
         }

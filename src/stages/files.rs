@@ -39,10 +39,9 @@ use crate::transport::{OutboundMessage, PipelineMessage};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use work::FileWork;
+use work::{FileWork, KeyGuard, KeyLocks};
 
 fn hex(d: impl AsRef<[u8]>) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
@@ -139,7 +138,7 @@ pub struct Download {
     /// A lock per cache name being fetched: messages with the same URL
     /// fetch it one at a time (the second finds the first's file), never
     /// writing one `.part` file together.
-    fetching: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    fetching: KeyLocks,
 }
 
 impl Download {
@@ -148,7 +147,7 @@ impl Download {
             .timeout(cfg.timeout.get())
             .build()
             .map_err(|e| BuildError::HttpClient(e.to_string()))?;
-        Ok(Download { cfg, client, output, work: FileWork::default(), fetching: Default::default() })
+        Ok(Download { cfg, client, output, work: FileWork::default(), fetching: KeyLocks::default() })
     }
 
     fn type_allowed(&self, ct: &str) -> bool {
@@ -164,25 +163,13 @@ impl Download {
     /// URL at a time; returns the metadata.
     async fn fetch(&self, url: &str) -> Result<Value, StageError> {
         let name = hex(Sha256::digest(url.as_bytes()));
-        let lock = self.lock(&name);
-        let r = {
-            let _one = lock.lock().await;
-            self.fetch_unshared(url, &name).await
-        };
-        let mut fetching = self.fetching.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // the map's reference and this one: nobody else waits for it
-        if Arc::strong_count(&lock) == 2 {
-            fetching.remove(&name);
-        }
-        r
+        // held by every piece of file work on this name, also the pieces
+        // that outlive this call when its message is cancelled
+        let key = self.fetching.lock(&name).await;
+        self.fetch_unshared(url, &name, &key).await
     }
 
-    fn lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut fetching = self.fetching.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        fetching.entry(name.to_string()).or_default().clone()
-    }
-
-    async fn fetch_unshared(&self, url: &str, name: &str) -> Result<Value, StageError> {
+    async fn fetch_unshared(&self, url: &str, name: &str, key: &Arc<KeyGuard>) -> Result<Value, StageError> {
         let (path, meta) = (self.cfg.cache_dir.join(name), self.cfg.cache_dir.join(format!("{name}.json")));
         // a miss (no cache file: the common case) costs one lookup here; a
         // hit reads its metadata as a job, which also syncs the cache
@@ -247,8 +234,12 @@ impl Download {
             h.update(&chunk);
             buf.extend_from_slice(&chunk);
             if buf.len() >= SPILL_BYTES {
-                let (data, f, p) = (std::mem::take(&mut buf), file.take(), part.clone());
-                match blocking(move || append(f, &p, &data)).await {
+                let (data, f, p, k) = (std::mem::take(&mut buf), file.take(), part.clone(), key.clone());
+                let spill = move || {
+                    let _key = k;
+                    append(f, &p, &data)
+                };
+                match blocking(spill).await {
                     Ok(f) => file = Some(f),
                     Err(e) => break Some(e),
                 }
@@ -263,8 +254,10 @@ impl Download {
         }
         let v = json!({ "path": path.display().to_string(), "size": size, "sha256": hex(h.finalize()), "content_type": ct, "url": url });
         let metadata = serde_json::to_vec(&v).expect("JSON");
+        let k = key.clone();
         self.work
             .run(move |dirs| {
+                let _key = k;
                 let f = append(file, &part, &buf)?;
                 // the metadata rides on the file (synced with it) where the file
                 // system allows; otherwise the data is on disk before the
@@ -312,8 +305,10 @@ impl Stage for Download {
 /// With `remove_cache`, the target's directories are created only when the
 /// rename finds them missing (no check per file). The syncs of `dest`'s
 /// directory are left to `dirs`, also when `dest` is found in place (it may
-/// be another message's move, not yet synced).
-fn place_in_dir(src: &Path, dest: &Path, remove_cache: bool, dirs: &mut DirSyncs) -> Result<u64, StageError> {
+/// be another message's move, not yet synced). Returns the size, and
+/// whether the cache file is left for the caller to remove once the job is
+/// answered (a copy: `dest` must be on disk before its source goes).
+fn place_in_dir(src: &Path, dest: &Path, remove_cache: bool, dirs: &mut DirSyncs) -> Result<(u64, bool), StageError> {
     let Ok(src_len) = std::fs::metadata(src).map(|m| m.len()) else {
         // already uploaded (a redelivery), or never cached
         let len = std::fs::metadata(dest).map(|m| m.len()).map_err(|_| {
@@ -325,7 +320,7 @@ fn place_in_dir(src: &Path, dest: &Path, remove_cache: bool, dirs: &mut DirSyncs
         // only a directory that exists: a job's own failure must not fail
         // its group's sync
         dirs.parent_of(dest);
-        return Ok(len);
+        return Ok((len, false));
     };
     if remove_cache {
         match crate::fsync::move_creating_dirs_deferred(src, dest, dirs) {
@@ -337,7 +332,7 @@ fn place_in_dir(src: &Path, dest: &Path, remove_cache: bool, dirs: &mut DirSyncs
                 {
                     let _ = std::fs::remove_file(m);
                 }
-                return Ok(src_len);
+                return Ok((src_len, false));
             }
             // another file system: copy below
             Err(e) if rustix::io::Errno::from_io_error(&e) == Some(rustix::io::Errno::XDEV) => {}
@@ -370,16 +365,16 @@ fn place_in_dir(src: &Path, dest: &Path, remove_cache: bool, dirs: &mut DirSyncs
     } else {
         dirs.parent_of(dest);
     }
-    if remove_cache {
-        // `dest` must be durable before its only other copy goes: not left
-        // to the group's syncs
-        crate::fsync::sync_parent(dest).map_err(|e| io(e, "syncing the directory of", dest))?;
-        std::fs::remove_file(src).map_err(|e| io(e, "removing", src))?;
-        if let Some(m) = sidecar(src) {
-            let _ = std::fs::remove_file(m);
-        }
+    Ok((src_len, remove_cache))
+}
+
+/// Removes a cache file and its metadata sidecar.
+fn remove_cached(src: &Path) -> Result<(), StageError> {
+    std::fs::remove_file(src).map_err(|e| io(e, "removing", src))?;
+    if let Some(m) = sidecar(src) {
+        let _ = std::fs::remove_file(m);
     }
-    Ok(src_len)
+    Ok(())
 }
 
 /// Copies `src` to the new file `dest` (never an existing one) and syncs it.
@@ -396,6 +391,8 @@ pub struct Upload {
     pub output: usize,
     blob: Option<(conveyor_blob::BlobClient, String, tokio::sync::OnceCell<()>)>,
     work: FileWork,
+    /// A lock per object being placed.
+    placing: KeyLocks,
 }
 
 fn blob_failure(e: conveyor_blob::BlobError) -> StageError {
@@ -410,7 +407,7 @@ impl Upload {
                 Some((crate::azure::blob_client(loc)?, loc.container.clone(), tokio::sync::OnceCell::new()))
             }
         };
-        Ok(Upload { cfg, output, blob, work: FileWork::default() })
+        Ok(Upload { cfg, output, blob, work: FileWork::default(), placing: KeyLocks::default() })
     }
 
     /// Puts `src` as blob `name` unless a blob of that size exists; returns
@@ -467,10 +464,8 @@ impl Stage for Upload {
                     ));
                 };
                 if self.cfg.remove_cache && src_len.is_some() {
-                    tokio::fs::remove_file(&src).await.map_err(|e| io(e, "removing", &src))?;
-                    if let Some(m) = sidecar(&src) {
-                        let _ = tokio::fs::remove_file(m).await;
-                    }
+                    let src = src.clone();
+                    blocking(move || remove_cached(&src)).await?;
                 }
                 let target = format!("{}/{container}", self.blob.as_ref().map(|b| b.0.endpoint()).unwrap_or_default());
                 set(&mut v, &self.cfg.into, json!({ "target": target, "name": name, "size": size }));
@@ -482,7 +477,23 @@ impl Stage for Upload {
         };
         let dest = root.join(&name);
         let remove_cache = self.cfg.remove_cache;
-        let size = self.work.run(move |dirs| place_in_dir(&src, &dest, remove_cache, dirs)).await?;
+        // one job at a time per object: they share its temporary name
+        let key = self.placing.lock(&dest.to_string_lossy()).await;
+        let (s2, k) = (src.clone(), key.clone());
+        let (size, remove) = self
+            .work
+            .run(move |dirs| {
+                let _key = k;
+                place_in_dir(&s2, &dest, remove_cache, dirs)
+            })
+            .await?;
+        if remove {
+            blocking(move || {
+                let _key = key;
+                remove_cached(&src)
+            })
+            .await?;
+        }
         set(&mut v, &self.cfg.into, json!({ "target": root.display().to_string(), "name": name, "size": size }));
         let mut m = OutboundMessage::from_message(msg);
         m.payload = serde_json::to_vec(&v).expect("JSON").into();
@@ -561,7 +572,7 @@ mod tests {
         }
         assert_eq!(first["cached"]["sha256"], hex(Sha256::digest(vec![3u8; 2_500_000])));
         assert_eq!(hits.load(Ordering::Relaxed), 1, "the others waited and found the file");
-        assert!(d.fetching.lock().unwrap().is_empty(), "no lock is left behind");
+        assert_eq!(d.fetching.len(), 0, "no lock is left behind");
     }
 
     #[test]

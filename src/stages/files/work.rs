@@ -12,12 +12,19 @@
 //! Under load, one hand-off to the blocking pool and one directory sync
 //! serve a whole group instead of each message. A job's own failure is its
 //! own: the others of its group are unaffected, and a directory that fails
-//! to sync fails only the jobs that named it. Such a directory is
-//! remembered (up to [`MAX_FAILED_DIRS`]) and fails every later job that
-//! names it until the stage is rebuilt: the kernel reports a failed sync
-//! once, and a later sync that succeeds does not mean the entries of the
-//! failed one are on disk. A job that panics is answered with a
-//! `StageError::Panic` (dead-lettered, as a stage's panic is).
+//! to sync fails only the jobs that named it (`StageError::Io`, retried).
+//! A device failure (EIO, ENOSPC, EDQUOT, EROFS: [`device_failure`]) is
+//! remembered and fails every later job that names that directory as an
+//! *outage* (`StageError::Storage`: the message waits in place, never
+//! dead-lettered) until the stage is rebuilt by a reload or a restart: the
+//! kernel reports a failed sync once, and a later sync that succeeds does
+//! not mean the entries of the failed one are on disk. A job that panics is
+//! answered with a `StageError::Panic` (dead-lettered, as a stage's panic
+//! is).
+//!
+//! [`KeyLocks`] lets one job at a time work on a name (a cache file, an
+//! object): its guard is owned, so file work that outlives a cancelled
+//! message still holds the name until it ends.
 //!
 //! **Quick jobs and slow ones** ([`more_drainers`], [`group_size`]): the
 //! queue keeps a moving average of the time per job, its share of the
@@ -32,7 +39,7 @@
 use crate::fsync::DirSyncs;
 use crate::stages::StageError;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -45,8 +52,6 @@ pub const MAX_DRAINERS: usize = 64;
 /// A job that takes this long, or a queued job that has waited this long,
 /// is slow.
 pub const SLOW: Duration = Duration::from_micros(500);
-/// Most directories remembered as failed to sync.
-pub const MAX_FAILED_DIRS: usize = 1024;
 
 /// Called with the group's directory syncs' outcome: answers the job.
 type Answer = Box<dyn FnOnce(&Result<(), StageError>) + Send>;
@@ -63,7 +68,7 @@ struct State {
     drainers: usize,
     /// Moving average of the time per job (1/8 per group).
     per_job: Duration,
-    /// Directories whose sync failed.
+    /// Directories whose sync failed with a device failure.
     failed: HashSet<PathBuf>,
 }
 
@@ -185,39 +190,100 @@ fn drain(mut d: Drainer) {
                 Some((answer, dirs))
             })
             .collect();
-        let failures = sync_once(&d.state, done.iter().flat_map(|(_, dirs)| dirs.dirs()));
+        let failures = sync_once(&d.state, done.iter().flat_map(|(_, dirs)| dirs.dirs()), crate::fsync::sync_dir);
         last = Some((start.elapsed(), n));
         for (answer, dirs) in done {
             let failed = dirs.dirs().iter().find_map(|dir| failures.get(dir));
-            answer(&failed.map_or(Ok(()), |why| Err(StageError::Io(why.clone()))));
+            answer(&failed.map_or(Ok(()), |e| Err(e.clone())));
         }
     }
 }
 
-/// Syncs each distinct directory of `dirs` once; the ones that failed, now
-/// or before, with why.
-fn sync_once<'a>(state: &Mutex<State>, dirs: impl Iterator<Item = &'a PathBuf>) -> HashMap<PathBuf, String> {
+/// Whether a failed sync says the device lost or refused writes (its
+/// entries may be lost, and a later sync would not tell), rather than
+/// that the directory cannot be opened.
+pub fn device_failure(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(Errno::from_io_error(e), Some(Errno::IO | Errno::NOSPC | Errno::DQUOT | Errno::ROFS))
+}
+
+/// Syncs each distinct directory of `dirs` once with `sync`; the ones that
+/// failed, now or before (see the module docs), with the error to answer.
+fn sync_once<'a>(
+    state: &Mutex<State>,
+    dirs: impl Iterator<Item = &'a PathBuf>,
+    sync: impl Fn(&Path) -> std::io::Result<()>,
+) -> HashMap<PathBuf, StageError> {
     let mut seen = HashSet::new();
     let mut failures = HashMap::new();
+    let mut lost = Vec::new();
     for dir in dirs {
         if !seen.insert(dir) {
             continue;
         }
-        if let Err(e) = crate::fsync::sync_dir(dir) {
-            failures.insert(dir.clone(), format!("syncing directory {}: {e}", dir.display()));
+        if let Err(e) = sync(dir) {
+            let why = format!("syncing directory {}: {e}", dir.display());
+            if device_failure(&e) {
+                lost.push(dir);
+                failures.insert(dir.clone(), StageError::Storage(why));
+            } else {
+                failures.insert(dir.clone(), StageError::Io(why));
+            }
         }
     }
     let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+    s.failed.extend(lost.into_iter().cloned());
     for dir in seen {
         if s.failed.contains(dir) {
             failures.entry(dir.clone()).or_insert_with(|| {
-                format!("syncing directory {} failed before: its entries may not be on disk", dir.display())
+                StageError::Storage(format!(
+                    "syncing directory {} failed before: its entries may not be on disk (reload or restart once the storage is mended)",
+                    dir.display()
+                ))
             });
-        } else if failures.contains_key(dir) && s.failed.len() < MAX_FAILED_DIRS {
-            s.failed.insert(dir.clone());
         }
     }
     failures
+}
+
+/// One holder at a time per key (see the module docs).
+#[derive(Default, Clone)]
+pub struct KeyLocks(Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
+
+/// Holds a key of [`KeyLocks`] until dropped (share it with `Arc`: the key
+/// is free once every clone is gone).
+pub struct KeyGuard {
+    locks: KeyLocks,
+    key: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl KeyLocks {
+    /// Waits for `key`, then holds it.
+    pub async fn lock(&self, key: &str) -> Arc<KeyGuard> {
+        let lock = self.0.lock().unwrap_or_else(PoisonError::into_inner).entry(key.to_string()).or_default().clone();
+        // made before waiting: a caller dropped while waiting cleans up too
+        let mut g = KeyGuard { locks: self.clone(), key: key.to_string(), lock, held: None };
+        g.held = Some(g.lock.clone().lock_owned().await);
+        Arc::new(g)
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        drop(self.held.take());
+        let mut map = self.locks.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // the map's reference and this one: nobody else holds or waits
+        if Arc::strong_count(&self.lock) == 2 {
+            map.remove(&self.key);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -341,16 +407,9 @@ mod tests {
         assert!(!work.queue(good, now));
         drain(drainer(&work));
         let bad = bad_answer.await.unwrap().unwrap_err();
-        assert!(bad.to_string().contains("nonexistent"), "{bad}");
+        assert!(matches!(&bad, StageError::Io(m) if m.contains("nonexistent")), "{bad:?}");
         plain_answer.await.unwrap().unwrap();
         good_answer.await.unwrap().unwrap();
-        // the failed directory is remembered, even once it could be synced
-        std::fs::create_dir(&bad_dir).unwrap();
-        let (again, again_answer) = names(vec![bad_dir.clone()]);
-        assert!(work.queue(again, Instant::now()), "the queue was drained: a new drainer");
-        drain(drainer(&work));
-        let again = again_answer.await.unwrap().unwrap_err();
-        assert!(again.to_string().contains("failed before"), "{again}");
         assert_eq!(work.state.lock().unwrap().drainers, 0);
         // a drainer dropped without running (a runtime shutting down) is
         // not counted: the next job starts one
@@ -361,5 +420,47 @@ mod tests {
         assert!(work.queue(next, Instant::now()), "no drainer is left counted");
         drain(drainer(&work));
         next_answer.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_device_failure_is_an_outage_and_is_remembered() {
+        use std::io::Error;
+        // (errno, a device failure)
+        let table = [(5, true), (28, true), (122, true), (30, true), (2, false), (13, false), (20, false)];
+        for (errno, want) in table {
+            assert_eq!(device_failure(&Error::from_raw_os_error(errno)), want, "errno {errno}");
+        }
+        let state = Mutex::new(State::default());
+        let (a, b, c) = (PathBuf::from("/a"), PathBuf::from("/b"), PathBuf::from("/c"));
+        let first = sync_once(&state, [&a, &b, &c, &a].into_iter(), |d| match d.to_str() {
+            Some("/a") => Err(Error::from_raw_os_error(5)),
+            Some("/b") => Err(Error::from_raw_os_error(13)),
+            _ => Ok(()),
+        });
+        assert!(matches!(&first[&a], e @ StageError::Storage(_) if e.is_outage()), "{first:?}");
+        assert!(matches!(&first[&b], e @ StageError::Io(_) if !e.is_outage()), "{first:?}");
+        assert!(!first.contains_key(&c));
+        // later syncs succeed: /a stays failed (its entries may be lost), /b does not
+        let later = sync_once(&state, [&a, &b].into_iter(), |_| Ok(()));
+        assert!(matches!(&later[&a], StageError::Storage(m) if m.contains("failed before")), "{later:?}");
+        assert!(!later.contains_key(&b));
+    }
+
+    #[tokio::test]
+    async fn a_key_has_one_holder_and_work_that_outlives_its_caller_keeps_it() {
+        let locks = KeyLocks::default();
+        let held = locks.lock("k").await;
+        // a waiter dropped while waiting leaves nothing behind
+        let waiting = tokio::time::timeout(Duration::from_millis(20), locks.lock("k")).await;
+        assert!(waiting.is_err(), "the key is held");
+        // work that outlives its caller holds a clone
+        let work = held.clone();
+        drop(held);
+        assert!(tokio::time::timeout(Duration::from_millis(20), locks.lock("k")).await.is_err());
+        assert!(locks.lock("other").await.key == "other");
+        drop(work);
+        let again = locks.lock("k").await;
+        drop(again);
+        assert_eq!(locks.len(), 0, "no entry is left behind");
     }
 }
