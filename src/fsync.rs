@@ -4,22 +4,38 @@
 //! the sink, download and upload stages use these helpers for every file
 //! whose existence a committed position relies on. Blocking: call them on a
 //! blocking thread.
+//!
+//! A directory that [`create_dir_all`] has created but whose entry in its
+//! parent is not yet synced is listed process-wide until that sync
+//! succeeds: a rename into it by another thread names its parent too
+//! ([`DirSyncs`]), so that file is not answered durable while the
+//! directory holding it could still vanish in a crash.
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Directories created whose entry in their parent is not yet synced.
+static UNSYNCED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn unsynced() -> MutexGuard<'static, Vec<PathBuf>> {
+    UNSYNCED.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Syncs directory `dir` (its entries: files created, renamed, removed).
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// The directory that holds `path` (`.` for a bare name).
+fn parent(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
 /// Syncs the directory that holds `path`.
 pub fn sync_parent(path: &Path) -> io::Result<()> {
-    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(dir) => sync_dir(dir),
-        None => sync_dir(Path::new(".")),
-    }
+    sync_dir(parent(path))
 }
 
 /// Creates `dir` and its missing parents, syncing the directory of each
@@ -31,11 +47,23 @@ pub fn create_dir_all(dir: &Path) -> io::Result<()> {
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_dir_all(parent)?;
     }
-    match std::fs::create_dir(dir) {
-        Ok(()) => sync_parent(dir),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
-        Err(e) => Err(e),
+    // listed before it exists, until its entry is synced (kept listed if
+    // that sync fails: later users sync the parent themselves)
+    unsynced().push(dir.to_path_buf());
+    let (made, unsynced_entry) = match std::fs::create_dir(dir) {
+        Ok(()) => {
+            let synced = sync_parent(dir);
+            let failed = synced.is_err();
+            (synced, failed)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => (Ok(()), false),
+        Err(e) => (Err(e), false),
+    };
+    let mut listed = unsynced();
+    if !unsynced_entry && let Some(i) = listed.iter().position(|d| d == dir) {
+        listed.swap_remove(i);
     }
+    made
 }
 
 /// Directories to sync once for many file operations (a group of
@@ -54,8 +82,24 @@ pub struct DirSyncError {
 }
 
 impl DirSyncs {
-    /// `dir` needs a sync.
+    /// `dir` needs a sync, and so does the parent of `dir` or of any of
+    /// its ancestors that another thread has just created and not yet
+    /// synced.
     pub fn dir(&mut self, dir: &Path) {
+        self.add(dir);
+        let young: Vec<PathBuf> = {
+            let listed = unsynced();
+            if listed.is_empty() {
+                return;
+            }
+            dir.ancestors().filter(|a| listed.iter().any(|d| d == a)).map(|a| parent(a).to_path_buf()).collect()
+        };
+        for p in young {
+            self.add(&p);
+        }
+    }
+
+    fn add(&mut self, dir: &Path) {
         if !self.0.iter().any(|d| d == dir) {
             self.0.push(dir.to_path_buf());
         }
@@ -63,10 +107,7 @@ impl DirSyncs {
 
     /// The directory that holds `path` needs a sync.
     pub fn parent_of(&mut self, path: &Path) {
-        match path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            Some(dir) => self.dir(dir),
-            None => self.dir(Path::new(".")),
-        }
+        self.dir(parent(path));
     }
 
     /// The directories named so far.
@@ -175,5 +216,28 @@ mod tests {
         let e = gone.sync().unwrap_err();
         assert_eq!(e.dir, dir.path().join("nope"));
         assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn a_directory_created_and_not_yet_synced_has_its_parent_named_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (young, inner) = (dir.path().join("young"), dir.path().join("young/inner"));
+        std::fs::create_dir_all(&inner).unwrap();
+        // as `create_dir_all` in another thread, between its create and its sync
+        unsynced().push(young.clone());
+        let mut syncs = DirSyncs::default();
+        syncs.parent_of(&inner.join("file"));
+        assert_eq!(syncs.dirs(), [inner.clone(), dir.path().to_path_buf()]);
+        unsynced().retain(|d| d != &young);
+        let mut syncs = DirSyncs::default();
+        syncs.parent_of(&inner.join("file"));
+        assert_eq!(syncs.dirs(), [inner]);
+        // `create_dir_all` lists what it creates only until it is synced
+        create_dir_all(&dir.path().join("a/b")).unwrap();
+        assert!(!unsynced().iter().any(|d| d.starts_with(dir.path())));
+        let blocked = dir.path().join("file");
+        std::fs::write(&blocked, b"x").unwrap();
+        assert!(create_dir_all(&blocked.join("sub")).is_err());
+        assert!(!unsynced().iter().any(|d| d.starts_with(dir.path())), "a failed create is not listed");
     }
 }
